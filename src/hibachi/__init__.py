@@ -1,0 +1,44 @@
+"""hibachi: batched inference for tensor models.
+
+Many callers each send one request; hibachi groups them into batches on the
+fly, runs the model once per step for the whole batch, and streams each
+caller's results back as they are produced.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._autoregressive import AutoregressiveBatcher as AutoregressiveBatcher
+from ._backends import Backend as Backend
+from ._backends import register_backend as register_backend
+from ._exceptions import BatcherClosed as BatcherClosed
+from ._exceptions import ConfigurationError as ConfigurationError
+from ._exceptions import HibachiError as HibachiError
+from ._exceptions import InvalidRequest as InvalidRequest
+from ._exceptions import ModelError as ModelError
+from ._exceptions import QueueFull as QueueFull
+from ._exceptions import Timeout as Timeout
+from ._stats import AutoregressiveStats as AutoregressiveStats
+from ._stream import TokenStream as TokenStream
+
+try:
+    __version__ = version("hibachi-batch")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AutoregressiveBatcher",
+    "AutoregressiveStats",
+    "Backend",
+    "BatcherClosed",
+    "ConfigurationError",
+    "HibachiError",
+    "InvalidRequest",
+    "ModelError",
+    "QueueFull",
+    "Timeout",
+    "TokenStream",
+    "__version__",
+    "register_backend",
+]

@@ -1,0 +1,161 @@
+"""`AutoregressiveBatcher`: continuous batching for token-by-token models."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, final
+
+import numpy as np
+
+from ._backends import Backend, backend_of
+from ._delivery import Channels
+from ._engine import Engine
+from ._exceptions import ConfigurationError
+from ._lifecycle import Lifecycle
+from ._model import ModelRunner
+from ._queue import WorkQueue
+from ._request import Request, check_budget, check_prompt, check_timeout
+from ._scheduler import Scheduler
+from ._stats import AutoregressiveStats
+from ._stream import TokenStream
+
+__all__ = ["AutoregressiveBatcher"]
+
+
+@final
+class AutoregressiveBatcher(Lifecycle):
+    """Serves many concurrent generation requests with one model call per step.
+
+    ``model(tokens, mask)`` receives ``tokens`` of shape (B, S, *token_shape),
+    left-padded with ``padding_token``, and ``mask`` (B, S), True on real
+    tokens; it returns one new token per row, shape (B, *token_shape). It may
+    be a function, a bound method, a ``torch.nn.Module``, sync or async; it
+    runs on the batcher's own thread, so it never blocks a caller's event loop.
+
+    Args:
+        model: the model callable.
+        stop_token: a sequence ends when the model produces this token (it is
+            the stream's last token). ``token_shape`` is its shape.
+        padding_token: fills the left of shorter rows; fixes dtype and device.
+        max_batch_size: at most this many sequences per model call.
+        max_queue_size: at most this many requests wait; beyond, ``run``
+            raises `QueueFull`. None for unbounded.
+        max_new_tokens: the default budget of a request that names none.
+        backend: a `Backend` for a tensor library hibachi does not know.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        stop_token: Any,
+        padding_token: Any,
+        max_batch_size: int = 16,
+        max_queue_size: int | None = 4096,
+        max_new_tokens: int = 1024,
+        backend: Backend | None = None,
+    ) -> None:
+        super().__init__()
+        self._backend = backend or _backend_for(padding_token)
+        pad = _token(self._backend, padding_token, "padding_token")
+        stop = _token(self._backend, stop_token, "stop_token")
+        _check_tokens(self._backend, stop, pad)
+        self._padding = pad
+        self._device = self._backend.device(self._backend.to_user(pad))
+        self._default_budget = _config(check_budget, max_new_tokens, "max_new_tokens")
+        _config(check_budget, max_batch_size, "max_batch_size")
+        if max_queue_size is not None:
+            _config(check_budget, max_queue_size, "max_queue_size")
+        self._scheduler = Scheduler(
+            self._backend,
+            stop_token=self._backend.to_storage(stop, pad),
+            padding_token=pad,
+            max_batch_size=max_batch_size,
+            queue=WorkQueue(max_queue_size),
+        )
+        self._channels = Channels()
+        self._engine = Engine(self._scheduler, ModelRunner(model), self._channels, "hibachi-ar")
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._scheduler.max_batch_size
+
+    def run(
+        self,
+        prompt: Any,
+        *,
+        max_new_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> TokenStream:
+        """Queue ``prompt`` (S, *token_shape) and return the stream of its new tokens.
+
+        Raises `InvalidRequest` for a bad prompt or budget, `QueueFull` when
+        the queue is full, `BatcherClosed` when the batcher is not open.
+        ``timeout`` (seconds) ends the stream with `Timeout` if generation has
+        not finished by then.
+        """
+        self._check_open()
+        budget = self._default_budget if max_new_tokens is None else check_budget(max_new_tokens)
+        seconds = check_timeout(timeout)
+        storage = check_prompt(self._backend, prompt, self._padding, self._device)
+        sink = self._channels.sink_for_current_context()
+        deadline = None if seconds is None else time.monotonic() + seconds
+        request = Request(storage, budget, sink, deadline=deadline)
+        self._scheduler.submit(request)
+        return TokenStream(request, sink, self._scheduler.note_departure)
+
+    def stats(self) -> AutoregressiveStats:
+        """A snapshot of the batcher's counters."""
+        s = self._scheduler
+        c = s.counters
+        return AutoregressiveStats(
+            requests_admitted=c.admitted,
+            requests_finished=c.finished,
+            requests_cancelled=c.cancelled,
+            requests_failed=c.failed,
+            requests_timed_out=c.timed_out,
+            steps=c.steps,
+            tokens=c.tokens,
+            mean_batch_fill=c.filled_rows / (c.steps * s.max_batch_size) if c.steps else 0.0,
+            padding_fraction=c.padding_cells / c.cells if c.cells else 0.0,
+            queue_depth=len(s.queue),
+            active_rows=len(s.rows),
+        )
+
+
+def _backend_for(padding_token: Any) -> Backend:
+    """The padding token's backend; NumPy for a Python scalar."""
+    found = backend_of(padding_token)
+    if found is None:
+        found = backend_of(np.zeros(()))
+        assert found is not None
+    return found
+
+
+def _token(backend: Backend, token: Any, name: str) -> Any:
+    """A token as a storage array of the backend (Python scalars become NumPy)."""
+    if backend.is_array(token):
+        return backend.to_storage(token, token)
+    if backend.name == "numpy" and isinstance(token, int | float | bool):
+        return np.asarray(token)
+    raise ConfigurationError(f"{name} must be a {backend.name} array, got {type(token).__name__}")
+
+
+def _check_tokens(backend: Backend, stop: Any, pad: Any) -> None:
+    if tuple(stop.shape) != tuple(pad.shape):
+        raise ConfigurationError(
+            f"stop_token has shape {tuple(stop.shape)} but padding_token {tuple(pad.shape)}: "
+            "both have the shape of one token"
+        )
+    if not backend.can_cast(stop.dtype, pad.dtype):
+        raise ConfigurationError(
+            f"stop_token's dtype {stop.dtype} does not cast safely to padding_token's {pad.dtype}"
+        )
+
+
+def _config(check: Any, value: object, name: str) -> int:
+    try:
+        result: int = check(value, name)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return result

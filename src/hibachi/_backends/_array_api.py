@@ -1,0 +1,151 @@
+"""Backends for libraries that speak the array API, through array-api-compat.
+
+`ArrayAPIBackend` serves any library whose arrays support in-place slice
+assignment (NumPy, PyTorch, CuPy, array-api-strict, …). `NumpyBackend` and
+`TorchBackend` add fast paths for the calls made once per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ArrayAPIBackend", "NumpyBackend", "TorchBackend"]
+
+
+class ArrayAPIBackend:
+    """A backend over an array-API namespace ``xp`` with mutable arrays."""
+
+    def __init__(self, xp: Any, name: str | None = None) -> None:
+        self.xp = xp
+        self.name = name or getattr(xp, "__name__", "array-api")
+
+    def is_array(self, x: object) -> bool:
+        import array_api_compat
+
+        if not array_api_compat.is_array_api_obj(x):
+            return False
+        try:
+            return array_api_compat.array_namespace(x) is self.xp
+        except TypeError:
+            return False
+
+    def device(self, x: Any) -> Any:
+        import array_api_compat
+
+        return array_api_compat.device(x)
+
+    def can_cast(self, from_dtype: Any, to_dtype: Any) -> bool:
+        return bool(self.xp.can_cast(from_dtype, to_dtype))
+
+    def to_storage(self, x: Any, like: Any) -> Any:
+        return self.xp.asarray(x, dtype=like.dtype, device=self.device(like), copy=True)
+
+    def full(self, shape: tuple[int, ...], fill: Any) -> Any:
+        buf = self.xp.empty(shape, dtype=fill.dtype, device=self.device(fill))
+        buf[...] = fill
+        return buf
+
+    def zeros_bool(self, shape: tuple[int, ...], like: Any) -> Any:
+        return self.xp.zeros(shape, dtype=self.xp.bool, device=self.device(like))
+
+    def rows_equal(self, rows: Any, token: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        xp = self.xp
+        equal = xp.reshape(rows == token, (rows.shape[0], -1))
+        return _to_numpy(xp.all(equal, axis=1))
+
+    def to_user(self, x: Any) -> Any:
+        return x
+
+    def unbind(self, x: Any) -> Sequence[Any]:
+        return [x[i, ...] for i in range(x.shape[0])]
+
+    def inference_context(self) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+
+class NumpyBackend(ArrayAPIBackend):
+    """NumPy, with native calls on the per-step path."""
+
+    def __init__(self) -> None:
+        import array_api_compat.numpy as xp
+
+        super().__init__(xp, name="numpy")
+
+    def is_array(self, x: object) -> bool:
+        return isinstance(x, np.ndarray | np.generic)
+
+    def device(self, x: Any) -> Any:
+        return "cpu"
+
+    def can_cast(self, from_dtype: Any, to_dtype: Any) -> bool:
+        return bool(np.can_cast(from_dtype, to_dtype, casting="safe"))
+
+    def to_storage(self, x: Any, like: Any) -> Any:
+        return np.array(x, dtype=like.dtype, copy=True)
+
+    def full(self, shape: tuple[int, ...], fill: Any) -> Any:
+        buf = np.empty(shape, dtype=fill.dtype)
+        buf[...] = fill
+        return buf
+
+    def zeros_bool(self, shape: tuple[int, ...], like: Any) -> Any:
+        return np.zeros(shape, dtype=bool)
+
+    def rows_equal(self, rows: Any, token: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        result: np.ndarray[Any, np.dtype[np.bool_]]
+        result = (rows == token).reshape(rows.shape[0], -1).all(axis=1)
+        return result
+
+    def unbind(self, x: Any) -> Sequence[Any]:
+        return list(x)
+
+
+class TorchBackend(ArrayAPIBackend):
+    """PyTorch; model calls run under ``torch.inference_mode``."""
+
+    def __init__(self) -> None:
+        import array_api_compat.torch as xp
+
+        super().__init__(xp, name="torch")
+        import torch
+
+        self._torch = torch
+
+    def is_array(self, x: object) -> bool:
+        return isinstance(x, self._torch.Tensor)
+
+    def device(self, x: Any) -> Any:
+        return x.device
+
+    def can_cast(self, from_dtype: Any, to_dtype: Any) -> bool:
+        return bool(self._torch.can_cast(from_dtype, to_dtype))
+
+    def to_storage(self, x: Any, like: Any) -> Any:
+        return x.to(device=like.device, dtype=like.dtype, copy=True)
+
+    def rows_equal(self, rows: Any, token: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        equal = (rows == token).reshape(rows.shape[0], -1).all(dim=1)
+        result: np.ndarray[Any, np.dtype[np.bool_]] = equal.cpu().numpy()
+        return result
+
+    def unbind(self, x: Any) -> Sequence[Any]:
+        rows: Sequence[Any] = x.unbind(0)
+        return rows
+
+    def inference_context(self) -> contextlib.AbstractContextManager[Any]:
+        mode: contextlib.AbstractContextManager[Any] = self._torch.inference_mode()
+        return mode
+
+
+def _to_numpy(x: Any) -> np.ndarray[Any, Any]:
+    """Bring a small array to the host as NumPy, whatever its library."""
+    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        return np.asarray(x.get())
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(x)

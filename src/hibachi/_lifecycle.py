@@ -1,0 +1,105 @@
+"""The open/close lifecycle shared by every batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+from types import TracebackType
+from typing import Protocol, Self
+
+from ._exceptions import BatcherClosed
+
+__all__ = ["Lifecycle", "Runnable", "State"]
+
+
+class State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Runnable(Protocol):
+    """What a batcher's lifecycle drives: its engine."""
+
+    def start(self) -> None: ...
+
+    def stop(self, *, cancel: bool) -> None: ...
+
+    def join(self, timeout: float | None = None) -> bool: ...
+
+
+class Lifecycle:
+    """Context-manager behaviour over an engine: open once, close idempotently.
+
+    ``async with`` / ``with`` open the batcher; leaving the block drains the
+    requests in flight, or ends them at once when the block raised.
+    """
+
+    _engine: Runnable
+
+    def __init__(self) -> None:
+        self._state = State.UNOPENED
+        self._state_lock = threading.Lock()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def start(self) -> None:
+        """Start serving. Called by ``with`` / ``async with``."""
+        with self._state_lock:
+            if self._state is not State.UNOPENED:
+                raise BatcherClosed(f"the batcher cannot be opened: it is {self._state.value}")
+            self._engine.start()
+            self._state = State.OPEN
+
+    def _check_open(self) -> None:
+        if self._state is not State.OPEN:
+            hint = " (use `async with` or `with`)" if self._state is State.UNOPENED else ""
+            raise BatcherClosed(f"the batcher is {self._state.value}{hint}")
+
+    def _begin_close(self, cancel: bool) -> bool:
+        with self._state_lock:
+            if self._state is State.UNOPENED:
+                self._state = State.CLOSED
+                return False
+            if self._state is State.OPEN:
+                self._state = State.CLOSING
+            self._engine.stop(cancel=cancel)
+            return True
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop accepting requests and wait until every stream has ended.
+
+        By default requests in flight and in the queue run to their end; with
+        ``cancel=True`` they end at once with `BatcherClosed`. Idempotent.
+        """
+        if self._begin_close(cancel):
+            self._engine.join()
+        self._state = State.CLOSED
+
+    async def aclose(self, *, cancel: bool = False) -> None:
+        """`close` without blocking the event loop."""
+        if self._begin_close(cancel):
+            await asyncio.to_thread(self._engine.join)
+        self._state = State.CLOSED
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(cancel=exc_type is not None)
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose(cancel=exc_type is not None)

@@ -1,0 +1,56 @@
+"""Calling the user's model, whatever kind of callable it is."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Coroutine
+from typing import Any
+
+from ._exceptions import ConfigurationError, ModelError
+
+__all__ = ["ModelRunner", "model_error"]
+
+
+class ModelRunner:
+    """Calls a sync or async model from the engine thread.
+
+    A coroutine (or any awaitable) the model returns is run to completion on an
+    event loop owned by the engine thread, never on a caller's loop.
+    """
+
+    def __init__(self, model: Any) -> None:
+        if not callable(model):
+            raise ConfigurationError(f"the model must be callable, got {type(model).__name__}")
+        self.model = model
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        result = self.model(*args)
+        if inspect.isawaitable(result):
+            result = self._event_loop().run_until_complete(_awaited(result))
+        return result
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+
+def _awaited(awaitable: Any) -> Coroutine[Any, Any, Any]:
+    async def wait() -> Any:
+        return await awaitable
+
+    return wait()
+
+
+def model_error(exc: BaseException) -> ModelError:
+    """A ModelError that chains the model's own exception."""
+    error = ModelError(f"the model raised {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error

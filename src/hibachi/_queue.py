@@ -1,0 +1,95 @@
+"""A bounded, thread-safe FIFO of waiting work, with a close state.
+
+Callers on any thread `put`; the engine thread `take`s without blocking and
+`wait`s only when it has nothing else to do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from ._exceptions import BatcherClosed, QueueFull
+
+__all__ = ["WorkQueue"]
+
+T = TypeVar("T")
+
+
+class WorkQueue(Generic[T]):
+    """FIFO bounded by ``maxsize`` (None: unbounded) that can be closed to new work."""
+
+    def __init__(self, maxsize: int | None) -> None:
+        self.maxsize = maxsize
+        self._items: deque[T] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._wakeup = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, item: T) -> None:
+        """Append ``item``; raise QueueFull or BatcherClosed instead of waiting."""
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("the batcher is closed and accepts no new requests")
+            if self.maxsize is not None and len(self._items) >= self.maxsize:
+                raise QueueFull(f"{len(self._items)} requests are already waiting (max_queue_size)")
+            self._items.append(item)
+            self._cond.notify()
+
+    def take(self, limit: int, keep: Callable[[T], bool] | None = None) -> list[T]:
+        """Remove and return up to ``limit`` items from the front.
+
+        Items for which ``keep`` is False are skipped over and left queued.
+        """
+        if not self._items or limit <= 0:
+            return []
+        with self._cond:
+            if keep is None:
+                count = min(limit, len(self._items))
+                return [self._items.popleft() for _ in range(count)]
+            return self._take_matching(limit, keep)
+
+    def _take_matching(self, limit: int, keep: Callable[[T], bool]) -> list[T]:
+        taken: list[T] = []
+        left: deque[T] = deque()
+        while self._items and len(taken) < limit:
+            item = self._items.popleft()
+            (taken if keep(item) else left).append(item)
+        left.extend(self._items)
+        self._items = left
+        return taken
+
+    def drain(self) -> list[T]:
+        """Remove and return everything queued."""
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until an item is queued, the queue is closed, `wake` is called, or timeout."""
+        with self._cond:
+            if not self._items and not self._closed and not self._wakeup:
+                self._cond.wait(timeout)
+            self._wakeup = False
+
+    def wake(self) -> None:
+        """Make the current or next `wait` return at once."""
+        with self._cond:
+            self._wakeup = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Refuse new items from now on; queued items stay."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()

@@ -1,0 +1,102 @@
+"""One caller's request as the engine sees it, and the checks made on entry."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._backends import Backend, backend_of
+from ._exceptions import InvalidRequest
+
+__all__ = ["Request", "Sink", "check_budget", "check_prompt", "check_timeout"]
+
+_ids = itertools.count()
+
+
+class Sink(Protocol):
+    """Where a request's results go (see `hibachi._delivery`)."""
+
+    @property
+    def lost(self) -> bool: ...
+
+    def put(self, item: Any) -> None: ...
+
+    def end(self, error: BaseException | None = None) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    """A prompt waiting for, or being given, tokens.
+
+    ``cancelled`` and ``expired`` may be set from any thread; the engine acts
+    on them at its next step.
+    """
+
+    prompt: Any
+    max_new_tokens: int
+    sink: Sink
+    deadline: float | None = None
+    options: Any = None
+    cancelled: bool = False
+    expired: bool = False
+    active: bool = False
+    ended: bool = False
+    id: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def departed(self) -> bool:
+        """The caller no longer wants results."""
+        return self.cancelled or self.expired or self.sink.lost
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the caller's stream, once."""
+        if not self.ended:
+            self.ended = True
+            self.sink.end(error)
+
+
+def check_prompt(backend: Backend, prompt: object, padding: Any, device: Any) -> Any:
+    """The prompt as a fresh storage array, or InvalidRequest saying what is wrong."""
+    if backend_of(prompt) is not backend or not backend.is_array(prompt):
+        raise InvalidRequest(
+            f"the prompt must be a {backend.name} array, got {type(prompt).__module__}."
+            f"{type(prompt).__qualname__}"
+        )
+    arr: Any = prompt
+    token_shape = tuple(padding.shape)
+    if arr.ndim != 1 + len(token_shape) or tuple(arr.shape[1:]) != token_shape:
+        raise InvalidRequest(
+            f"the prompt must have shape (S, *{token_shape}) to match the padding token, "
+            f"got {tuple(arr.shape)}"
+        )
+    if arr.shape[0] < 1:
+        raise InvalidRequest("the prompt is empty: it needs at least one token")
+    if not backend.can_cast(arr.dtype, padding.dtype):
+        raise InvalidRequest(
+            f"the prompt's dtype {arr.dtype} cannot be cast safely to the padding "
+            f"token's dtype {padding.dtype}"
+        )
+    if backend.device(arr) != device:
+        raise InvalidRequest(
+            f"the prompt is on device {backend.device(arr)}, the batcher on {device}"
+        )
+    return backend.to_storage(arr, padding)
+
+
+def check_budget(max_new_tokens: object, name: str = "max_new_tokens") -> int:
+    """A positive int, or InvalidRequest."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise InvalidRequest(f"{name} must be an int, got {type(max_new_tokens).__name__}")
+    if max_new_tokens < 1:
+        raise InvalidRequest(f"{name} must be at least 1, got {max_new_tokens}")
+    return max_new_tokens
+
+
+def check_timeout(timeout: object) -> float | None:
+    """None or a positive number of seconds, or InvalidRequest."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)

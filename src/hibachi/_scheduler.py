@@ -1,0 +1,255 @@
+"""The synchronous core of continuous batching.
+
+One step is ``schedule()`` → the model on ``model_inputs()`` → ``complete(output)``
+(or ``fail(error)``). Everything here is plain code over plain data: no
+threads, no event loop. The engine drives it from its thread; tests drive it
+step by step with a fake clock and list sinks.
+
+- ``schedule`` drops rows whose caller left or whose deadline passed, admits
+  waiting requests into free rows in arrival order, and says whether a step
+  should run.
+- ``complete`` writes each row's new token, streams it to its caller, ends the
+  rows that produced the stop token or spent their budget, and trims padding.
+
+Active rows are kept dense in rows 0 … n-1: a row that leaves is replaced by
+the last one, so the model always gets a contiguous view.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._backends import Backend
+from ._buffer import SequenceBuffer
+from ._exceptions import ModelError, Timeout
+from ._queue import WorkQueue
+from ._request import Request
+
+__all__ = ["Counters", "Scheduler"]
+
+
+@dataclass
+class Counters:
+    """What the scheduler has done so far (read by `stats()`)."""
+
+    admitted: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    steps: int = 0
+    tokens: int = 0
+    filled_rows: int = 0
+    padding_cells: int = 0
+    cells: int = 0
+
+
+class Scheduler:
+    """Which requests run at each step, and what becomes of their tokens."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        stop_token: Any,
+        padding_token: Any,
+        max_batch_size: int,
+        queue: WorkQueue[Request],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.stop_token = stop_token
+        self.padding_token = padding_token
+        self.max_batch_size = max_batch_size
+        self.queue = queue
+        self.clock = clock
+        self.rows: list[Request] = []
+        self.remaining = np.zeros(max_batch_size, dtype=np.int64)
+        self.buffer = SequenceBuffer(backend, padding_token, max_batch_size)
+        self.counters = Counters()
+        self._deadlines: list[tuple[float, int, Request]] = []
+        self._deadline_lock = threading.Lock()
+        self._departures_pending = False
+
+    # -- called from any thread -------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Queue a checked request (QueueFull / BatcherClosed propagate)."""
+        self.queue.put(request)
+        if request.deadline is not None:
+            with self._deadline_lock:
+                heapq.heappush(self._deadlines, (request.deadline, request.id, request))
+
+    def note_departure(self) -> None:
+        """A caller left: look for departed rows at the next step."""
+        self._departures_pending = True
+
+    # -- one step -----------------------------------------------------------------
+
+    def schedule(self) -> bool:
+        """Drop departed rows, admit waiting requests; True if a step should run."""
+        now = self.clock()
+        self._expire(now)
+        if self._departures_pending:
+            self._departures_pending = False
+            self._drop_departed()
+        self._admit()
+        return bool(self.rows)
+
+    def model_inputs(self) -> tuple[Any, Any]:
+        """The (tokens, mask) the model gets for this step."""
+        tokens, mask = self.buffer.view(len(self.rows))
+        return self.backend.to_user(tokens), self.backend.to_user(mask)
+
+    def complete(self, output: Any) -> None:
+        """Apply the model's output for the rows of this step."""
+        n = len(self.rows)
+        column = self._check_output(output, n)
+        self._count_step(n)
+        self.buffer.append(column, n)
+        stopped = self.backend.rows_equal(column, self.stop_token)
+        self.remaining[:n] -= 1
+        done = stopped | (self.remaining[:n] <= 0)
+        for request, token in zip(self.rows, self.backend.unbind(self.backend.to_user(column))):
+            request.sink.put(token)
+        self.counters.tokens += n
+        finished = np.flatnonzero(done)
+        if finished.size:
+            self._remove(finished.tolist(), None)
+            self.counters.finished += finished.size
+
+    def fail(self, error: BaseException) -> None:
+        """The model failed this step: every row in it gets a ModelError."""
+        n = len(self.rows)
+        self._count_step(n)
+        self.counters.failed += n
+        self._remove(list(range(n)), error)
+
+    def abort(self, error: BaseException) -> None:
+        """End every active and waiting request with ``error`` (closing at once)."""
+        self.counters.failed += len(self.rows)
+        self._remove(list(range(len(self.rows))), error)
+        for request in self.queue.drain():
+            if request.ended:
+                continue
+            if request.departed:
+                self.counters.cancelled += 1
+                request.finish()
+            else:
+                self.counters.failed += 1
+                request.finish(_copy_error(error))
+
+    # -- internals ----------------------------------------------------------------
+
+    def _admit(self) -> None:
+        free = self.max_batch_size - len(self.rows)
+        while free > 0:
+            taken = self.queue.take(free)
+            if not taken:
+                return
+            for request in taken:
+                if request.departed:
+                    if not request.ended:
+                        self._end_departed(request)
+                    continue
+                self._admit_one(request)
+                free -= 1
+
+    def _admit_one(self, request: Request) -> None:
+        row = len(self.rows)
+        self.rows.append(request)
+        self.buffer.admit(row, request.prompt, row + 1)
+        self.remaining[row] = request.max_new_tokens
+        request.active = True
+        request.prompt = None  # the buffer holds it now
+        self.counters.admitted += 1
+
+    def _drop_departed(self) -> None:
+        gone = [i for i, request in enumerate(self.rows) if request.departed]
+        if gone:
+            for i in sorted(gone, reverse=True):
+                self._end_departed(self.rows[i])
+                self._remove_row(i)
+            self.buffer.trim(len(self.rows))
+
+    def _end_departed(self, request: Request) -> None:
+        if request.expired and not request.cancelled:
+            self.counters.timed_out += 1
+            request.finish(Timeout("the request was not finished before its deadline"))
+        else:
+            self.counters.cancelled += 1
+            request.finish()
+
+    def _expire(self, now: float) -> None:
+        heap = self._deadlines
+        if not heap or heap[0][0] > now:
+            return
+        with self._deadline_lock:
+            expired = []
+            while heap and heap[0][0] <= now:
+                expired.append(heapq.heappop(heap)[2])
+        for request in expired:
+            if request.ended or request.departed:
+                continue
+            request.expired = True
+            if request.active:
+                self._departures_pending = True
+            else:  # still queued: answer now, skip it at admission
+                self._end_departed(request)
+
+    def _remove(self, indices: list[int], error: BaseException | None) -> None:
+        for i in sorted(indices, reverse=True):
+            self.rows[i].finish(_copy_error(error) if error is not None else None)
+            self._remove_row(i)
+        self.buffer.trim(len(self.rows))
+
+    def _remove_row(self, i: int) -> None:
+        last = len(self.rows) - 1
+        if i != last:
+            self.rows[i] = self.rows[last]
+            self.remaining[i] = self.remaining[last]
+            self.buffer.move(last, i)
+        self.rows.pop()
+
+    def _count_step(self, n: int) -> None:
+        c = self.counters
+        c.steps += 1
+        c.filled_rows += n
+        c.cells += n * self.buffer.width
+        c.padding_cells += self.buffer.padding_cells(n)
+
+    def _check_output(self, output: Any, n: int) -> Any:
+        backend, pad = self.backend, self.padding_token
+        if not backend.is_array(output):
+            raise ModelError(
+                f"the model returned {type(output).__qualname__}, expected a {backend.name} array"
+            )
+        expected = (n, *pad.shape)
+        if tuple(output.shape) != expected:
+            raise ModelError(
+                f"the model returned shape {tuple(output.shape)} for a batch of {n}, "
+                f"expected {expected}: one new token per row"
+            )
+        if not backend.can_cast(output.dtype, pad.dtype):
+            raise ModelError(
+                f"the model returned dtype {output.dtype}, which does not cast safely to "
+                f"the tokens' dtype {pad.dtype}"
+            )
+        return backend.to_storage(output, pad)
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    """A fresh instance per caller, so tracebacks of concurrent raises don't mix."""
+    try:
+        copy = type(error)(*error.args)
+    except Exception:
+        return error
+    copy.__cause__ = error.__cause__
+    return copy
