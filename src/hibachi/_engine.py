@@ -59,7 +59,7 @@ class Engine:
         scheduler, queue = self.scheduler, self.scheduler.queue
         while True:
             if self._abort:
-                scheduler.abort(BatcherClosed("the batcher was closed before this request finished"))
+                scheduler.abort(BatcherClosed("the batcher was closed before the request finished"))
                 return
             if scheduler.schedule():
                 self._step()

@@ -65,7 +65,7 @@ def check_prompt(backend: Backend, prompt: object, padding: Any, device: Any) ->
         )
     arr: Any = prompt
     token_shape = tuple(padding.shape)
-    if arr.ndim != 1 + len(token_shape) or tuple(arr.shape[1:]) != token_shape:
+    if len(arr.shape) != 1 + len(token_shape) or tuple(arr.shape[1:]) != token_shape:
         raise InvalidRequest(
             f"the prompt must have shape (S, *{token_shape}) to match the padding token, "
             f"got {tuple(arr.shape)}"

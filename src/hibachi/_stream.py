@@ -94,7 +94,7 @@ class TokenStream:
             raise StopIteration
         sink = self._sink
         if not isinstance(sink, ThreadSink):
-            raise TypeError("this stream was created inside an event loop: iterate it with `async for`")
+            raise TypeError("this stream was created in an event loop: iterate it with `async for`")
         return self._unwrap(sink.get(), StopIteration)
 
     def __enter__(self) -> TokenStream:

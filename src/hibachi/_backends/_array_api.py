@@ -21,7 +21,7 @@ class ArrayAPIBackend:
 
     def __init__(self, xp: Any, name: str | None = None) -> None:
         self.xp = xp
-        self.name = name or getattr(xp, "__name__", "array-api")
+        self.name: str = name or str(getattr(xp, "__name__", "array-api"))
 
     def is_array(self, x: object) -> bool:
         import array_api_compat

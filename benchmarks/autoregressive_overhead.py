@@ -1,0 +1,155 @@
+"""What continuous batching costs, next to the floor asyncio itself sets.
+
+Prints, in one run:
+
+1. Cost per delivered token with 64 rows at S=16 and S=4096 (a model that reads
+   only the last column), next to asyncio alone waking 64 consumer tasks once
+   per step (the floor). Targets: <= 2x the floor, flat in S.
+2. Throughput of 16 concurrent requests against the same requests run one at a
+   time, through a NumPy model that costs about 1 ms per call. Target: >= 12x.
+
+Usage: python benchmarks/autoregressive_overhead.py [--steps N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import hibachi
+
+ROWS = 64
+
+
+async def floor_per_token(steps: int, rows: int = ROWS) -> float:
+    """Seconds per token when a producer wakes ``rows`` waiting tasks once per step."""
+    loop = asyncio.get_running_loop()
+    waiters: list[asyncio.Future[int]] = [loop.create_future() for _ in range(rows)]
+    done = asyncio.Event()
+    remaining = rows
+
+    async def consumer(i: int) -> None:
+        nonlocal remaining
+        for _ in range(steps):
+            await waiters[i]
+            waiters[i] = loop.create_future()
+        remaining -= 1
+        if not remaining:
+            done.set()
+
+    tasks = [asyncio.create_task(consumer(i)) for i in range(rows)]
+    await asyncio.sleep(0)
+    start = time.perf_counter()
+    for step in range(steps):
+        for waiter in waiters:
+            waiter.set_result(step)
+        await asyncio.sleep(0)
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    await asyncio.gather(*tasks)
+    return elapsed / (steps * rows)
+
+
+def last_column(tokens: Any, mask: Any) -> Any:
+    """A model that reads only the last column: its cost does not depend on S."""
+    return tokens[:, -1] + 1
+
+
+async def batcher_per_token(prompt_len: int, steps: int, rows: int = ROWS) -> float:
+    """Seconds per delivered token with ``rows`` streams of ``steps`` tokens each."""
+    batcher = hibachi.AutoregressiveBatcher(
+        last_column,
+        stop_token=np.int64(-1),
+        padding_token=np.int64(0),
+        max_batch_size=rows,
+    )
+    prompt = np.arange(prompt_len, dtype=np.int64) % 1000 + 1
+    async with batcher:
+
+        async def consume() -> int:
+            count = 0
+            async for _ in batcher.run(prompt, max_new_tokens=steps):
+                count += 1
+            return count
+
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(consume() for _ in range(rows)))
+        elapsed = time.perf_counter() - start
+    assert sum(counts) == rows * steps
+    return elapsed / (rows * steps)
+
+
+def one_ms_model(dim: int = 256) -> Callable[[Any, Any], Any]:
+    """A NumPy model costing about 1 ms per call, almost whatever the batch size."""
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((dim, dim)).astype(np.float32) / np.sqrt(dim)
+    state = rng.standard_normal((dim, dim)).astype(np.float32)
+    reps = _calibrate(weights, state)
+
+    def model(tokens: Any, mask: Any) -> Any:
+        x = state
+        for _ in range(reps):
+            x = np.tanh(x @ weights)
+        return (tokens[:, -1] * 7 + int(x[0, 0] > 0) + 3) % 50_000 + 3
+
+    return model
+
+
+def _calibrate(weights: np.ndarray[Any, Any], state: np.ndarray[Any, Any]) -> int:
+    start = time.perf_counter()
+    for _ in range(20):
+        np.tanh(state @ weights)
+    per_rep = (time.perf_counter() - start) / 20
+    return max(1, round(0.001 / per_rep))
+
+
+async def throughput(concurrent: bool, requests: int = 16, tokens: int = 64) -> float:
+    """Tokens per second for ``requests`` requests, together or one at a time."""
+    model = one_ms_model()
+    batcher = hibachi.AutoregressiveBatcher(
+        model, stop_token=np.int64(0), padding_token=np.int64(0), max_batch_size=requests
+    )
+    prompts = [np.arange(1, 5 + i, dtype=np.int64) for i in range(requests)]
+    async with batcher:
+
+        async def one(prompt: np.ndarray[Any, Any]) -> int:
+            return len(await batcher.run(prompt, max_new_tokens=tokens).collect())
+
+        start = time.perf_counter()
+        if concurrent:
+            counts = await asyncio.gather(*(one(p) for p in prompts))
+        else:
+            counts = [await one(p) for p in prompts]
+        elapsed = time.perf_counter() - start
+    return sum(counts) / elapsed
+
+
+async def main(steps: int, repeat: int) -> None:
+    def best(values: list[float]) -> float:
+        return min(values)
+
+    floor = best([await floor_per_token(steps) for _ in range(repeat)])
+    short = best([await batcher_per_token(16, steps) for _ in range(repeat)])
+    long = best([await batcher_per_token(4096, steps) for _ in range(repeat)])
+    print(f"cost per delivered token, {ROWS} rows, {steps} steps (best of {repeat}):")
+    print(f"  asyncio floor (wake {ROWS} tasks/step): {floor * 1e6:7.2f} us")
+    for label, cost in (("S=16", short), ("S=4096", long)):
+        print(f"  hibachi, {label:<28} {cost * 1e6:7.2f} us  ({cost / floor:.2f}x)")
+    together = max([await throughput(True) for _ in range(repeat)])
+    alone = max([await throughput(False) for _ in range(repeat)])
+    print("throughput, 16 requests x 64 tokens, ~1 ms NumPy model:")
+    print(f"  one at a time: {alone:9.0f} tokens/s")
+    print(f"  concurrent:    {together:9.0f} tokens/s  ({together / alone:.1f}x)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.steps, args.repeat))
