@@ -117,7 +117,8 @@ class Scheduler:
         stopped = self.backend.rows_equal(column, self.stop_token)
         self.remaining[:n] -= 1
         done = stopped | (self.remaining[:n] <= 0)
-        for request, token in zip(self.rows, self.backend.unbind(self.backend.to_user(column))):
+        tokens = self.backend.unbind(self.backend.to_user(column))
+        for request, token in zip(self.rows, tokens, strict=True):
             request.sink.put(token)
         self.counters.tokens += n
         finished = np.flatnonzero(done)
