@@ -191,6 +191,8 @@ class Scheduler:
     def _expire(self, now: float) -> None:
         heap = self._deadlines
         if not heap or heap[0][0] > now:
+            if len(heap) > 2 * (len(self.rows) + len(self.queue)) + 64:
+                self._prune_deadlines()
             return
         with self._deadline_lock:
             expired = []
@@ -204,6 +206,12 @@ class Scheduler:
                 self._departures_pending = True
             else:  # still queued: answer now, skip it at admission
                 self._end_departed(request)
+
+    def _prune_deadlines(self) -> None:
+        """Forget deadlines of requests that ended, so finished work frees its memory."""
+        with self._deadline_lock:
+            self._deadlines = [entry for entry in self._deadlines if not entry[2].ended]
+            heapq.heapify(self._deadlines)
 
     def _remove(self, indices: list[int], error: BaseException | None) -> None:
         for i in sorted(indices, reverse=True):
