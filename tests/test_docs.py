@@ -1,0 +1,36 @@
+"""The code in README.md and docs/ runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
+def test_readme_quick_start_prints_the_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    quick_start, threads = python_blocks(ROOT / "README.md")[:2]
+    namespace: dict[str, object] = {}
+    exec(compile(quick_start, "README quick start", "exec"), namespace)
+    assert capsys.readouterr().out.split() == ["0", "1", "2"]
+    exec(compile(threads, "README threads", "exec"), namespace)
+    assert capsys.readouterr().out.split() == ["0", "1", "2"]
+
+
+def test_backends_worked_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import hibachi._backends as backends
+
+    (example,) = python_blocks(ROOT / "docs" / "backends.md")
+    saved = list(backends._registered)
+    try:
+        exec(compile(example, "docs/backends.md", "exec"), {})
+    finally:
+        backends._registered[:] = saved
+        backends._by_type.clear()
+    assert capsys.readouterr().out.strip() == "[7, 8, 9]"
