@@ -19,6 +19,7 @@ from ._exceptions import InvalidRequest as InvalidRequest
 from ._exceptions import ModelError as ModelError
 from ._exceptions import QueueFull as QueueFull
 from ._exceptions import Timeout as Timeout
+from ._incremental import IncrementalModel as IncrementalModel
 from ._stats import AutoregressiveStats as AutoregressiveStats
 from ._stream import TokenStream as TokenStream
 
@@ -34,6 +35,7 @@ __all__ = [
     "BatcherClosed",
     "ConfigurationError",
     "HibachiError",
+    "IncrementalModel",
     "InvalidRequest",
     "ModelError",
     "QueueFull",

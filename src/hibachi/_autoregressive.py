@@ -10,12 +10,15 @@ import numpy as np
 from ._backends import Backend, backend_of
 from ._delivery import Channels
 from ._engine import Engine
-from ._exceptions import ConfigurationError
+from ._exceptions import ConfigurationError, InvalidRequest, ModelError
+from ._incremental import IncrementalModel
+from ._layout import Layout
 from ._lifecycle import Lifecycle
 from ._model import ModelRunner
 from ._queue import WorkQueue
 from ._request import Request, check_budget, check_prompt, check_timeout
 from ._scheduler import Scheduler
+from ._slots import SlotLayout
 from ._stats import AutoregressiveStats
 from ._stream import TokenStream
 
@@ -32,6 +35,10 @@ class AutoregressiveBatcher(Lifecycle):
     be a function, a bound method, a ``torch.nn.Module``, sync or async; it
     runs on the batcher's own thread, so it never blocks a caller's event loop.
 
+    An `IncrementalModel` (a model with a per-sequence cache) is run
+    incrementally instead: each step hands it only the tokens each row has not
+    seen, with the row's slot number and the request's ``options``.
+
     Args:
         model: the model callable.
         stop_token: a sequence ends when the model produces this token (it is
@@ -42,6 +49,10 @@ class AutoregressiveBatcher(Lifecycle):
             raises `QueueFull`. None for unbounded.
         max_new_tokens: the default budget of a request that names none.
         backend: a `Backend` for a tensor library hibachi does not know.
+        prefill_chunk: with an `IncrementalModel`, the most cells (rows *
+            width) a step that feeds prompts may hand the model. Such steps
+            alternate with the steps of rows that are decoding, so this bounds
+            how long a long prompt holds them up.
     """
 
     def __init__(
@@ -54,6 +65,7 @@ class AutoregressiveBatcher(Lifecycle):
         max_queue_size: int | None = 4096,
         max_new_tokens: int = 1024,
         backend: Backend | None = None,
+        prefill_chunk: int = 512,
     ) -> None:
         super().__init__()
         self._backend = backend or _backend_for(padding_token)
@@ -66,15 +78,29 @@ class AutoregressiveBatcher(Lifecycle):
         _config(check_budget, max_batch_size, "max_batch_size")
         if max_queue_size is not None:
             _config(check_budget, max_queue_size, "max_queue_size")
+        _config(check_budget, prefill_chunk, "prefill_chunk")
+        self._incremental = model if isinstance(model, IncrementalModel) else None
+        runner = ModelRunner(model if self._incremental is None else self._incremental.step)
+        layout: Layout | None = None
+        if self._incremental is not None:
+            release = self._incremental.release
+            layout = SlotLayout(
+                self._backend,
+                pad,
+                max_batch_size,
+                prefill_chunk=prefill_chunk,
+                release=lambda slot: runner.call(release, slot),
+            )
         self._scheduler = Scheduler(
             self._backend,
             stop_token=self._backend.to_storage(stop, pad),
             padding_token=pad,
             max_batch_size=max_batch_size,
             queue=WorkQueue(max_queue_size),
+            layout=layout,
         )
         self._channels = Channels()
-        self._engine = Engine(self._scheduler, ModelRunner(model), self._channels, "hibachi-ar")
+        self._engine = Engine(self._scheduler, runner, self._channels, "hibachi-ar")
 
     @property
     def max_batch_size(self) -> int:
@@ -86,23 +112,39 @@ class AutoregressiveBatcher(Lifecycle):
         *,
         max_new_tokens: int | None = None,
         timeout: float | None = None,
+        options: Any = None,
     ) -> TokenStream:
         """Queue ``prompt`` (S, *token_shape) and return the stream of its new tokens.
 
         Raises `InvalidRequest` for a bad prompt or budget, `QueueFull` when
         the queue is full, `BatcherClosed` when the batcher is not open.
         ``timeout`` (seconds) ends the stream with `Timeout` if generation has
-        not finished by then.
+        not finished by then. ``options`` goes unchanged to an
+        `IncrementalModel` (sampling parameters, say); other models take none.
         """
         self._check_open()
         budget = self._default_budget if max_new_tokens is None else check_budget(max_new_tokens)
         seconds = check_timeout(timeout)
         storage = check_prompt(self._backend, prompt, self._padding, self._device)
+        budget = self._vet(prompt, budget, options)
         sink = self._channels.sink_for_current_context()
         deadline = None if seconds is None else time.monotonic() + seconds
-        request = Request(storage, budget, sink, deadline=deadline)
+        request = Request(storage, budget, sink, deadline=deadline, options=options)
         self._scheduler.submit(request)
         return TokenStream(request, sink, self._scheduler.note_departure)
+
+    def _vet(self, prompt: Any, budget: int, options: Any) -> int:
+        """The request's budget, as the incremental model sees it."""
+        if self._incremental is None:
+            if options is not None:
+                raise InvalidRequest("options are passed to an IncrementalModel only")
+            return budget
+        granted = self._incremental.check_request(prompt, budget, options)
+        if isinstance(granted, bool) or not isinstance(granted, int) or not 1 <= granted <= budget:
+            raise ModelError(
+                f"check_request() returned {granted!r}, expected an int in 1 … {budget}"
+            )
+        return granted
 
     def stats(self) -> AutoregressiveStats:
         """A snapshot of the batcher's counters."""

@@ -8,6 +8,9 @@ room, so the amortised cost of a step does not depend on sequence length.
 
 Invariant: for rows < n, columns ``[start, end)`` hold padding (mask False)
 then the row's tokens (mask True). Nothing else in the buffer is ever read.
+
+It is the scheduler's `Layout` for stateless models: every step runs every
+active row, in order, and each gets one new token.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from ._backends import Backend
+from ._layout import Emitted
+from ._request import Request
 
 __all__ = ["SequenceBuffer"]
 
@@ -83,6 +88,43 @@ class SequenceBuffer:
     def padding_cells(self, n: int) -> int:
         """How many cells of the current view of rows < n are padding."""
         return n * self.width - int(self.lengths[:n].sum())
+
+    # -- the scheduler's `Layout` ----------------------------------------------------
+
+    def room(self, n: int) -> int:
+        return self.rows - n
+
+    def fault(self) -> BaseException | None:
+        return None
+
+    def enter(self, row: int, request: Request, n: int) -> None:
+        self.admit(row, request.prompt, n)
+
+    def leave(self, row: int, n: int) -> None:
+        if row != n - 1:
+            self.move(n - 1, row)
+
+    def settle(self, n: int) -> None:
+        self.trim(n)
+
+    def inputs(self, n: int) -> tuple[Any, Any]:
+        tokens, mask = self.view(n)
+        return self._backend.to_user(tokens), self._backend.to_user(mask)
+
+    def step_size(self, n: int) -> int:
+        return n
+
+    def step_rows(self, n: int) -> list[int]:
+        return list(range(n))
+
+    def step_cells(self, n: int) -> tuple[int, int]:
+        return n * self.width, self.padding_cells(n)
+
+    def record(self, column: Any, n: int) -> Emitted:
+        self.append(column, n)
+        return None, column
+
+    # -- internals --------------------------------------------------------------------
 
     def _widen(self, length: int, n: int) -> None:
         """Make the window at least ``length`` wide, padding rows < n on the left."""

@@ -26,7 +26,11 @@ class ModelRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self, *args: Any) -> Any:
-        result = self.model(*args)
+        return self.call(self.model, *args)
+
+    def call(self, function: Any, *args: Any) -> Any:
+        """``function(*args)``, sync or async, on the engine thread (a model's other methods)."""
+        result = function(*args)
         if inspect.isawaitable(result):
             result = self._event_loop().run_until_complete(_awaited(result))
         return result

@@ -12,7 +12,9 @@ step by step with a fake clock and list sinks.
   rows that produced the stop token or spent their budget, and trims padding.
 
 Active rows are kept dense in rows 0 … n-1: a row that leaves is replaced by
-the last one, so the model always gets a contiguous view.
+the last one. What the model is handed, and which rows get a token, is the
+layout's business (`hibachi._layout`): the whole left-padded sequences of every
+row for a stateless model, or each row's unseen tokens for an incremental one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 from ._backends import Backend
 from ._buffer import SequenceBuffer
 from ._exceptions import ModelError, Timeout
+from ._layout import Layout
 from ._queue import WorkQueue
 from ._request import Request
 
@@ -63,6 +66,7 @@ class Scheduler:
         max_batch_size: int,
         queue: WorkQueue[Request],
         clock: Callable[[], float] = time.monotonic,
+        layout: Layout | None = None,
     ) -> None:
         self.backend = backend
         self.stop_token = stop_token
@@ -72,7 +76,7 @@ class Scheduler:
         self.clock = clock
         self.rows: list[Request] = []
         self.remaining = np.zeros(max_batch_size, dtype=np.int64)
-        self.buffer = SequenceBuffer(backend, padding_token, max_batch_size)
+        self.layout: Layout = layout or SequenceBuffer(backend, padding_token, max_batch_size)
         self.counters = Counters()
         self._deadlines: list[tuple[float, int, Request]] = []
         self._deadline_lock = threading.Lock()
@@ -91,6 +95,11 @@ class Scheduler:
         """A caller left: look for departed rows at the next step."""
         self._departures_pending = True
 
+    @property
+    def buffer(self) -> Any:
+        """The layout (a `SequenceBuffer` for a stateless model)."""
+        return self.layout
+
     # -- one step -----------------------------------------------------------------
 
     def schedule(self) -> bool:
@@ -101,37 +110,43 @@ class Scheduler:
             self._departures_pending = False
             self._drop_departed()
         self._admit()
+        if not self.rows and len(self.queue):
+            self._check_fault()
         return bool(self.rows)
 
-    def model_inputs(self) -> tuple[Any, Any]:
-        """The (tokens, mask) the model gets for this step."""
-        tokens, mask = self.buffer.view(len(self.rows))
-        return self.backend.to_user(tokens), self.backend.to_user(mask)
+    def model_inputs(self) -> tuple[Any, ...]:
+        """The model's arguments for this step: (tokens, mask) for a stateless model."""
+        return self.layout.inputs(len(self.rows))
 
     def complete(self, output: Any) -> None:
         """Apply the model's output for the rows of this step."""
         n = len(self.rows)
-        column = self._check_output(output, n)
+        column = self._check_output(output, self.layout.step_size(n))
         self._count_step(n)
-        self.buffer.append(column, n)
+        rows, column = self.layout.record(column, n)
+        if rows is not None and not rows.size:
+            return  # every row of the step is still taking its prompt in
+        index = slice(0, n) if rows is None else rows
         stopped = self.backend.rows_equal(column, self.stop_token)
-        self.remaining[:n] -= 1
-        done = stopped | (self.remaining[:n] <= 0)
+        self.remaining[index] -= 1
+        done = stopped | (self.remaining[index] <= 0)
+        requests = self.rows if rows is None else [self.rows[i] for i in rows]
         tokens = self.backend.unbind(self.backend.to_user(column))
-        for request, token in zip(self.rows, tokens, strict=True):
+        for request, token in zip(requests, tokens, strict=True):
             request.sink.put(token)
-        self.counters.tokens += n
+        self.counters.tokens += len(requests)
         finished = np.flatnonzero(done)
         if finished.size:
-            self._remove(finished.tolist(), None)
+            self._remove((finished if rows is None else rows[finished]).tolist(), None)
             self.counters.finished += finished.size
 
     def fail(self, error: BaseException) -> None:
         """The model failed this step: every row in it gets a ModelError."""
         n = len(self.rows)
+        members = self.layout.step_rows(n)
         self._count_step(n)
-        self.counters.failed += n
-        self._remove(list(range(n)), error)
+        self.counters.failed += len(members)
+        self._remove(members, error)
 
     def abort(self, error: BaseException) -> None:
         """End every active and waiting request with ``error`` (closing at once)."""
@@ -149,8 +164,15 @@ class Scheduler:
 
     # -- internals ----------------------------------------------------------------
 
+    def _check_fault(self) -> None:
+        """Refuse all work if the layout can never take a request again."""
+        error = self.layout.fault()
+        if error is not None:
+            self.queue.close()
+            self.abort(error)
+
     def _admit(self) -> None:
-        free = self.max_batch_size - len(self.rows)
+        free = self.layout.room(len(self.rows))
         while free > 0:
             taken = self.queue.take(free)
             if not taken:
@@ -166,19 +188,20 @@ class Scheduler:
     def _admit_one(self, request: Request) -> None:
         row = len(self.rows)
         self.rows.append(request)
-        self.buffer.admit(row, request.prompt, row + 1)
+        self.layout.enter(row, request, row + 1)
         self.remaining[row] = request.max_new_tokens
         request.active = True
-        request.prompt = None  # the buffer holds it now
+        request.prompt = None  # the layout holds it now
         self.counters.admitted += 1
 
     def _drop_departed(self) -> None:
         gone = [i for i, request in enumerate(self.rows) if request.departed]
         if gone:
             for i in sorted(gone, reverse=True):
-                self._end_departed(self.rows[i])
+                request = self.rows[i]
                 self._remove_row(i)
-            self.buffer.trim(len(self.rows))
+                self._end_departed(request)
+            self.layout.settle(len(self.rows))
 
     def _end_departed(self, request: Request) -> None:
         if request.expired and not request.cancelled:
@@ -215,24 +238,27 @@ class Scheduler:
 
     def _remove(self, indices: list[int], error: BaseException | None) -> None:
         for i in sorted(indices, reverse=True):
-            self.rows[i].finish(_copy_error(error) if error is not None else None)
-            self._remove_row(i)
-        self.buffer.trim(len(self.rows))
+            request = self.rows[i]
+            self._remove_row(i)  # first, so the row's slot is released before its caller hears
+            request.finish(_copy_error(error) if error is not None else None)
+        self.layout.settle(len(self.rows))
 
     def _remove_row(self, i: int) -> None:
-        last = len(self.rows) - 1
+        n = len(self.rows)
+        self.layout.leave(i, n)
+        last = n - 1
         if i != last:
             self.rows[i] = self.rows[last]
             self.remaining[i] = self.remaining[last]
-            self.buffer.move(last, i)
         self.rows.pop()
 
     def _count_step(self, n: int) -> None:
         c = self.counters
         c.steps += 1
-        c.filled_rows += n
-        c.cells += n * self.buffer.width
-        c.padding_cells += self.buffer.padding_cells(n)
+        c.filled_rows += self.layout.step_size(n)
+        cells, padding = self.layout.step_cells(n)
+        c.cells += cells
+        c.padding_cells += padding
 
     def _check_output(self, output: Any, n: int) -> Any:
         backend, pad = self.backend, self.padding_token

@@ -1,0 +1,70 @@
+"""`IncrementalModel`: the contract of a model that keeps per-sequence state."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IncrementalModel"]
+
+
+class IncrementalModel(abc.ABC):
+    """A model that remembers what each sequence has seen, in numbered slots.
+
+    Give one to `AutoregressiveBatcher` in place of a ``model(tokens, mask)``
+    callable and the batcher runs it incrementally: at each step the model gets,
+    for each row of the step, only the tokens that row's slot has not seen yet —
+    the prompt (in chunks of at most ``prefill_chunk`` cells per step) when the
+    row is new, then the token it produced last. The slot is the row's for its
+    whole life; when the row ends, for whatever reason (stop token, budget,
+    cancellation, deadline, model error, close), `release` is called before the
+    slot is handed to another request.
+
+    Every method but `check_request` is called from the batcher's engine thread,
+    one call at a time; `step` and `release` may be ``async``.
+    """
+
+    @abc.abstractmethod
+    def step(
+        self,
+        tokens: Any,
+        mask: Any,
+        slots: np.ndarray[Any, np.dtype[np.int64]],
+        options: list[Any],
+    ) -> Any:
+        """Feed each row its unseen tokens; return each row's next token.
+
+        Args:
+            tokens: (B, W, *token_shape), each row's unseen tokens, left-padded
+                with the padding token (the batcher's backend and device).
+            mask: (B, W) bool, True on real tokens. Every row has at least one.
+            slots: (B,) int64, each row's slot, in 0 … max_batch_size-1; no
+                two rows of a step share one.
+            options: each row's ``options`` object, as given to ``run``.
+
+        Returns:
+            (B, *token_shape): the token that follows each row's tokens. For a
+            row whose prompt is not all in yet, it is ignored (return anything
+            of the right shape).
+
+        The arrays are hibachi's: read them during the call, don't keep them.
+        """
+
+    @abc.abstractmethod
+    def release(self, slot: int) -> None:
+        """Forget what ``slot`` has seen: its row has ended.
+
+        A slot whose release raises is never used again.
+        """
+
+    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
+        """Vet a request in ``run()``, on the caller's thread; return its budget.
+
+        Raise `hibachi.InvalidRequest` to refuse the request (a prompt too long
+        for the slots, bad options…). The request gets the returned number of
+        new tokens at most, which must lie in 1 … ``max_new_tokens``. The
+        default accepts everything.
+        """
+        return max_new_tokens

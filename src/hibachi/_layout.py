@@ -1,0 +1,74 @@
+"""How the scheduler's active rows become a model's inputs, step after step.
+
+The `Scheduler` decides which requests run; a *layout* holds what it feeds the
+model and reads back what the model produced. There are two:
+
+- `SequenceBuffer` (stateless models): every step hands the model every active
+  sequence in full, left-padded; every row gets one new token.
+- `SlotLayout` (`IncrementalModel`): the model keeps per-row state in numbered
+  slots, so each step hands it only the tokens a row has not yet seen: the
+  prompt, in chunks, then the previous token. A step may run a subset of the
+  rows, and a row still being prefilled produces no token.
+
+Rows are the scheduler's: 0 … n-1 are active, and a row that leaves is replaced
+by the last one (``leave``), so both sides stay dense.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeAlias
+
+import numpy as np
+
+from ._request import Request
+
+__all__ = ["Emitted", "Layout", "RowIndex"]
+
+RowIndex: TypeAlias = np.ndarray[Any, np.dtype[np.intp]]
+
+Emitted: TypeAlias = tuple[RowIndex | None, Any]
+"""Which rows got a new token this step (None: rows 0 … n-1, in order) and those tokens."""
+
+
+class Layout(Protocol):
+    """What the scheduler needs from a layout. Every call comes from the engine thread."""
+
+    def room(self, n: int) -> int:
+        """How many more requests can be admitted while rows < n are active."""
+        ...
+
+    def fault(self) -> BaseException | None:
+        """Why no request can ever be admitted again, if that is so."""
+        ...
+
+    def enter(self, row: int, request: Request, n: int) -> None:
+        """Row ``row`` starts serving ``request``; rows < n are active (``row == n - 1``)."""
+        ...
+
+    def leave(self, row: int, n: int) -> None:
+        """Row ``row`` ends; row ``n - 1`` takes its place."""
+        ...
+
+    def settle(self, n: int) -> None:
+        """Rows have left; rows < n remain."""
+        ...
+
+    def inputs(self, n: int) -> tuple[Any, ...]:
+        """The model's arguments for a step over the active rows < n; fixes the step's rows."""
+        ...
+
+    def step_size(self, n: int) -> int:
+        """How many rows the model gets (and returns tokens for) this step."""
+        ...
+
+    def step_rows(self, n: int) -> list[int]:
+        """The rows in this step (those a model error ends)."""
+        ...
+
+    def step_cells(self, n: int) -> tuple[int, int]:
+        """The cells handed to the model this step, and how many of them were padding."""
+        ...
+
+    def record(self, column: Any, n: int) -> Emitted:
+        """Take the step's output (``step_size`` tokens); say which rows got a new token."""
+        ...

@@ -1,0 +1,235 @@
+"""`SlotLayout`: the scheduler's layout for an `IncrementalModel`.
+
+The model keeps each row's state (a key/value cache, say) in a numbered slot,
+so a step hands it only what a row has not seen yet. A new row's prompt is fed
+in chunks; once it is all in, the row gets its first token, and every later
+step feeds it the token it got last.
+
+Two kinds of step keep long prompts from stalling rows that are decoding:
+
+- a *decode* step runs every row whose prompt is in, one token each;
+- a *prefill* step runs rows whose prompt is not, in admission order, at most
+  ``prefill_chunk`` cells (rows * width, padding included) in all. A row whose
+  prompt is longer than the step's width gets the next ``width`` tokens of it.
+
+While both kinds have work they alternate, so a decoding row waits at most one
+prefill step (of at most ``prefill_chunk`` cells) between two of its tokens.
+
+Slots come from a free list; a row keeps its slot for its life. When a row
+leaves, for whatever reason, the model's ``release(slot)`` is called before the
+slot can go to anyone else. A slot whose release raised is never reused.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._backends import Backend
+from ._exceptions import ModelError
+from ._layout import Emitted, RowIndex
+from ._request import Request
+
+__all__ = ["SlotLayout"]
+
+
+class SlotLayout:
+    """Per-row slots, unseen tokens and options for up to ``rows`` active rows."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        padding: Any,
+        rows: int,
+        *,
+        prefill_chunk: int,
+        release: Callable[[int], object],
+    ) -> None:
+        self._backend = backend
+        self._padding = padding
+        self._release = release
+        self.prefill_chunk = prefill_chunk
+        token_shape = tuple(padding.shape)
+        # per row (the scheduler's rows, dense)
+        self.slots = np.zeros(rows, dtype=np.int64)
+        self.fed = np.zeros(rows, dtype=np.int64)
+        self.admitted = np.zeros(rows, dtype=np.int64)
+        self.prefilling = np.zeros(rows, dtype=bool)
+        self.prompts: list[Any] = [None] * rows
+        self.options: list[Any] = [None] * rows
+        self.last = backend.full((rows, 1, *token_shape), padding)
+        # slots
+        self.free = list(range(rows))
+        self.retired: list[tuple[int, BaseException]] = []
+        self._admissions = 0
+        # prefill steps are staged here
+        self._tokens = backend.full((rows, prefill_chunk, *token_shape), padding)
+        self._mask = backend.zeros_bool((rows, prefill_chunk), padding)
+        self._ones = backend.zeros_bool((rows, 1), padding)
+        self._ones[...] = True
+        self._prefill_next = True
+        self._step = _Step.decode_all()
+
+    # -- rows coming and going ----------------------------------------------------
+
+    def room(self, n: int) -> int:
+        return len(self.free)
+
+    def fault(self) -> BaseException | None:
+        if self.free or len(self.retired) < self.slots.size:
+            return None
+        error = ModelError("no slot is left: the model's release() raised for every one")
+        error.__cause__ = self.retired[-1][1]
+        return error
+
+    def enter(self, row: int, request: Request, n: int) -> None:
+        self.slots[row] = heapq.heappop(self.free)
+        self.prompts[row] = request.prompt
+        self.options[row] = request.options
+        self.fed[row] = 0
+        self.prefilling[row] = True
+        self.admitted[row] = self._admissions
+        self._admissions += 1
+
+    def leave(self, row: int, n: int) -> None:
+        self._free_slot(int(self.slots[row]))
+        last = n - 1
+        if row != last:
+            self.slots[row] = self.slots[last]
+            self.fed[row] = self.fed[last]
+            self.admitted[row] = self.admitted[last]
+            self.prefilling[row] = self.prefilling[last]
+            self.prompts[row] = self.prompts[last]
+            self.options[row] = self.options[last]
+            self.last[row] = self.last[last]
+        self.prefilling[last] = False
+        self.prompts[last] = self.options[last] = None
+
+    def settle(self, n: int) -> None:
+        pass
+
+    def _free_slot(self, slot: int) -> None:
+        try:
+            self._release(slot)
+        except Exception as exc:
+            self.retired.append((slot, exc))
+        else:
+            heapq.heappush(self.free, slot)
+
+    # -- one step -----------------------------------------------------------------
+
+    def inputs(self, n: int) -> tuple[Any, Any, Any, list[Any]]:
+        """(tokens, mask, slots, options) of the step's rows; see `IncrementalModel.step`."""
+        waiting = np.flatnonzero(self.prefilling[:n])
+        if waiting.size and (self._prefill_next or waiting.size == n):
+            self._prefill_next = False
+            return self._prefill_inputs(waiting)
+        self._prefill_next = True
+        if waiting.size:
+            return self._decode_inputs(np.flatnonzero(~self.prefilling[:n]))
+        self._step = _Step.decode_all()
+        to_user = self._backend.to_user
+        return to_user(self.last[:n]), to_user(self._ones[:n]), self.slots[:n], self.options[:n]
+
+    def _decode_inputs(self, rows: RowIndex) -> tuple[Any, Any, Any, list[Any]]:
+        self._step = _Step(rows, width=1, chunks=None)
+        to_user = self._backend.to_user
+        k = rows.size
+        tokens = self.last[rows.tolist()]
+        return to_user(tokens), to_user(self._ones[:k]), self.slots[rows], self._options_of(rows)
+
+    def _prefill_inputs(self, waiting: RowIndex) -> tuple[Any, Any, Any, list[Any]]:
+        waiting = waiting[np.argsort(self.admitted[waiting], kind="stable")]
+        left = [int(self.prompts[i].shape[0]) - int(self.fed[i]) for i in waiting.tolist()]
+        count, width = _pack(left, self.prefill_chunk)
+        rows = waiting[:count]
+        chunks = [min(r, width) for r in left[:count]]
+        for j, (row, chunk) in enumerate(zip(rows.tolist(), chunks, strict=True)):
+            self._stage(j, row, chunk, width)
+        self._step = _Step(rows, width=width, chunks=chunks)
+        to_user = self._backend.to_user
+        tokens, mask = self._tokens[:count, :width], self._mask[:count, :width]
+        return to_user(tokens), to_user(mask), self.slots[rows], self._options_of(rows)
+
+    def _stage(self, j: int, row: int, chunk: int, width: int) -> None:
+        start = int(self.fed[row])
+        pad = width - chunk
+        self._tokens[j, :pad] = self._padding
+        self._tokens[j, pad:width] = self.prompts[row][start : start + chunk]
+        self._mask[j, :pad] = False
+        self._mask[j, pad:width] = True
+
+    def _options_of(self, rows: RowIndex) -> list[Any]:
+        options = self.options
+        return [options[i] for i in rows.tolist()]
+
+    def step_size(self, n: int) -> int:
+        rows = self._step.rows
+        return n if rows is None else int(rows.size)
+
+    def step_rows(self, n: int) -> list[int]:
+        rows = self._step.rows
+        return list(range(n)) if rows is None else rows.tolist()
+
+    def step_cells(self, n: int) -> tuple[int, int]:
+        step = self._step
+        size = self.step_size(n)
+        cells = size * step.width
+        return cells, cells - (size if step.chunks is None else sum(step.chunks))
+
+    def record(self, column: Any, n: int) -> Emitted:
+        step = self._step
+        if step.rows is None:
+            self.last[:n, 0] = column
+            return None, column
+        if step.chunks is None:
+            self.last[step.rows.tolist(), 0] = column
+            return step.rows, column
+        return self._record_prefill(step.rows, step.chunks, column)
+
+    def _record_prefill(self, rows: RowIndex, chunks: list[int], column: Any) -> Emitted:
+        done = []
+        for j, (row, chunk) in enumerate(zip(rows.tolist(), chunks, strict=True)):
+            self.fed[row] += chunk
+            if self.fed[row] == self.prompts[row].shape[0]:
+                self.prompts[row] = None
+                self.prefilling[row] = False
+                self.last[row, 0] = column[j]
+                done.append(j)
+        return rows[done], column[done]
+
+
+class _Step:
+    """The rows of the current step (None: all, in order), its width, and each row's chunk."""
+
+    __slots__ = ("chunks", "rows", "width")
+
+    def __init__(self, rows: RowIndex | None, *, width: int, chunks: list[int] | None) -> None:
+        self.rows = rows
+        self.width = width
+        self.chunks = chunks
+
+    @classmethod
+    def decode_all(cls) -> _Step:
+        return _DECODE_ALL
+
+
+_DECODE_ALL = _Step(None, width=1, chunks=None)
+
+
+def _pack(left: list[int], budget: int) -> tuple[int, int]:
+    """How many of the rows (with ``left`` prompt tokens each) a prefill step takes, and its width.
+
+    Rows are taken in order while rows * width stays within ``budget``; the
+    first row always goes in, with at most ``budget`` tokens.
+    """
+    count, width = 1, min(left[0], budget)
+    for remaining in left[1:]:
+        wider = max(width, min(remaining, budget))
+        if (count + 1) * wider > budget:
+            break
+        count, width = count + 1, wider
+    return count, width
