@@ -7,6 +7,9 @@ A *sink* is where one request's results go. The engine calls ``put`` and
 - `AsyncSink`: a caller in an event loop. Its items go through the loop's
   `LoopChannel`, which hands a whole step's items to the loop in a single
   ``call_soon_threadsafe``, however many streams of that loop the step fed.
+
+Anything with a ``receive(item)`` method (a `Receiver`) can take items from a
+`LoopChannel`; the feedforward batcher's result handles do.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import asyncio
 import queue
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["END", "AsyncSink", "Channels", "Failure", "LoopChannel", "ThreadSink"]
+__all__ = ["END", "AsyncSink", "Channels", "Failure", "LoopChannel", "Receiver", "ThreadSink"]
 
 
 class _End:
@@ -59,6 +62,12 @@ class ThreadSink:
         return self._queue.get(timeout=timeout)
 
 
+class Receiver(Protocol):
+    """Takes an item from the engine, in its event loop's thread."""
+
+    def receive(self, item: Any) -> None: ...
+
+
 class LoopChannel:
     """Batches the engine's items for one event loop into one hop per flush."""
 
@@ -66,7 +75,7 @@ class LoopChannel:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: list[tuple[AsyncSink, Any]] = []
+        self.pending: list[tuple[Receiver, Any]] = []
         self.dead = False
 
     def flush(self) -> None:
@@ -79,7 +88,7 @@ class LoopChannel:
             self.dead = True
 
 
-def _receive_all(items: list[tuple[AsyncSink, Any]]) -> None:
+def _receive_all(items: list[tuple[Receiver, Any]]) -> None:
     for sink, item in items:
         sink.receive(item)
 
@@ -131,14 +140,19 @@ class Channels:
 
     def sink_for_current_context(self) -> AsyncSink | ThreadSink:
         """An `AsyncSink` inside a running event loop, else a `ThreadSink`."""
+        channel = self.channel_for_current_loop()
+        return ThreadSink() if channel is None else AsyncSink(channel)
+
+    def channel_for_current_loop(self) -> LoopChannel | None:
+        """The `LoopChannel` of the running event loop; None outside one."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return ThreadSink()
+            return None
         channel = self._by_loop.get(loop)
         if channel is None or channel.dead:
             channel = self._add(loop)
-        return AsyncSink(channel)
+        return channel
 
     def _add(self, loop: asyncio.AbstractEventLoop) -> LoopChannel:
         with self._lock:

@@ -27,6 +27,7 @@ class WorkQueue(Generic[T]):
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._wakeup = False
+        self._held = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -40,8 +41,9 @@ class WorkQueue(Generic[T]):
         with self._cond:
             if self._closed:
                 raise BatcherClosed("the batcher is closed and accepts no new requests")
-            if self.maxsize is not None and len(self._items) >= self.maxsize:
-                raise QueueFull(f"{len(self._items)} requests are already waiting (max_queue_size)")
+            waiting = len(self._items) + self._held
+            if self.maxsize is not None and waiting >= self.maxsize:
+                raise QueueFull(f"{waiting} requests are already waiting (max_queue_size)")
             self._items.append(item)
             self._cond.notify()
 
@@ -68,12 +70,24 @@ class WorkQueue(Generic[T]):
         self._items = left
         return taken
 
-    def drain(self) -> list[T]:
-        """Remove and return everything queued."""
+    def drain(self, *, hold: bool = False) -> list[T]:
+        """Remove and return everything queued.
+
+        With ``hold``, the items keep counting toward ``maxsize`` until they are
+        `release`d: for an engine that keeps its own waiting room.
+        """
         with self._cond:
             items = list(self._items)
             self._items.clear()
+            if hold:
+                self._held += len(items)
             return items
+
+    def release(self, count: int) -> None:
+        """``count`` held items have left the waiting room: they no longer count."""
+        if count:
+            with self._cond:
+                self._held -= count
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until an item is queued, the queue is closed, `wake` is called, or timeout."""
