@@ -1,0 +1,241 @@
+"""Serving a Hugging Face transformers causal LM to many concurrent callers.
+
+```python
+from hibachi.integrations.transformers import causal_lm_batcher
+
+async with causal_lm_batcher(model, max_batch_size=16, max_length=1024,
+                             eos_token_id=tok.eos_token_id) as batcher:
+    async for token_id in batcher.run(torch.tensor(prompt_ids), max_new_tokens=64,
+                                      options={"temperature": 0.7, "top_p": 0.9, "seed": 1}):
+        ...
+```
+
+The model runs incrementally (see `hibachi.IncrementalModel`) over a key/value
+cache of ``max_batch_size`` slots of ``max_length`` tokens, allocated once and
+reused slot by slot. Prompts and tokens are CPU tensors of token ids, whatever
+device the model is on. Works with causal LMs whose layers all use full
+attention (GPT-2, Llama, Mistral, Qwen2, …) with the ``sdpa`` or ``eager``
+attention implementation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, final
+
+import numpy as np
+import torch
+
+from .._autoregressive import AutoregressiveBatcher
+from .._exceptions import ConfigurationError, InvalidRequest
+from .._incremental import IncrementalModel
+from ._kv_cache import Plan, SlotCache
+from ._sampling import Sampler, Sampling
+
+__all__ = ["CausalLMAdapter", "Sampling", "causal_lm_batcher"]
+
+
+def causal_lm_batcher(
+    model: Any,
+    *,
+    max_batch_size: int = 16,
+    max_length: int = 1024,
+    eos_token_id: int,
+    pad_token_id: int | None = None,
+    prefill_chunk: int = 512,
+    **batcher_kwargs: Any,
+) -> AutoregressiveBatcher:
+    """An `AutoregressiveBatcher` serving transformers causal LM ``model`` with a KV cache.
+
+    Args:
+        model: a ``transformers`` causal LM (``…ForCausalLM``) in eval mode,
+            on any device.
+        max_batch_size: how many sequences run at once (the cache's slots).
+        max_length: the most tokens (prompt and generated) one sequence
+            holds. A longer prompt is refused with `InvalidRequest`; a sequence
+            that fills its slot ends there.
+        eos_token_id: the token that ends a sequence (yielded last).
+        pad_token_id: fills the left of shorter rows; ``eos_token_id`` if None.
+        prefill_chunk: the most prompt cells (rows * width) one step feeds.
+        batcher_kwargs: the rest of `AutoregressiveBatcher`'s settings.
+
+    A request's ``options`` is None (greedy) or a mapping with ``temperature``,
+    ``top_k``, ``top_p`` and ``seed`` (see `Sampling`).
+    """
+    stop = _token_id(eos_token_id, "eos_token_id")
+    pad = stop if pad_token_id is None else _token_id(pad_token_id, "pad_token_id")
+    adapter = CausalLMAdapter(model, slots=max_batch_size, max_length=max_length)
+    return AutoregressiveBatcher(
+        adapter,
+        stop_token=torch.tensor(stop),
+        padding_token=torch.tensor(pad),
+        max_batch_size=max_batch_size,
+        prefill_chunk=prefill_chunk,
+        **batcher_kwargs,
+    )
+
+
+@final
+class CausalLMAdapter(IncrementalModel):
+    """A transformers causal LM as an `IncrementalModel`, over a per-slot KV cache."""
+
+    def __init__(self, model: Any, *, slots: int, max_length: int) -> None:
+        _check_model(model, max_length)
+        self.model = model
+        self.max_length = max_length
+        self.device = next(model.parameters()).device
+        self._dtype = model.dtype
+        self._cache = SlotCache(slots, max_length, model.config.num_hidden_layers)
+        self._lengths = np.zeros(slots, dtype=np.int64)
+        self._rows = _Rows(slots)
+        self._sampler = Sampler(slots, self.device)
+        self._call = _call_arguments(model)
+
+    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
+        length = int(prompt.shape[0])
+        if length > self.max_length:
+            raise InvalidRequest(
+                f"the prompt has {length} tokens, more than max_length={self.max_length}"
+            )
+        Sampling.parse(options)
+        return min(max_new_tokens, self.max_length - length + 1)
+
+    def step(
+        self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any], options: list[Any]
+    ) -> torch.Tensor:
+        with torch.inference_mode():
+            for j in np.flatnonzero(self._lengths[slots] == 0).tolist():
+                self._rows.add(int(slots[j]))
+                self._sampler.start(int(slots[j]), options[j])
+            return self._forward(tokens, mask, slots)
+
+    def release(self, slot: int) -> None:
+        with torch.inference_mode():
+            moved = self._rows.remove(slot)
+            if moved is not None:
+                src, dst, other = moved
+                self._cache.move_row(src, dst, int(self._lengths[other]))
+            self._lengths[slot] = 0
+
+    def _forward(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> torch.Tensor:
+        width = int(mask.shape[1])
+        counts = np.full(len(slots), 1) if width == 1 else mask.sum(dim=1).numpy(force=True)
+        order = np.argsort(self._rows.phys[slots], kind="stable")
+        slots, counts = slots[order], counts[order]
+        positions = self._plan(slots, counts, width)
+        self._lengths[slots] += counts
+        device = self.device
+        index = torch.from_numpy(order)
+        inputs = {
+            "input_ids": tokens.index_select(0, index).to(device, non_blocking=True),
+            "position_ids": positions,
+            "attention_mask": self._mask(positions),
+            self._call.cache: self._cache,
+            **self._call.extra,
+        }
+        logits = self.model(**inputs).logits[:, -1]
+        picked = self._sampler.pick(logits, slots)
+        return torch.empty_like(picked).index_copy_(0, index.to(device), picked)
+
+    def _plan(
+        self, slots: np.ndarray[Any, Any], counts: np.ndarray[Any, Any], width: int
+    ) -> torch.Tensor:
+        """Set the cache's plan for rows ``slots`` (sorted by physical row); their position ids."""
+        starts = self._lengths[slots]
+        padding = (width - counts)[:, None]
+        columns = np.arange(width)[None, :]
+        positions = starts[:, None] + columns - padding
+        write = np.where(columns >= padding, positions, self.max_length)
+        rows = self._rows.phys[slots]
+        first, last = int(rows[0]), int(rows[-1])
+        device = self.device
+        read: slice | torch.Tensor = (
+            slice(first, last + 1) if last - first == len(rows) - 1 else _on(rows, device)
+        )
+        self._cache.plan = Plan(
+            write_rows=_on(rows[:, None], device),
+            write_columns=_on(write, device),
+            read=read,
+            kv_length=int((starts + counts).max()),
+        )
+        return _on(np.maximum(positions, 0), device)
+
+    def _mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B, 1, W, kv) additive mask: each token sees its slot's keys up to its own position."""
+        kv = self._cache.plan.kv_length
+        keys = torch.arange(kv, device=positions.device)
+        blocked = keys[None, None, :] > positions[:, :, None]
+        mask = torch.zeros(blocked.shape, dtype=self._dtype, device=positions.device)
+        return mask.masked_fill_(blocked, torch.finfo(self._dtype).min)[:, None]
+
+
+class _Rows:
+    """Slots mapped to physical cache rows, kept dense in 0 … count-1."""
+
+    def __init__(self, slots: int) -> None:
+        self.phys = np.full(slots, -1, dtype=np.int64)
+        self.slot_at = np.full(slots, -1, dtype=np.int64)
+        self.count = 0
+
+    def add(self, slot: int) -> None:
+        self.phys[slot] = self.count
+        self.slot_at[self.count] = slot
+        self.count += 1
+
+    def remove(self, slot: int) -> tuple[int, int, int] | None:
+        """Unmap ``slot``; if the last row moved into its place: (from, to, its slot)."""
+        row = int(self.phys[slot])
+        if row < 0:
+            return None
+        self.phys[slot] = -1
+        self.count -= 1
+        last = self.count
+        other = int(self.slot_at[last])
+        self.slot_at[last] = -1
+        if row == last:
+            return None
+        self.slot_at[row] = other
+        self.phys[other] = row
+        return last, row, other
+
+
+class _CallArguments:
+    """How to hand this model the cache, and what else to pass every forward."""
+
+    def __init__(self, cache: str, extra: dict[str, Any]) -> None:
+        self.cache = cache
+        self.extra = extra
+
+
+def _call_arguments(model: Any) -> _CallArguments:
+    parameters = inspect.signature(model.forward).parameters
+    cache = "cache" if "cache" in parameters else "past_key_values"
+    extra: dict[str, Any] = {"use_cache": True}
+    if "logits_to_keep" in parameters:
+        extra["logits_to_keep"] = 1
+    return _CallArguments(cache, extra)
+
+
+def _check_model(model: Any, max_length: int) -> None:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "parameters"):
+        raise ConfigurationError(f"expected a transformers causal LM, got {type(model).__name__}")
+    if getattr(model, "training", False):
+        raise ConfigurationError("the model is in training mode: call model.eval() first")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ConfigurationError(f"max_length must be a positive int, got {max_length!r}")
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise ConfigurationError(
+            f"max_length={max_length} is more than the model's {limit} positions"
+        )
+
+
+def _token_id(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{name} must be a token id (an int >= 0), got {value!r}")
+    return value
+
+
+def _on(array: np.ndarray[Any, Any], device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
