@@ -1,0 +1,139 @@
+"""Workload 4, scaling: throughput against the number of concurrent clients.
+
+Generation: ``c`` clients each stream one request (same prompt length and
+budget) through hibachi, next to ``generate()`` on one padded batch of the
+same ``c`` requests, and ``generate()`` one request at a time (a flat line:
+it does not depend on ``c``). Embeddings: ``c`` callers each embed
+``texts_per_client`` texts one after the other through hibachi, next to one
+model call per text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from . import embeddings, generation
+from .embeddings import ALONE
+from .llm import LlmRequest, build_llama, hibachi_label, make_requests
+from .minilm import PAD_VALUE, MiniLM, load_minilm, make_texts
+from .progress import Progress
+from .results import Column, Section, Series
+from .settings import BenchSettings
+
+__all__ = ["embedding_curve", "measure"]
+
+TOKENS = "tokens/s"
+TEXTS = "texts/s"
+
+
+def measure(settings: BenchSettings, progress: Progress) -> Section:
+    counts = list(settings.concurrency)
+    progress.begin("scaling", 2 + 2 * len(counts))
+    columns = [Column(f"c{c}", str(c), "{:,.0f}") for c in counts]
+    title = "Scaling: tokens/s (generation) and texts/s (embeddings) by concurrent clients"
+    section = Section("scaling", title, columns, settings={"concurrency": counts})
+    for name, run in (("generation", _generation_series), ("embeddings", _embedding_series)):
+        try:
+            section.series += run(settings, progress, section)
+        except Exception as exc:
+            section.fail(name, exc)
+    for series in section.series:
+        values = {f"c{x}": y for x, y in zip(series.x, series.y, strict=True)}
+        section.add(f"{series.panel}: {series.label}", **values)
+    return section
+
+
+def _generation_series(
+    settings: BenchSettings, progress: Progress, section: Section
+) -> list[Series]:
+    progress.doing("generation: building the Llama")
+    model = build_llama(settings.generation, settings.device, settings.seed)
+    counts, device = list(settings.concurrency), settings.device
+
+    def hibachi_rate(c: int) -> float:
+        outcome = generation.with_hibachi(model, _requests(settings, c), max(counts), device)
+        return outcome.tokens_per_s
+
+    def one_batch_rate(c: int) -> float:
+        return generation.static_batches(model, _requests(settings, c), c, device).tokens_per_s
+
+    def alone_rate() -> float:
+        return generation.one_at_a_time(model, _requests(settings, 4), device).tokens_per_s
+
+    hibachi = _curve(settings, progress, "generation", hibachi_rate)
+    one_batch = _curve(settings, progress, "generate() on a batch", one_batch_rate)
+    alone = max(alone_rate() for _ in range(settings.scaling.repeat))
+    return [
+        Series("generation", hibachi_label(), TOKENS, counts, hibachi),
+        Series("generation", "generate(), one padded batch", TOKENS, counts, one_batch),
+        Series(
+            "generation", "generate(), one at a time", TOKENS, counts, [alone] * len(counts), True
+        ),
+    ]
+
+
+def _curve(
+    settings: BenchSettings, progress: Progress, what: str, rate: Callable[[int], float]
+) -> list[float]:
+    """``rate(c)`` at each concurrency ``c``, the best of ``repeat`` (noise only slows a run)."""
+    curve = []
+    for c in settings.concurrency:
+        progress.doing(f"{what}, {c} clients")
+        curve.append(max(rate(c) for _ in range(settings.scaling.repeat)))
+    return curve
+
+
+def _requests(settings: BenchSettings, count: int) -> list[LlmRequest]:
+    scale = settings.scaling
+    length, budget = scale.prompt_length, scale.budget
+    return make_requests(
+        count, (length, length), (budget, budget), settings.generation.vocab, settings.seed
+    )
+
+
+def _embedding_series(
+    settings: BenchSettings, progress: Progress, section: Section
+) -> list[Series]:
+    progress.doing("embeddings: loading all-MiniLM-L6-v2")
+    minilm = load_minilm(settings.device)
+    counts = list(settings.concurrency)
+    per_client = settings.scaling.texts_per_client
+    texts = make_texts(max(counts) * per_client, settings.embeddings.words, settings.seed)
+
+    def alone_rate() -> float:
+        alone = embeddings.one_per_text(minilm, texts[: max(4, per_client)])
+        return len(alone.vectors) / alone.seconds
+
+    def hibachi_rate(c: int) -> float:
+        return asyncio.run(embedding_curve(minilm, texts[: c * per_client], c, max(counts)))
+
+    alone = max(alone_rate() for _ in range(settings.scaling.repeat))
+    reference = Series("embeddings", ALONE, TEXTS, counts, [alone] * len(counts), True)
+    try:
+        curve = _curve(settings, progress, "embeddings", hibachi_rate)
+    except embeddings.Unavailable as exc:
+        section.notes.append(f"embeddings through hibachi skipped: {exc}")
+        return [reference]
+    return [Series("embeddings", "hibachi", TEXTS, counts, curve), reference]
+
+
+async def embedding_curve(minilm: MiniLM, texts: list[str], callers: int, batch_size: int) -> float:
+    """Texts/s when ``callers`` callers share ``texts`` and embed theirs one at a time."""
+    import hibachi
+
+    batcher_type = getattr(hibachi, "FeedforwardBatcher", None)
+    if batcher_type is None:
+        raise embeddings.Unavailable("hibachi.FeedforwardBatcher is not in this version")
+    shares = [texts[i::callers] for i in range(callers)]
+    async with batcher_type(minilm, max_batch_size=batch_size, pad_value=PAD_VALUE) as batcher:
+
+        async def caller(mine: list[str]) -> None:
+            for text in mine:
+                await batcher.run(minilm.tokenize(text))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller(mine) for mine in shares))
+        seconds = time.perf_counter() - start
+    return len(texts) / seconds

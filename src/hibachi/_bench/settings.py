@@ -1,0 +1,164 @@
+"""How big each workload of `hibachi bench` is: the full, quick and tiny presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = [
+    "WORKLOADS",
+    "BenchSettings",
+    "EmbeddingSize",
+    "GenerationSize",
+    "OverheadSize",
+    "ScalingSize",
+    "preset",
+]
+
+WORKLOADS = ("generation", "embeddings", "overhead", "scaling")
+
+
+@dataclass(frozen=True)
+class GenerationSize:
+    """The generation workload: a random-weight Llama and its clients."""
+
+    clients: int
+    batch_size: int
+    prompt_lengths: tuple[int, int]
+    budgets: tuple[int, int]
+    hidden: int
+    layers: int
+    heads: int
+    vocab: int
+    repeat: int
+
+
+@dataclass(frozen=True)
+class EmbeddingSize:
+    """The embeddings workload: all-MiniLM-L6-v2 over mixed-length texts."""
+
+    texts: int
+    words: tuple[int, int]
+    batch_size: int
+    repeat: int
+
+
+@dataclass(frozen=True)
+class OverheadSize:
+    """The overhead workload: no-op models, so only the batching machinery costs."""
+
+    rows: int
+    steps: int
+    callers: int
+    batch_size: int
+    repeat: int
+
+
+@dataclass(frozen=True)
+class ScalingSize:
+    """The scaling workload: one request per client at each concurrency."""
+
+    prompt_length: int
+    budget: int
+    texts_per_client: int
+    repeat: int
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything one bench run needs to know."""
+
+    preset: str
+    device: str
+    concurrency: tuple[int, ...]
+    workloads: tuple[str, ...]
+    generation: GenerationSize
+    embeddings: EmbeddingSize
+    overhead: OverheadSize
+    scaling: ScalingSize
+    seed: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_FULL = BenchSettings(
+    preset="full",
+    device="cpu",
+    concurrency=(1, 2, 4, 8, 16, 32, 64),
+    workloads=WORKLOADS,
+    generation=GenerationSize(
+        clients=32,
+        batch_size=16,
+        prompt_lengths=(8, 256),
+        budgets=(16, 128),
+        hidden=256,
+        layers=4,
+        heads=4,
+        vocab=4096,
+        repeat=2,
+    ),
+    embeddings=EmbeddingSize(texts=256, words=(4, 120), batch_size=32, repeat=2),
+    overhead=OverheadSize(rows=64, steps=500, callers=20_000, batch_size=64, repeat=3),
+    scaling=ScalingSize(prompt_length=32, budget=64, texts_per_client=4, repeat=2),
+)
+
+_QUICK = replace(
+    _FULL,
+    preset="quick",
+    concurrency=(1, 4, 16, 64),
+    generation=replace(
+        _FULL.generation,
+        clients=16,
+        batch_size=8,
+        prompt_lengths=(8, 64),
+        budgets=(8, 32),
+        hidden=128,
+        layers=2,
+        vocab=1024,
+    ),
+    embeddings=EmbeddingSize(texts=64, words=(4, 60), batch_size=32, repeat=2),
+    overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=2),
+    scaling=ScalingSize(prompt_length=16, budget=16, texts_per_client=2, repeat=2),
+)
+
+# For the CLI's own tests: every workload end to end, in a few seconds.
+_TINY = replace(
+    _QUICK,
+    preset="tiny",
+    concurrency=(1, 4),
+    generation=replace(
+        _QUICK.generation,
+        clients=4,
+        batch_size=2,
+        prompt_lengths=(2, 8),
+        budgets=(2, 6),
+        hidden=32,
+        layers=1,
+        heads=2,
+        vocab=128,
+        repeat=1,
+    ),
+    embeddings=EmbeddingSize(texts=6, words=(2, 12), batch_size=4, repeat=1),
+    overhead=OverheadSize(rows=4, steps=5, callers=32, batch_size=8, repeat=1),
+    scaling=ScalingSize(prompt_length=4, budget=3, texts_per_client=1, repeat=1),
+)
+
+_PRESETS = {s.preset: s for s in (_FULL, _QUICK, _TINY)}
+
+
+def preset(
+    name: str,
+    *,
+    device: str = "cpu",
+    concurrency: tuple[int, ...] | None = None,
+    workloads: tuple[str, ...] | None = None,
+) -> BenchSettings:
+    """The settings of preset ``name`` ("full", "quick" or "tiny"), with overrides."""
+    base = _PRESETS[name]
+    return replace(
+        base,
+        device=device,
+        concurrency=concurrency or base.concurrency,
+        workloads=workloads or base.workloads,
+    )
