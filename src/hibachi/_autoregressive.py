@@ -68,6 +68,8 @@ class AutoregressiveBatcher(Lifecycle):
         prefill_chunk: int = 512,
     ) -> None:
         super().__init__()
+        if backend is not None and not isinstance(backend, Backend):
+            raise ConfigurationError(f"backend must implement hibachi.Backend, got {backend!r}")
         self._backend = backend or _backend_for(padding_token)
         pad = _token(self._backend, padding_token, "padding_token")
         stop = _token(self._backend, stop_token, "stop_token")

@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._backends import Backend, backend_of
+from ._backends import Backend
 from ._exceptions import InvalidRequest
 
 __all__ = ["Request", "Sink", "check_budget", "check_prompt", "check_timeout"]
@@ -58,7 +58,7 @@ class Request:
 
 def check_prompt(backend: Backend, prompt: object, padding: Any, device: Any) -> Any:
     """The prompt as a fresh storage array, or InvalidRequest saying what is wrong."""
-    if backend_of(prompt) is not backend or not backend.is_array(prompt):
+    if not backend.is_array(prompt):
         raise InvalidRequest(
             f"the prompt must be a {backend.name} array, got {type(prompt).__module__}."
             f"{type(prompt).__qualname__}"
@@ -97,6 +97,6 @@ def check_timeout(timeout: object) -> float | None:
     """None or a positive number of seconds, or InvalidRequest."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
