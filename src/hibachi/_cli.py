@@ -139,8 +139,9 @@ def _workloads(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [name for name in names if name not in WORKLOADS]
     if unknown or not names:
+        what = ", ".join(unknown) if unknown else repr(text)
         raise argparse.ArgumentTypeError(
-            f"unknown workload {', '.join(unknown) or text!r}: choose from {', '.join(WORKLOADS)}"
+            f"unknown workload {what}: choose from {', '.join(WORKLOADS)}"
         )
     return tuple(name for name in WORKLOADS if name in names)
 

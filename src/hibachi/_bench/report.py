@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .results import Column, Report, Row, Section, Value
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console, Group
 
 __all__ = ["print_report", "write_json", "write_plot"]
 
@@ -34,18 +33,20 @@ def print_report(report: Report, console: Console) -> None:
     )
 
 
-def section_table(section: Section) -> Table:
+def section_table(section: Section) -> Group:
+    """The section's table, then its notes (plain text: a note like ``[peers]`` is not markup)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=section.title, title_justify="left", caption_justify="left")
+    table = Table(title=Text(section.title), title_justify="left")
     table.add_column("method", style="bold", no_wrap=True)
     for column in section.columns:
         table.add_column(column.header, justify="right")
     for row in section.rows:
-        table.add_row(*_cells(row, section.columns), style=_style(row))
+        table.add_row(*map(Text, _cells(row, section.columns)), style=_style(row))
     notes = [f"{r.method}: {r.status}, {r.note}" for r in section.rows if r.status != "ok"]
-    table.caption = "\n".join(notes + section.notes) or None
-    return table
+    return Group(table, *(Text(f"  {note}", style="dim") for note in notes + section.notes))
 
 
 def _cells(row: Row, columns: list[Column]) -> list[str]:
