@@ -86,6 +86,7 @@ def tagging_model(tokens: Any, mask: Any) -> Any:
     count = m.sum(axis=1)
     out = np.stack([tags, np.where(intact, count, POISON)], axis=1).astype(np.int64)
     stop = np.array([stops_at(int(tag), int(n)) for tag, n in zip(tags, count, strict=True)])
+    stop &= intact
     if stop.any():
         out[stop] = STOP_TAG
     return like(tokens, out)
