@@ -1,0 +1,204 @@
+"""A fake `IncrementalModel` that checks hibachi's slot contract, and a synchronous driver.
+
+`HistoryModel` keeps each slot's history and returns a token computed from it,
+so a token fed twice, lost, or fed to the wrong slot changes every later token
+of that row. Each request's ``options`` is its tag: a step that brings a slot
+a new tag before the slot was released is recorded as a violation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import hibachi
+from _harness import FakeClock, ListSink
+from hibachi._backends import backend_of
+from hibachi._exceptions import ModelError
+from hibachi._model import model_error
+from hibachi._queue import WorkQueue
+from hibachi._request import Request, check_prompt
+from hibachi._scheduler import Scheduler
+from hibachi._slots import SlotLayout
+
+STOP = 2
+PAD = 0
+
+
+def next_token(history: list[int]) -> int:
+    """The token that follows ``history``: 3 … 99, or now and then STOP if history[0] is odd."""
+    value = (sum(history) * 31 + len(history) * 7) % 211
+    return STOP if value % 17 == 0 and history[0] % 2 else 3 + value % 97
+
+
+def expected(prompt: list[int], budget: int) -> list[int]:
+    """What ``prompt`` gets alone."""
+    history, out = list(prompt), []
+    for _ in range(budget):
+        token = next_token(history)
+        out.append(token)
+        history.append(token)
+        if token == STOP:
+            break
+    return out
+
+
+def steady(length: int = 2, start: int = 2) -> list[int]:
+    """A prompt of ``length`` tokens that never leads to STOP (its first token is even)."""
+    return [start * 2 + i for i in range(length)]
+
+
+@dataclass
+class StepCall:
+    widths: list[int]
+    slots: list[int]
+    tags: list[Any]
+    width: int
+
+
+@dataclass
+class HistoryModel(hibachi.IncrementalModel):
+    """Per-slot histories; records every step and release, and contract violations."""
+
+    slots: int
+    fail_on: set[Any] = field(default_factory=set)  # tags whose step raises
+    bad_output_on: set[Any] = field(default_factory=set)  # tags whose step returns junk
+    release_fails: set[int] = field(default_factory=set)
+    events: list[tuple[str, Any]] = field(default_factory=list)  # shared with sinks
+    calls: list[StepCall] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.history: list[list[int] | None] = [None] * self.slots
+        self.owner: list[Any] = [None] * self.slots
+
+    def step(self, tokens: Any, mask: Any, slots: Any, options: list[Any]) -> Any:
+        tokens, mask = np.asarray(tokens), np.asarray(mask, dtype=bool)
+        self._check_step(tokens, mask, slots, options)
+        self.calls.append(
+            StepCall(mask.sum(1).tolist(), slots.tolist(), list(options), mask.shape[1])
+        )
+        if any(tag in options for tag in self.fail_on):
+            raise RuntimeError("boom")
+        out = [
+            self._feed(slot, tokens[i][mask[i]].tolist()) for i, slot in enumerate(slots.tolist())
+        ]
+        if any(tag in options for tag in self.bad_output_on):
+            return np.zeros((len(out), 3), dtype=np.int64)
+        return np.array(out, dtype=np.int64)
+
+    def _check_step(self, tokens: Any, mask: Any, slots: Any, options: list[Any]) -> None:
+        if len(set(slots.tolist())) != len(slots) or not all(0 <= s < self.slots for s in slots):
+            self.violations.append(f"bad slots {slots.tolist()}")
+        if not mask.any(axis=1).all():
+            self.violations.append("a row with no real token")
+        for slot, tag in zip(slots.tolist(), options, strict=True):
+            if self.owner[slot] is not None and self.owner[slot] != tag:
+                self.violations.append(f"slot {slot} reused by {tag} before release")
+            self.owner[slot] = tag
+
+    def _feed(self, slot: int, real: list[int]) -> int:
+        history = self.history[slot]
+        if history is None:
+            history = self.history[slot] = []
+        history.extend(real)
+        return next_token(history)
+
+    def release(self, slot: int) -> None:
+        self.events.append(("release", self.owner[slot]))
+        if slot in self.release_fails:
+            raise RuntimeError(f"cannot release {slot}")
+        self.history[slot] = None
+        self.owner[slot] = None
+
+    @property
+    def released(self) -> list[Any]:
+        return [tag for kind, tag in self.events if kind == "release"]
+
+
+class AsyncHistoryModel(HistoryModel):
+    """The same model with ``async`` step and release."""
+
+    async def step(self, tokens: Any, mask: Any, slots: Any, options: list[Any]) -> Any:  # type: ignore[override]
+        await asyncio.sleep(0)
+        return super().step(tokens, mask, slots, options)
+
+    async def release(self, slot: int) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        super().release(slot)
+
+
+class LoggingSink(ListSink):
+    """A list sink that notes in ``events`` when its stream ends."""
+
+    def __init__(self, tag: Any, events: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        self.tag = tag
+        self.events = events
+
+    def end(self, error: BaseException | None = None) -> None:
+        super().end(error)
+        self.events.append(("end", self.tag))
+
+
+class SlotDriver:
+    """A `Scheduler` over a `SlotLayout` and a `HistoryModel`, stepped by hand."""
+
+    def __init__(self, model: HistoryModel, *, max_batch_size: int, prefill_chunk: int = 8) -> None:
+        pad = np.int64(PAD)
+        backend = backend_of(pad)
+        assert backend is not None
+        self.backend = backend
+        self.pad = backend.to_storage(pad, pad)
+        self.model = model
+        self.clock = FakeClock()
+        self.queue: WorkQueue[Request] = WorkQueue(None)
+        self.layout = SlotLayout(
+            backend, self.pad, max_batch_size, prefill_chunk=prefill_chunk, release=model.release
+        )
+        self.scheduler = Scheduler(
+            backend,
+            stop_token=backend.to_storage(np.int64(STOP), self.pad),
+            padding_token=self.pad,
+            max_batch_size=max_batch_size,
+            queue=self.queue,
+            clock=self.clock,
+            layout=self.layout,
+        )
+
+    def submit(
+        self, tag: Any, prompt: list[int], budget: int = 8, deadline: float | None = None
+    ) -> tuple[Request, LoggingSink]:
+        storage = check_prompt(self.backend, np.array(prompt, dtype=np.int64), self.pad, "cpu")
+        sink = LoggingSink(tag, self.model.events)
+        request = Request(storage, budget, sink, deadline=deadline, options=tag)
+        self.scheduler.submit(request)
+        return request, sink
+
+    def cancel(self, request: Request) -> None:
+        request.cancelled = True
+        self.scheduler.note_departure()
+
+    def step(self) -> bool:
+        scheduler = self.scheduler
+        if not scheduler.schedule():
+            return False
+        try:
+            output = self.model.step(*scheduler.model_inputs())
+        except Exception as exc:
+            scheduler.fail(model_error(exc))
+            return True
+        try:
+            scheduler.complete(output)
+        except ModelError as error:
+            scheduler.fail(error)
+        return True
+
+    def run_until_idle(self, limit: int = 10_000) -> int:
+        for steps in range(limit):
+            if not self.step():
+                return steps
+        raise AssertionError(f"still busy after {limit} steps")
