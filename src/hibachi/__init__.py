@@ -19,8 +19,11 @@ from ._exceptions import InvalidRequest as InvalidRequest
 from ._exceptions import ModelError as ModelError
 from ._exceptions import QueueFull as QueueFull
 from ._exceptions import Timeout as Timeout
+from ._feedforward import FeedforwardBatcher as FeedforwardBatcher
+from ._handle import ResultHandle as ResultHandle
 from ._incremental import IncrementalModel as IncrementalModel
 from ._stats import AutoregressiveStats as AutoregressiveStats
+from ._stats import FeedforwardStats as FeedforwardStats
 from ._stream import TokenStream as TokenStream
 
 try:
@@ -34,11 +37,14 @@ __all__ = [
     "Backend",
     "BatcherClosed",
     "ConfigurationError",
+    "FeedforwardBatcher",
+    "FeedforwardStats",
     "HibachiError",
     "IncrementalModel",
     "InvalidRequest",
     "ModelError",
     "QueueFull",
+    "ResultHandle",
     "Timeout",
     "TokenStream",
     "__version__",

@@ -28,6 +28,7 @@ class WorkQueue(Generic[T]):
         self._closed = False
         self._wakeup = False
         self._held = 0
+        self._sleepers = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -45,7 +46,8 @@ class WorkQueue(Generic[T]):
             if self.maxsize is not None and waiting >= self.maxsize:
                 raise QueueFull(f"{waiting} requests are already waiting (max_queue_size)")
             self._items.append(item)
-            self._cond.notify()
+            if self._sleepers:  # notify() costs even with nobody to wake
+                self._cond.notify()
 
     def take(self, limit: int, keep: Callable[[T], bool] | None = None) -> list[T]:
         """Remove and return up to ``limit`` items from the front.
@@ -93,7 +95,11 @@ class WorkQueue(Generic[T]):
         """Block until an item is queued, the queue is closed, `wake` is called, or timeout."""
         with self._cond:
             if not self._items and not self._closed and not self._wakeup:
-                self._cond.wait(timeout)
+                self._sleepers += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._sleepers -= 1
             self._wakeup = False
 
     def wake(self) -> None:

@@ -66,6 +66,17 @@ class ArrayAPIBackend:
     def inference_context(self) -> contextlib.AbstractContextManager[Any]:
         return contextlib.nullcontext()
 
+    def stack(self, xs: Sequence[Any]) -> Any:
+        return self.xp.stack(list(xs))
+
+    def pad_stack(self, xs: Sequence[Any], length: int, fill: Any) -> Any:
+        first = xs[0]
+        shape = (len(xs), length, *first.shape[1:])
+        out = self.xp.full(shape, fill, dtype=first.dtype, device=self.device(first))
+        for i, x in enumerate(xs):
+            out[i, : x.shape[0], ...] = x
+        return out
+
 
 class NumpyBackend(ArrayAPIBackend):
     """NumPy, with native calls on the per-step path."""
@@ -103,6 +114,16 @@ class NumpyBackend(ArrayAPIBackend):
     def unbind(self, x: Any) -> Sequence[Any]:
         return list(x)
 
+    def stack(self, xs: Sequence[Any]) -> Any:
+        return np.stack(xs)
+
+    def pad_stack(self, xs: Sequence[Any], length: int, fill: Any) -> Any:
+        first = xs[0]
+        out = np.full((len(xs), length, *first.shape[1:]), fill, dtype=first.dtype)
+        for i, x in enumerate(xs):
+            out[i, : x.shape[0]] = x
+        return out
+
 
 class TorchBackend(ArrayAPIBackend):
     """PyTorch; model calls run under ``torch.inference_mode``."""
@@ -135,6 +156,17 @@ class TorchBackend(ArrayAPIBackend):
     def unbind(self, x: Any) -> Sequence[Any]:
         rows: Sequence[Any] = x.unbind(0)
         return rows
+
+    def stack(self, xs: Sequence[Any]) -> Any:
+        return self._torch.stack(list(xs))
+
+    def pad_stack(self, xs: Sequence[Any], length: int, fill: Any) -> Any:
+        first = xs[0]
+        shape = (len(xs), length, *first.shape[1:])
+        out = self._torch.full(shape, fill, dtype=first.dtype, device=first.device)
+        for i, x in enumerate(xs):
+            out[i, : x.shape[0]] = x
+        return out
 
     def inference_context(self) -> contextlib.AbstractContextManager[Any]:
         mode: contextlib.AbstractContextManager[Any] = self._torch.inference_mode()

@@ -48,3 +48,15 @@ class JaxBackend(NumpyBackend):
 
     def unbind(self, x: Any) -> Sequence[Any]:
         return [x[i] for i in range(x.shape[0])]
+
+    def stack(self, xs: Sequence[Any]) -> Any:
+        return self._jnp.stack(list(xs))
+
+    def pad_stack(self, xs: Sequence[Any], length: int, fill: Any) -> Any:
+        jnp = self._jnp
+        return jnp.stack([jnp.pad(x, _right(x, length), constant_values=fill) for x in xs])
+
+
+def _right(x: Any, length: int) -> list[tuple[int, int]]:
+    """``jnp.pad`` widths that right-pad axis 0 of ``x`` to ``length``."""
+    return [(0, length - x.shape[0])] + [(0, 0)] * (x.ndim - 1)

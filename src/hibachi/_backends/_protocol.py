@@ -22,6 +22,12 @@ class Backend(Protocol):
     name says otherwise. Arrays must support ``.shape``, ``.dtype``, basic
     slicing, and (storage arrays) slice assignment ``a[key] = value``.
 
+    Two optional methods speed up the feedforward batcher, which otherwise
+    builds its batches through the methods below (see
+    ``hibachi._backends._stacking``): ``stack(xs)``, the user arrays ``xs``
+    stacked along a new axis 0, and ``pad_stack(xs, length, fill)``, the same
+    after right-padding each along axis 0 to ``length`` with the scalar ``fill``.
+
     See ``docs/backends.md`` for a worked example.
     """
 

@@ -1,0 +1,139 @@
+"""`FeedforwardBatcher`: dynamic batching for models that answer in one call."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, final
+
+from ._backends import Backend
+from ._delivery import Channels
+from ._exceptions import ConfigurationError
+from ._feedforward_core import FeedforwardCore
+from ._feedforward_engine import FeedforwardEngine
+from ._feedforward_item import InputChecker, Item
+from ._handle import ResultHandle
+from ._lifecycle import Lifecycle
+from ._model import ModelRunner
+from ._queue import WorkQueue
+from ._request import check_timeout
+from ._stats import FeedforwardStats
+
+__all__ = ["FeedforwardBatcher"]
+
+
+@final
+class FeedforwardBatcher(Lifecycle):
+    """Serves many concurrent callers, stacking their inputs into one model call.
+
+    Each caller's input is an array, or a dict / tuple / list nesting of arrays.
+    Inputs of one kind (the same nesting, and per leaf the same shape, dtype
+    and device) are stacked leaf by leaf along a new axis 0, and
+    ``model(batch)`` is called with the stacked nesting. It returns a
+    batch-major array, or any nesting of batch-major arrays; each caller gets
+    its own row. The model may be a function, a bound method, a
+    ``torch.nn.Module``, sync or async; it runs on the batcher's own thread,
+    so it never blocks a caller's event loop.
+
+    Args:
+        model: the model callable.
+        max_batch_size: at most this many items per model call.
+        max_wait: seconds a batch that is not full may wait for more items,
+            from the arrival of its oldest. 0 (the default): whenever the
+            model is free it takes what is queued, so batches grow with load.
+        pad_value: right-pad along the first axis, to the longest in the
+            batch, so that inputs of different lengths share a batch: a
+            scalar for every leaf, or a nesting like the input's (a None leaf
+            is not padded), e.g. ``{"input_ids": 0, "attention_mask": 0}``.
+            When more items wait than fit, items of similar length go together.
+        trim_output: with ``pad_value``, cut each result leaf whose first axis
+            has the batch's padded length back to the item's own length.
+        max_queue_size: at most this many items wait; beyond, ``run`` raises
+            `QueueFull`. None for unbounded.
+        backend: a `Backend` for a tensor library hibachi does not know; every
+            leaf must then be one of its arrays.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_batch_size: int = 32,
+        max_wait: float = 0.0,
+        pad_value: Any = None,
+        trim_output: bool = False,
+        max_queue_size: int | None = 65536,
+        backend: Backend | None = None,
+    ) -> None:
+        super().__init__()
+        _check_count(max_batch_size, "max_batch_size")
+        if max_queue_size is not None:
+            _check_count(max_queue_size, "max_queue_size")
+        _check_settings(max_wait, pad_value, trim_output)
+        self._inputs = InputChecker(pad_value, backend)
+        self._queue: WorkQueue[Item] = WorkQueue(max_queue_size)
+        self._core = FeedforwardCore(
+            max_batch_size=max_batch_size, max_wait=float(max_wait), trim_output=trim_output
+        )
+        self._channels = Channels()
+        self._engine = FeedforwardEngine(
+            self._core, self._queue, ModelRunner(model), self._channels, "hibachi-ff"
+        )
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._core.max_batch_size
+
+    def run(self, x: Any, *, timeout: float | None = None) -> ResultHandle:
+        """Queue input ``x`` and return the handle of its result.
+
+        Raises `InvalidRequest` for an input that is not an array or a nesting
+        of arrays of one library (or does not match ``pad_value``), `QueueFull`
+        when the queue is full, `BatcherClosed` when the batcher is not open.
+        ``timeout`` (seconds): the handle fails with `Timeout` if the result is
+        not in by then, and the item is dropped if it has not reached the model.
+        """
+        self._check_open()
+        seconds = None if timeout is None else check_timeout(timeout)
+        now = time.monotonic()
+        deadline = None if seconds is None else now + seconds
+        described = self._inputs.describe(x)
+        handle = ResultHandle(described, self._channels.channel_for_current_loop(), now, deadline)
+        self._queue.put(handle)
+        if seconds is not None:
+            handle.arm(seconds)
+        return handle
+
+    def stats(self) -> FeedforwardStats:
+        """A snapshot of the batcher's counters."""
+        c = self._core.counters
+        waiting = len(self._queue)
+        return FeedforwardStats(
+            requests_submitted=c.received + waiting,
+            requests_completed=c.completed,
+            requests_failed=c.failed,
+            requests_cancelled=c.cancelled,
+            requests_timed_out=c.timed_out,
+            batches=c.batches,
+            mean_batch_size=c.batched_items / c.batches if c.batches else 0.0,
+            mean_queue_wait=c.queue_wait / c.dispatched if c.dispatched else 0.0,
+            padding_fraction=c.padding_cells / c.cells if c.cells else 0.0,
+            released_full=c.released_full,
+            released_waited=c.released_waited,
+            released_eager=c.released_eager,
+            retried_batches=c.retried_batches,
+            queue_depth=waiting + len(self._core),
+        )
+
+
+def _check_count(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_settings(max_wait: object, pad_value: object, trim_output: object) -> None:
+    number = isinstance(max_wait, int | float) and not isinstance(max_wait, bool)
+    if not number or not 0 <= max_wait < math.inf:  # type: ignore[operator]
+        raise ConfigurationError(f"max_wait must be a number of seconds >= 0, got {max_wait!r}")
+    if trim_output and pad_value is None:
+        raise ConfigurationError("trim_output needs a pad_value: only padded outputs are trimmed")

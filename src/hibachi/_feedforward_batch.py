@@ -1,0 +1,120 @@
+"""A feedforward batch: its items stacked into the model's input, and the
+model's output split back into one result per item."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ._backends import backend_of
+from ._backends._stacking import pad_stack, stack
+from ._exceptions import ModelError
+from ._feedforward_item import Item, Layout
+from ._nested import LEAF, Structure, flatten, unflatten
+
+__all__ = ["Batch", "assemble", "split"]
+
+
+class Batch:
+    """Items of one layout that go through the model together.
+
+    ``length`` is the longest padded first axis among them (0 if unpadded).
+    """
+
+    __slots__ = ("items", "layout", "length")
+
+    def __init__(self, items: list[Item], layout: Layout) -> None:
+        self.items = items
+        self.layout = layout
+        self.length = max(item.length for item in items) if layout.padded else 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def halves(self) -> tuple[Batch, Batch]:
+        middle = len(self.items) // 2
+        return Batch(self.items[:middle], self.layout), Batch(self.items[middle:], self.layout)
+
+
+def assemble(batch: Batch) -> tuple[Any, int, int]:
+    """The model's input for ``batch``, the cells it holds, and how many are padding."""
+    layout, items = batch.layout, batch.items
+    backend = layout.backend
+    if layout.structure is LEAF:
+        columns: Any = [[item.leaves for item in items]]
+        if layout.pads[0] is None:
+            stacked = stack(backend, columns[0])
+            return stacked, math.prod(stacked.shape), 0
+    else:
+        columns = zip(*(item.leaves for item in items), strict=True)
+    leaves, cells, padding = [], 0, 0
+    for column, pad in zip(columns, layout.pads, strict=True):
+        if pad is None:
+            leaf = stack(backend, column)
+        else:
+            leaf = pad_stack(backend, column, max(x.shape[0] for x in column), pad)
+            padding += math.prod(leaf.shape) - sum(math.prod(x.shape) for x in column)
+        cells += math.prod(leaf.shape)
+        leaves.append(leaf)
+    return unflatten(layout.structure, iter(leaves)), cells, padding
+
+
+def split(output: Any, batch: Batch, trim: bool) -> list[Any]:
+    """One result per item of ``batch``, from the model's batch-major ``output``.
+
+    With ``trim``, a result leaf whose first axis has the batch's padded length
+    is cut back to its item's own length. Raises `ModelError` if ``output`` is
+    not an array or a nesting of arrays with one row per item.
+    """
+    count = len(batch.items)
+    backend = backend_of(output)
+    if backend is not None and backend.is_array(output):
+        structure, columns = LEAF, [_rows(output, count, backend)]
+    else:
+        structure, leaves = flatten(output, _is_array)
+        columns = [_rows(leaf, count, backend_of(leaf)) for leaf in leaves]
+    if trim and batch.length:
+        columns = [_trimmed(column, batch) for column in columns]
+    return _regroup(structure, columns)
+
+
+def _rows(leaf: Any, count: int, backend: Any) -> Sequence[Any]:
+    if backend is None or not backend.is_array(leaf):
+        raise ModelError(
+            f"the model returned {type(leaf).__module__}.{type(leaf).__qualname__} where an "
+            "array with one row per item was expected"
+        )
+    shape = tuple(leaf.shape)
+    if not shape or shape[0] != count:
+        raise ModelError(
+            f"the model returned an array of shape {shape} for a batch of {count}: "
+            f"its first axis must have {count} rows, one per item"
+        )
+    rows: Sequence[Any] = backend.unbind(leaf)
+    return rows
+
+
+def _trimmed(rows: Sequence[Any], batch: Batch) -> list[Any]:
+    longest = batch.length
+    return [
+        row[: item.length] if _first_axis(row) == longest else row
+        for row, item in zip(rows, batch.items, strict=True)
+    ]
+
+
+def _first_axis(row: Any) -> int | None:
+    shape: tuple[int, ...] = tuple(getattr(row, "shape", ()))
+    return int(shape[0]) if shape else None
+
+
+def _regroup(structure: Structure, columns: list[Sequence[Any]]) -> list[Any]:
+    if structure is LEAF:
+        return list(columns[0])
+    if not columns:
+        raise ModelError("the model returned an empty nesting: no array to split per item")
+    return [unflatten(structure, iter(row)) for row in zip(*columns, strict=True)]
+
+
+def _is_array(x: object) -> bool:
+    return backend_of(x) is not None

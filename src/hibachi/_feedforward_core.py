@@ -1,0 +1,195 @@
+"""The synchronous core of dynamic batching.
+
+One round is ``next_batch()`` → the model on ``inputs(batch)`` →
+``complete(batch, output)``, or ``fail(batch, error)`` when the model raised
+or returned something unusable. Everything here is plain code over plain
+data: no threads, no event loop, and the time comes from ``clock``. The
+engine drives it from its thread; tests drive it round by round with a fake
+clock and items that record their outcome.
+
+- ``next_batch`` first reruns the halves of a failed batch, then takes the
+  next ready group from the `WaitingRoom`, dropping items whose caller left
+  or whose deadline passed: they never reach the model.
+- ``fail`` splits a failed batch in two and queues both halves ahead of
+  everything else, so that in the end only items that fail on their own get
+  the error; every other item gets its result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from typing import Any
+
+from ._delivery import Failure
+from ._exceptions import BatcherClosed, Timeout
+from ._feedforward_batch import Batch, assemble, split
+from ._feedforward_item import Item
+from ._waiting_room import Group, Release, WaitingRoom
+
+__all__ = ["FeedforwardCore", "FeedforwardCounters"]
+
+
+@dataclass
+class FeedforwardCounters:
+    """What the core has done so far (read by ``stats()``)."""
+
+    received: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    timed_out: int = 0
+    batches: int = 0
+    batched_items: int = 0
+    retried_batches: int = 0
+    released_full: int = 0
+    released_waited: int = 0
+    released_eager: int = 0
+    dispatched: int = 0
+    queue_wait: float = 0.0
+    cells: int = 0
+    padding_cells: int = 0
+
+    def count_release(self, items: list[Item], release: Release, now: float) -> None:
+        if release is Release.FULL:
+            self.released_full += 1
+        elif release is Release.WAITED:
+            self.released_waited += 1
+        else:
+            self.released_eager += 1
+        self.dispatched += len(items)
+        self.queue_wait += len(items) * now - sum(item.arrival for item in items)
+
+
+class FeedforwardCore:
+    """Which items go through the model together, and what becomes of its output."""
+
+    def __init__(
+        self,
+        *,
+        max_batch_size: int,
+        max_wait: float = 0.0,
+        trim_output: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.room = WaitingRoom(max_batch_size, max_wait)
+        self.trim_output = trim_output
+        self.clock = clock
+        self.counters = FeedforwardCounters()
+        self._retries: list[Batch] = []
+
+    def __len__(self) -> int:
+        """Items in the waiting room (not counting halves of failed batches)."""
+        return len(self.room)
+
+    def add(self, items: list[Item]) -> None:
+        """Items that arrived, in arrival order."""
+        self.counters.received += len(items)
+        self.room.add(items)
+
+    def wait_time(self) -> float | None:
+        """Seconds until `next_batch` may have something; None: nothing waits."""
+        if self._retries:
+            return 0.0
+        return self.room.wait_time(self.clock())
+
+    # -- one round -------------------------------------------------------------------
+
+    def next_batch(self, *, closing: bool = False) -> Batch | None:
+        """The next batch to run, or None if nothing is ready.
+
+        ``closing`` releases every group at once, whatever the wait policy.
+        """
+        now = self.clock()
+        batch = self._next_retry(now)
+        if batch is None:
+            batch = self._next_release(now, closing)
+        if batch is not None:
+            self.counters.batches += 1
+            self.counters.batched_items += len(batch)
+        return batch
+
+    def inputs(self, batch: Batch) -> Any:
+        """The model's input for ``batch``: every leaf stacked (and padded) along axis 0."""
+        stacked, cells, padding = assemble(batch)
+        self.counters.cells += cells
+        self.counters.padding_cells += padding
+        return stacked
+
+    def complete(self, batch: Batch, output: Any) -> None:
+        """Give each item its slice of ``output``; `ModelError` (nothing delivered) if unusable."""
+        results = split(output, batch, self.trim_output)
+        for item, result in zip(batch.items, results, strict=True):
+            item.deliver(result)
+        self.counters.completed += len(results)
+
+    def fail(self, batch: Batch, error: BaseException) -> None:
+        """``batch`` failed with ``error``: rerun its halves next, or fail its one item."""
+        if len(batch) > 1:
+            first, second = batch.halves()
+            self._retries += [second, first]
+            self.counters.retried_batches += 2
+            return
+        self.counters.failed += 1
+        batch.items[0].deliver(Failure(error))
+
+    def abort(self, message: str) -> None:
+        """End every waiting item at once with `BatcherClosed` (closing with ``cancel``)."""
+        items = [item for batch in self._retries for item in batch.items] + self.room.drain()
+        self._retries.clear()
+        for item in self._live(items, self.clock()):
+            self.counters.failed += 1
+            item.deliver(Failure(BatcherClosed(message)))
+
+    # -- internals -------------------------------------------------------------------
+
+    def _next_retry(self, now: float) -> Batch | None:
+        while self._retries:
+            batch = self._retries.pop()
+            items = self._live(batch.items, now)
+            if len(items) == len(batch):
+                return batch
+            if items:
+                return Batch(items, batch.layout)
+        return None
+
+    def _next_release(self, now: float, closing: bool) -> Batch | None:
+        while (found := self.room.next_group(now, closing)) is not None:
+            group, release = found
+            items = self._fill(group, now)
+            if items:
+                self.counters.count_release(items, release, now)
+                return Batch(items, group.layout)
+        return None
+
+    def _fill(self, group: Group, now: float) -> list[Item]:
+        """Up to a batch of live items from ``group``; departed ones are dropped on the way."""
+        items: list[Item] = []
+        while group.size and len(items) < self.max_batch_size:
+            taken = self.room.take(group, self.max_batch_size - len(items))
+            items += self._live(taken, now)
+        return items
+
+    def _live(self, items: list[Item], now: float) -> list[Item]:
+        """``items`` whose caller still waits; the others are ended and counted."""
+        live = []
+        for item in items:
+            if item.departed:
+                self._drop(item)
+            elif item.deadline is not None and item.deadline <= now:
+                self.counters.timed_out += 1
+                item.deliver(Failure(Timeout("the request reached its deadline in the queue")))
+            else:
+                live.append(item)
+        return live
+
+    def _drop(self, item: Item) -> None:
+        if item.expired:
+            self.counters.timed_out += 1
+            item.deliver(Failure(Timeout("the request timed out before it reached the model")))
+        else:
+            self.counters.cancelled += 1
+            item.deliver(Failure(CancelledError()))

@@ -1,0 +1,115 @@
+"""The feedforward engine thread: moves arrivals into the core, runs its batches.
+
+It is the only thread that touches the core. Callers reach it through the
+`WorkQueue`; results leave through the handles and the loops' channels. When
+nothing is ready it sleeps on the queue, until an arrival or until the wait
+window of the oldest item runs out: an idle batcher uses no CPU.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ._delivery import Channels
+from ._exceptions import HibachiError, InvalidRequest, ModelError
+from ._feedforward_batch import Batch
+from ._feedforward_core import FeedforwardCore
+from ._feedforward_item import Item
+from ._model import ModelRunner, model_error
+from ._queue import WorkQueue
+
+__all__ = ["FeedforwardEngine"]
+
+
+class FeedforwardEngine:
+    """Owns the thread that feeds ``core`` from ``queue`` and calls the model until closed."""
+
+    def __init__(
+        self,
+        core: FeedforwardCore,
+        queue: WorkQueue[Item],
+        runner: ModelRunner,
+        channels: Channels,
+        name: str,
+    ) -> None:
+        self.core = core
+        self.queue = queue
+        self.runner = runner
+        self.channels = channels
+        self._abort = False
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, *, cancel: bool) -> None:
+        """Refuse new items; run (or, with ``cancel``, end) the waiting ones, then exit."""
+        if cancel:
+            self._abort = True
+        self.queue.close()
+        self.queue.wake()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self.stopped.wait(timeout)
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.queue.close()
+            self._admit()
+            self.core.abort(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.channels.flush()
+            self.runner.close()
+            self.stopped.set()
+
+    def _loop(self) -> None:
+        core, queue = self.core, self.queue
+        while True:
+            if self._abort:
+                self._admit()
+                core.abort("the batcher was closed before the request was answered")
+                return
+            held = self._admit()
+            batch = core.next_batch(closing=queue.closed)
+            queue.release(held - len(core))
+            if batch is not None:
+                self._run(batch)
+            self.channels.flush()
+            if batch is None:
+                if queue.closed and not len(queue) and not len(core):
+                    return
+                queue.wait(core.wait_time())
+
+    def _admit(self) -> int:
+        """Move arrivals into the core; the number of items it then holds."""
+        self.core.add(self.queue.drain(hold=True))
+        return len(self.core)
+
+    def _run(self, batch: Batch) -> None:
+        core = self.core
+        with batch.layout.backend.inference_context():
+            try:
+                inputs = core.inputs(batch)
+            except Exception as exc:
+                core.fail(batch, _stacking_error(exc))
+                return
+            try:
+                output: Any = self.runner(inputs)
+            except Exception as exc:
+                core.fail(batch, model_error(exc))
+                return
+        try:
+            core.complete(batch, output)
+        except ModelError as error:
+            core.fail(batch, error)
+
+
+def _stacking_error(exc: Exception) -> HibachiError:
+    error = InvalidRequest(f"the input could not be stacked: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error

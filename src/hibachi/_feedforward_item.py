@@ -1,0 +1,211 @@
+"""One feedforward request as the core sees it, and the checks made at ``run()``.
+
+Items that share a `Layout` (the same nesting, backend, and per leaf the
+same dtype, device and shape, the padded axis aside) can be stacked into one
+batch; items of different layouts never are.
+
+`Item` is a base class: the core reads its input and hands it its outcome;
+where the outcome goes is the subclass's business (`hibachi.ResultHandle`
+for callers, plain lists in the core's tests). One object per request keeps
+the garbage collector's work per caller as small as a hand-written batcher's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._backends import Backend, backend_of
+from ._exceptions import ConfigurationError, InvalidRequest
+from ._nested import LEAF, Structure, flatten, leaf_values
+
+__all__ = ["InputChecker", "Item", "Layout"]
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """What the items of one group share; compared by identity (one per kind of input).
+
+    ``pads`` holds, per leaf, the value it is right-padded with along its first
+    axis, or None for a leaf stacked as it is.
+    """
+
+    structure: Structure
+    backend: Backend
+    pads: tuple[Any, ...]
+
+    @property
+    def padded(self) -> bool:
+        return any(pad is not None for pad in self.pads)
+
+
+class Item:
+    """One caller's input, waiting for or inside a batch, and where its outcome goes.
+
+    ``leaves`` is the input itself when it is a lone array (the layout's
+    structure is ``LEAF``), else the tuple of its leaves. ``length`` is the
+    longest first axis among its padded leaves (0 when none is padded);
+    ``seq`` orders items by arrival at the core.
+    """
+
+    __slots__ = ("arrival", "deadline", "layout", "leaves", "length", "seq")
+
+    def __init__(
+        self,
+        leaves: Any,
+        layout: Layout,
+        length: int,
+        arrival: float,
+        deadline: float | None = None,
+    ) -> None:
+        self.leaves = leaves
+        self.layout = layout
+        self.length = length
+        self.arrival = arrival
+        self.deadline = deadline
+        self.seq = 0
+
+    @property
+    def departed(self) -> bool:
+        """The caller no longer waits: it cancelled, timed out, or its event loop is gone."""
+        raise NotImplementedError
+
+    @property
+    def expired(self) -> bool:
+        """The caller stopped waiting because its own timeout passed."""
+        return False
+
+    def deliver(self, outcome: Any) -> None:
+        """Called once by the core: the result, or a `Failure` (see `hibachi._delivery`)."""
+        raise NotImplementedError
+
+
+Described = tuple[Any, Layout, int]
+
+
+class InputChecker:
+    """Turns a caller's input into an `Item`, or refuses it with `InvalidRequest`.
+
+    A lone array of a type already seen takes a short path: `run()` is the
+    hot path of every caller.
+    """
+
+    def __init__(self, pad_value: Any = None, backend: Backend | None = None) -> None:
+        check_pad_value(pad_value)
+        self._pad_value = pad_value
+        self._pinned = backend
+        self._pads: dict[Structure, tuple[Any, ...]] = {}
+        self._layouts: dict[tuple[Any, ...], Layout] = {}
+        self._lone_types: dict[type, Backend] = {}
+
+    def describe(self, x: Any) -> Described:
+        """The leaves of input ``x`` (see `Item`), its layout and its length."""
+        backend = self._lone_types.get(type(x))
+        if backend is None:
+            return self._describe_any(x)
+        pad = self._pads[LEAF][0]
+        shape = x.shape
+        if pad is None:
+            key: tuple[Any, ...] = (LEAF, backend, (shape, x.dtype, backend.device(x)))
+            length = 0
+        elif shape:
+            key, length = (LEAF, backend, (shape[1:], x.dtype, backend.device(x))), shape[0]
+        else:
+            raise InvalidRequest(_UNPADDABLE)
+        return x, self._layouts.get(key) or self._layout(key, LEAF, backend), length
+
+    def _describe_any(self, x: Any) -> Described:
+        """`describe` for any input; learns the types of lone arrays for the short path."""
+        structure, leaves = flatten(x, _is_array)
+        backend = self._backend(leaves)
+        pads = self._pads_for(structure)
+        key, length = _describe(structure, backend, leaves, pads)
+        layout = self._layouts.get(key) or self._layout(key, structure, backend)
+        if structure is not LEAF:
+            return tuple(leaves), layout, length
+        if isinstance(x.shape, tuple):
+            self._lone_types[type(x)] = backend
+        return x, layout, length
+
+    def _layout(self, key: tuple[Any, ...], structure: Structure, backend: Backend) -> Layout:
+        return self._layouts.setdefault(key, Layout(structure, backend, self._pads[structure]))
+
+    def _backend(self, leaves: list[Any]) -> Backend:
+        if not leaves:
+            raise InvalidRequest("the input is an empty nesting: it holds no array")
+        backend = self._pinned or backend_of(leaves[0])
+        for i, leaf in enumerate(leaves):
+            if backend is None or not self._belongs(leaf, backend):
+                raise InvalidRequest(_leaf_complaint(i, leaf, backend, self._pinned is not None))
+        assert backend is not None
+        return backend
+
+    def _belongs(self, leaf: Any, backend: Backend) -> bool:
+        if self._pinned is not None:
+            return backend.is_array(leaf)
+        return backend_of(leaf) is backend and backend.is_array(leaf)
+
+    def _pads_for(self, structure: Structure) -> tuple[Any, ...]:
+        pads = self._pads.get(structure)
+        if pads is None:
+            values = leaf_values(structure, self._pad_value)
+            if values is None:
+                raise InvalidRequest(
+                    f"pad_value {self._pad_value!r} does not match the input's nesting"
+                )
+            pads = self._pads.setdefault(structure, tuple(values))
+        return pads
+
+
+_UNPADDABLE = "a leaf padded with pad_value needs at least one axis, got a 0-d array"
+
+
+def _describe(
+    structure: Structure, backend: Backend, leaves: list[Any], pads: tuple[Any, ...]
+) -> tuple[tuple[Any, ...], int]:
+    """The layout key (structure, backend, then shape, dtype, device per leaf) and the length."""
+    key: list[Any] = [structure, backend]
+    length = 0
+    for leaf, pad in zip(leaves, pads, strict=True):
+        shape = tuple(leaf.shape)
+        if pad is not None:
+            if not shape:
+                raise InvalidRequest(_UNPADDABLE)
+            length = max(length, shape[0])
+            shape = shape[1:]
+        key.append((shape, leaf.dtype, backend.device(leaf)))
+    return tuple(key), length
+
+
+def _is_array(x: object) -> bool:
+    return backend_of(x) is not None
+
+
+def _leaf_complaint(i: int, leaf: object, backend: Backend | None, pinned: bool) -> str:
+    kind = f"{type(leaf).__module__}.{type(leaf).__qualname__}"
+    if backend is None or (backend_of(leaf) is None and not pinned):
+        return f"leaf {i} of the input is not an array hibachi knows: got {kind}"
+    whose = "the batcher's backend" if pinned else "the input's first leaf"
+    return f"leaf {i} of the input is a {kind}, not a {backend.name} array like {whose}"
+
+
+_SCALARS = (int, float, complex, bool)
+
+
+def check_pad_value(pad_value: Any) -> None:
+    """A scalar, or a dict / tuple / list nesting of scalars and None; else ConfigurationError."""
+    if pad_value is None or isinstance(pad_value, _SCALARS):
+        return
+    if isinstance(pad_value, dict):
+        for value in pad_value.values():
+            check_pad_value(value)
+        return
+    if isinstance(pad_value, tuple | list):
+        for value in pad_value:
+            check_pad_value(value)
+        return
+    if getattr(pad_value, "shape", None) == ():  # a NumPy scalar or 0-d array
+        return
+    raise ConfigurationError(
+        f"pad_value must be a scalar or a nesting of scalars, got {type(pad_value).__name__}"
+    )

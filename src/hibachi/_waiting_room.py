@@ -1,0 +1,147 @@
+"""Where items wait for a batch: grouped by layout, released by the wait policy.
+
+Items of one `Layout` form a group; a group is *ready* when it can fill a
+batch, when waiting is off (``max_wait == 0``: whatever waits goes as soon as
+the model is free), when its oldest item has waited ``max_wait``, or when the
+batcher is closing. Of the ready groups, the one whose oldest item came first
+goes next, so no group starves. Plain data and a clock reading passed in: no
+threads, no timers.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import deque
+from collections.abc import Iterable
+
+from ._feedforward_item import Item, Layout
+from ._length_picking import choose_counts
+
+__all__ = ["Group", "Release", "WaitingRoom"]
+
+
+class Release(enum.Enum):
+    """Why a batch left the waiting room."""
+
+    FULL = "full"
+    WAITED = "waited"
+    EAGER = "eager"
+
+
+class Group:
+    """The waiting items of one layout, in FIFO buckets by length."""
+
+    __slots__ = ("buckets", "layout", "size")
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.buckets: dict[int, deque[Item]] = {}
+        self.size = 0
+
+    def add(self, item: Item) -> None:
+        bucket = self.buckets.get(item.length)
+        if bucket is None:
+            bucket = self.buckets[item.length] = deque()
+        bucket.append(item)
+        self.size += 1
+
+    def oldest(self) -> Item:
+        if len(self.buckets) == 1:
+            return next(iter(self.buckets.values()))[0]
+        return min((bucket[0] for bucket in self.buckets.values()), key=_seq)
+
+    def take(self, count: int) -> list[Item]:
+        """``count`` items (or all): the oldest, and others of similar length."""
+        if len(self.buckets) == 1:
+            bucket = next(iter(self.buckets.values()))
+            taken = [bucket.popleft() for _ in range(min(count, len(bucket)))]
+        else:
+            taken = self._take_similar(count)
+        self.size -= len(taken)
+        for length in [length for length, bucket in self.buckets.items() if not bucket]:
+            del self.buckets[length]
+        return taken
+
+    def _take_similar(self, count: int) -> list[Item]:
+        lengths = sorted(self.buckets)
+        anchor = lengths.index(self.oldest().length)
+        counts = [len(self.buckets[length]) for length in lengths]
+        taken: list[Item] = []
+        for length, n in zip(lengths, choose_counts(lengths, counts, anchor, count), strict=True):
+            bucket = self.buckets[length]
+            taken.extend(bucket.popleft() for _ in range(n))
+        taken.sort(key=_seq)
+        return taken
+
+
+def _seq(item: Item) -> int:
+    return item.seq
+
+
+class WaitingRoom:
+    """The groups of waiting items, and the wait policy that releases them."""
+
+    def __init__(self, max_batch_size: int, max_wait: float) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self._groups: dict[Layout, Group] = {}
+        self._seq = itertools.count()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, items: Iterable[Item]) -> None:
+        groups, seq = self._groups, self._seq
+        for item in items:
+            item.seq = next(seq)
+            group = groups.get(item.layout)
+            if group is None:
+                group = groups[item.layout] = Group(item.layout)
+            group.add(item)
+            self.size += 1
+
+    def next_group(self, now: float, closing: bool = False) -> tuple[Group, Release] | None:
+        """The ready group whose oldest item came first, and why it is ready; None if none is."""
+        found: tuple[Group, Release] | None = None
+        first = -1
+        for group in self._groups.values():
+            release = self._release(group, now, closing)
+            if release is not None:
+                seq = group.oldest().seq
+                if found is None or seq < first:
+                    found, first = (group, release), seq
+        return found
+
+    def _release(self, group: Group, now: float, closing: bool) -> Release | None:
+        if group.size >= self.max_batch_size:
+            return Release.FULL
+        if self.max_wait <= 0 or closing:
+            return Release.EAGER
+        if now >= group.oldest().arrival + self.max_wait:
+            return Release.WAITED
+        return None
+
+    def take(self, group: Group, count: int) -> list[Item]:
+        """Remove up to ``count`` items of ``group`` (see `Group.take`)."""
+        taken = group.take(count)
+        self.size -= len(taken)
+        if not group.size:
+            del self._groups[group.layout]
+        return taken
+
+    def wait_time(self, now: float) -> float | None:
+        """Seconds until some group's wait runs out (0: one is ready); None when empty."""
+        if not self._groups:
+            return None
+        due = min(group.oldest().arrival for group in self._groups.values()) + self.max_wait
+        return max(0.0, due - now)
+
+    def drain(self) -> list[Item]:
+        """Remove and return every waiting item, oldest first."""
+        buckets = [bucket for group in self._groups.values() for bucket in group.buckets.values()]
+        items = [item for bucket in buckets for item in bucket]
+        self._groups.clear()
+        self.size = 0
+        return sorted(items, key=_seq)
