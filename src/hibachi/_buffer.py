@@ -6,6 +6,9 @@ Appending a step's tokens writes one column; the window moves right and the
 buffer is re-laid out (doubling when it must grow) only when it runs out of
 room, so the amortised cost of a step does not depend on sequence length.
 
+Token indexing ends with ``...``: the array API (unlike NumPy) refuses an
+index that names fewer axes than the array has.
+
 Invariant: for rows < n, columns ``[start, end)`` hold padding (mask False)
 then the row's tokens (mask True). Nothing else in the buffer is ever read.
 
@@ -51,15 +54,15 @@ class SequenceBuffer:
     def view(self, n: int) -> tuple[Any, Any]:
         """The tokens (n, width, *token_shape) and mask (n, width) of rows < n."""
         window = slice(self.start, self.end)
-        return self.tokens[:n, window], self.mask[:n, window]
+        return self.tokens[:n, window, ...], self.mask[:n, window]
 
     def admit(self, row: int, prompt: Any, n: int) -> None:
         """Write ``prompt`` (L, *token_shape) into ``row``; rows < n are active."""
         length = int(prompt.shape[0])
         self._widen(length, n)
         pad_end = self.end - length
-        self.tokens[row, self.start : pad_end] = self._padding
-        self.tokens[row, pad_end : self.end] = prompt
+        self.tokens[row, self.start : pad_end, ...] = self._padding
+        self.tokens[row, pad_end : self.end, ...] = prompt
         self.mask[row, self.start : pad_end] = False
         self.mask[row, pad_end : self.end] = True
         self.lengths[row] = length
@@ -68,7 +71,7 @@ class SequenceBuffer:
         """Write one new token (n, *token_shape) at the end of rows < n."""
         if self.end == self.capacity:
             self._relocate(self.width, n)
-        self.tokens[:n, self.end] = column
+        self.tokens[:n, self.end, ...] = column
         self.mask[:n, self.end] = True
         self.lengths[:n] += 1
         self.end += 1
@@ -76,7 +79,7 @@ class SequenceBuffer:
     def move(self, src: int, dst: int) -> None:
         """Copy row ``src``'s window into row ``dst`` (to keep active rows dense)."""
         window = slice(self.start, self.end)
-        self.tokens[dst, window] = self.tokens[src, window]
+        self.tokens[dst, window, ...] = self.tokens[src, window, ...]
         self.mask[dst, window] = self.mask[src, window]
         self.lengths[dst] = self.lengths[src]
 
@@ -133,7 +136,7 @@ class SequenceBuffer:
         if self.end - length < 0:
             self._relocate(length, n)
         new_start = self.end - length
-        self.tokens[:n, new_start : self.start] = self._padding
+        self.tokens[:n, new_start : self.start, ...] = self._padding
         self.mask[:n, new_start : self.start] = False
         self.start = new_start
 
@@ -146,7 +149,7 @@ class SequenceBuffer:
         self._allocate(capacity)
         end = capacity - (capacity - width) * 3 // 4
         start = end - self.width
-        self.tokens[:n, start:end] = old_tokens[:n, old]
+        self.tokens[:n, start:end, ...] = old_tokens[:n, old, ...]
         self.mask[:n, start:end] = old_mask[:n, old]
         self.start, self.end = start, end
 
