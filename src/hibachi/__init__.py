@@ -7,7 +7,7 @@ caller's results back as they are produced.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from ._autoregressive import AutoregressiveBatcher as AutoregressiveBatcher
 from ._backends import Backend as Backend
@@ -27,8 +27,8 @@ from ._stats import FeedforwardStats as FeedforwardStats
 from ._stream import TokenStream as TokenStream
 
 try:
-    __version__ = version("hibachi-batch")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _metadata.version("hibachi-batch")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
