@@ -117,7 +117,7 @@ def check_invariance(
         assert stop not in tokens[:-1], "a token after the stop token"
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     requests=st.lists(specs, min_size=1, max_size=8),
     token_shape=token_shapes,
@@ -129,7 +129,7 @@ def test_batched_equals_alone_numpy(
     check_invariance(requests, token_shape, "numpy", max_batch_size)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     requests=st.lists(specs, min_size=1, max_size=8),
     token_shape=token_shapes,
@@ -183,7 +183,7 @@ async def through_the_batcher(
         return await asyncio.gather(*(caller(spec) for spec in requests))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     requests=st.lists(specs, min_size=1, max_size=12),
     token_shape=token_shapes,
