@@ -397,3 +397,56 @@ def test_stats_of_a_scripted_run(make_batcher: Make) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.steps = 0  # type: ignore[misc]
     assert during.steps == 0, "a snapshot changed after it was taken"
+
+
+# -- event loops and threads together ----------------------------------------------------------
+
+
+def test_callers_in_several_event_loops_at_once(make_batcher: Make) -> None:
+    recorder = Recorder()
+    results: dict[int, list[Any]] = {}
+
+    async def caller(batcher: hibachi.AutoregressiveBatcher, tags: range) -> None:
+        streams = {
+            tag: batcher.run(tagged_prompt(tag, tag % 3 + 1), max_new_tokens=12) for tag in tags
+        }
+        for tag, stream in streams.items():
+            results[tag] = as_lists(await stream.collect())
+
+    with tagging(make_batcher, recorder, max_batch_size=8) as batcher:
+        threads = [
+            threading.Thread(
+                target=run_async, args=(caller(batcher, range(10 * i + 1, 10 * i + 6)),)
+            )
+            for i in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT)
+    assert sorted(results) == [10 * i + j for i in range(4) for j in range(1, 6)]
+    for tag, tokens in results.items():
+        assert tokens == tagged_expected(tag, tag % 3 + 1, 12)
+
+
+def test_streams_of_a_closed_event_loop_free_their_rows(make_batcher: Make) -> None:
+    async def abandon(batcher: hibachi.AutoregressiveBatcher) -> list[hibachi.TokenStream]:
+        streams = [batcher.run(tagged_prompt(tag, 1), max_new_tokens=10**9) for tag in (1, 2)]
+        await streams[0].__anext__()
+        return streams  # still referenced, never cancelled: only the loop's end tells
+
+    batcher = tagging(make_batcher)
+    with batcher:
+        streams = run_async(abandon(batcher))
+        closer = threading.Thread(target=batcher.close)  # drains: ends only if the rows are freed
+        closer.start()
+        closer.join(TIMEOUT)
+        assert not closer.is_alive(), "rows of a closed event loop were never freed"
+    assert len(streams) == 2
+    assert batcher.stats().requests_cancelled == 2
+
+
+def test_the_default_budget_comes_from_the_batcher(make_batcher: Make) -> None:
+    with tagging(make_batcher, max_new_tokens=3) as batcher:
+        assert as_lists(list(batcher.run(tagged_prompt(1, 2)))) == tagged_expected(1, 2, 3)
+        assert len(list(batcher.run(tagged_prompt(2, 2), max_new_tokens=5))) == 5
