@@ -237,3 +237,36 @@ def test_buffer_matches_plain_lists(
         elif op == "remove" and n:
             m.remove(arg % n)
             m.check()
+
+
+@pytest.mark.parametrize("prompt_length", [16, 4096])
+def test_steps_copy_a_bounded_number_of_columns_whatever_the_length(
+    prompt_length: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-step cost independent of S: appends write one column; relocations are amortised."""
+    copied: list[int] = []
+    relocate = SequenceBuffer._relocate
+
+    def counting(self: SequenceBuffer, width: int, n: int) -> None:
+        copied.append(self.width)
+        relocate(self, width, n)
+
+    monkeypatch.setattr(SequenceBuffer, "_relocate", counting)
+    m = Mirror(rows=2)
+    m.admit(prompt_length)
+    copied.clear()  # the prompt's own placement is admission, not a step
+    column = m.native(m.tokens(2))
+    steps = 10_000
+    for _ in range(steps):
+        m.buffer.append(column, 2)
+    assert copied, "the buffer never relocated: the test proves nothing"
+    assert sum(copied) <= 3 * steps, f"{sum(copied)} columns copied in {steps} steps"
+
+
+def test_the_model_gets_views_of_the_buffer_not_copies() -> None:
+    m = Mirror()
+    m.admit(5)
+    m.admit(2)
+    tokens, mask = m.buffer.view(2)
+    assert np.shares_memory(tokens, m.buffer.tokens)
+    assert np.shares_memory(mask, m.buffer.mask)
