@@ -281,3 +281,19 @@ def test_work_queue_wait_returns_on_put_and_wake() -> None:
     q.wake()
     waiting.join(timeout=5)
     assert not waiting.is_alive()
+
+
+def test_float_vector_tokens_such_as_audio_frames() -> None:
+    stop = np.full(4, -1.0, dtype=np.float32)
+
+    def model(tokens: Any, mask: Any) -> Any:
+        last = tokens[:, -1]
+        return np.where(last[:, :1] >= 1.0, stop, last + np.float32(0.25))
+
+    d = Driver(model, stop=stop, pad=np.zeros(4, dtype=np.float32))
+    _, sink = d.submit(np.full((2, 4), 0.5, dtype=np.float32), max_new_tokens=10)
+    _, int_prompt = d.submit(np.ones((1, 4), dtype=np.int8), max_new_tokens=10)
+    d.run_until_idle()
+    assert sink.tokens() == [[0.75] * 4, [1.0] * 4, [-1.0] * 4]
+    assert int_prompt.tokens() == [[-1.0] * 4]
+    assert all(item.dtype == np.float32 for item in sink.items)
