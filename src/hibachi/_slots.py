@@ -8,9 +8,10 @@ step feeds it the token it got last.
 Two kinds of step keep long prompts from stalling rows that are decoding:
 
 - a *decode* step runs every row whose prompt is in, one token each;
-- a *prefill* step runs rows whose prompt is not, in admission order, at most
-  ``prefill_chunk`` cells (rows * width, padding included) in all. A row whose
-  prompt is longer than the step's width gets the next ``width`` tokens of it.
+- a *prefill* step runs rows whose prompt is not, oldest first, at most
+  ``prefill_chunk`` cells (rows * width, padding included) in all, with the
+  width that feeds the most prompt tokens. A row whose prompt is longer than
+  the step's width gets the next ``width`` tokens of it.
 
 While both kinds have work they alternate, so a decoding row waits at most one
 prefill step (of at most ``prefill_chunk`` cells) between two of its tokens.
@@ -223,13 +224,15 @@ _DECODE_ALL = _Step(None, width=1, chunks=None)
 def _pack(left: list[int], budget: int) -> tuple[int, int]:
     """How many of the rows (with ``left`` prompt tokens each) a prefill step takes, and its width.
 
-    Rows are taken in order while rows * width stays within ``budget``; the
-    first row always goes in, with at most ``budget`` tokens.
+    The step takes the first ``count`` rows and is ``width`` wide, with
+    ``count * width <= budget``, choosing the pair that feeds the most prompt
+    tokens (the fewest rows among equals). A row with more than ``width`` tokens
+    left gets the next ``width`` of them, so long prompts need no padding.
     """
-    count, width = 1, min(left[0], budget)
-    for remaining in left[1:]:
-        wider = max(width, min(remaining, budget))
-        if (count + 1) * wider > budget:
-            break
-        count, width = count + 1, wider
-    return count, width
+    remaining = np.asarray(left[:budget], dtype=np.int64)
+    count = np.arange(1, remaining.size + 1)
+    width = np.minimum(budget // count, np.maximum.accumulate(remaining))
+    fed = np.minimum(remaining[None, :], width[:, None])
+    fed[np.triu_indices(remaining.size, 1)] = 0  # the rows after each count
+    best = int(np.argmax(fed.sum(axis=1)))
+    return best + 1, int(width[best])
