@@ -328,6 +328,42 @@ def test_leaving_a_for_loop_early_frees_the_row(make_batcher: Make) -> None:
         assert [token.tolist() for token in blocker] == [[9, 1]]
 
 
+def test_leaving_async_for_early_frees_the_row_of_a_stream_still_held(make_batcher: Make) -> None:
+    gate = Gate()
+    batcher = tagging(make_batcher, gate, max_batch_size=2)
+
+    async def main() -> None:
+        async with batcher:
+            _blocker, other = await start_two(batcher, gate)
+            stream = go(gate, batcher.run(tagged_prompt(1, 1), max_new_tokens=1000))
+            async for _ in stream:
+                assert await in_flight(gate) == [2, 1]
+                break
+            assert stream.finished  # the caller still holds it, but left the loop
+            await freed_at_next_step(gate)
+            other.cancel()
+
+    run_async(main())
+
+
+def test_leaving_a_for_loop_early_frees_the_row_of_a_stream_still_held(make_batcher: Make) -> None:
+    gate = Gate()
+    with tagging(make_batcher, gate, max_batch_size=2) as batcher:
+        blocker = batcher.run(tagged_prompt(9, 1), max_new_tokens=1)
+        assert gate.next_batch() == [9]
+        other = batcher.run(tagged_prompt(2, 1), max_new_tokens=1000)
+        stream = go(gate, batcher.run(tagged_prompt(1, 1), max_new_tokens=1000))
+        for _ in stream:
+            assert [gate.next_batch() for _ in range(2)] == [[2, 1], [2, 1]]
+            break
+        assert stream.finished
+        gate.release()
+        assert gate.next_batch() == [2]
+        gate.open()
+        other.cancel()
+        assert len(list(blocker)) == 1
+
+
 def test_a_request_cancelled_while_queued_never_reaches_the_model(make_batcher: Make) -> None:
     gate = Gate()
     batcher = tagging(make_batcher, gate, max_batch_size=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, final
 
 from ._delivery import END, AsyncSink, Failure, ThreadSink
@@ -59,7 +59,7 @@ class TokenStream:
     # -- asyncio ------------------------------------------------------------------
 
     def __aiter__(self) -> AsyncIterator[Any]:
-        return self
+        return _Loop(self)
 
     async def __anext__(self) -> Any:
         if self._done:
@@ -87,7 +87,7 @@ class TokenStream:
     # -- threads ------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
-        return self
+        return _Loop(self)
 
     def __next__(self) -> Any:
         if self._done:
@@ -111,3 +111,33 @@ class TokenStream:
             self._done = True
             raise item.error
         return item
+
+
+class _Loop:
+    """One ``for`` or ``async for`` over a stream.
+
+    The loop holds the only reference to it, so leaving the loop early (``break``,
+    ``return``, an exception) drops it, and that cancels the stream at once, even
+    while the caller still holds the stream itself. After the stream ended,
+    cancelling does nothing.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: TokenStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return self._stream.__next__()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._stream.__anext__()
+
+    def __del__(self) -> None:
+        self._stream.cancel()
