@@ -12,10 +12,10 @@ async with causal_lm_batcher(model, max_batch_size=16, max_length=1024,
 
 The model runs incrementally (see `hibachi.IncrementalModel`) over a key/value
 cache of ``max_batch_size`` slots of ``max_length`` tokens, allocated once and
-reused slot by slot. Prompts and tokens are CPU tensors of token ids, whatever
-device the model is on. Works with causal LMs whose layers all use full
-attention (GPT-2, Llama, Mistral, Qwen2, …) with the ``sdpa`` or ``eager``
-attention implementation.
+reused slot by slot. Prompts and tokens are tensors of token ids on the CPU
+(or the batcher's ``device``), whatever device the model is on. Works with
+causal LMs whose layers all use full attention (GPT-2, Llama, Mistral, Qwen2…)
+with the ``sdpa`` or ``eager`` attention implementation.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def causal_lm_batcher(
     eos_token_id: int,
     pad_token_id: int | None = None,
     prefill_chunk: int = 512,
+    device: Any = "cpu",
     **batcher_kwargs: Any,
 ) -> AutoregressiveBatcher:
     """An `AutoregressiveBatcher` serving transformers causal LM ``model`` with a KV cache.
@@ -57,6 +58,8 @@ def causal_lm_batcher(
         eos_token_id: the token that ends a sequence (yielded last).
         pad_token_id: fills the left of shorter rows; ``eos_token_id`` if None.
         prefill_chunk: the most prompt cells (rows * width) one step feeds.
+        device: where prompts and the tokens handed back live (the CPU by
+            default, whatever device the model is on).
         batcher_kwargs: the rest of `AutoregressiveBatcher`'s settings.
 
     A request's ``options`` is None (greedy) or a mapping with ``temperature``,
@@ -67,8 +70,8 @@ def causal_lm_batcher(
     adapter = CausalLMAdapter(model, slots=max_batch_size, max_length=max_length)
     return AutoregressiveBatcher(
         adapter,
-        stop_token=torch.tensor(stop),
-        padding_token=torch.tensor(pad),
+        stop_token=torch.tensor(stop, device=device),
+        padding_token=torch.tensor(pad, device=device),
         max_batch_size=max_batch_size,
         prefill_chunk=prefill_chunk,
         **batcher_kwargs,
@@ -127,7 +130,7 @@ class CausalLMAdapter(IncrementalModel):
         device = self.device
         index = torch.from_numpy(order)
         inputs = {
-            "input_ids": tokens.index_select(0, index).to(device, non_blocking=True),
+            "input_ids": tokens.index_select(0, index.to(tokens.device)).to(device),
             "position_ids": positions,
             "attention_mask": self._mask(positions),
             self._call.cache: self._cache,
