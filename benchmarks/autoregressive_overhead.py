@@ -13,15 +13,22 @@ Usage: python benchmarks/autoregressive_overhead.py [--steps N] [--repeat R]
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import time
-from collections.abc import Callable
-from typing import Any
+import os
 
-import numpy as np
+# One BLAS thread: the "1 ms model" must cost the same alone and batched, and
+# spinning BLAS workers would fight hibachi's threads for this machine's cores.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-import hibachi
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import hibachi  # noqa: E402
 
 ROWS = 64
 
@@ -100,6 +107,15 @@ def one_ms_model(dim: int = 256) -> Callable[[Any, Any], Any]:
     return model
 
 
+def model_cost(model: Callable[[Any, Any], Any], calls: int = 200) -> float:
+    """Seconds per call of ``model`` on a batch of one, called directly."""
+    tokens, mask = np.ones((1, 8), dtype=np.int64), np.ones((1, 8), dtype=bool)
+    start = time.perf_counter()
+    for _ in range(calls):
+        model(tokens, mask)
+    return (time.perf_counter() - start) / calls
+
+
 def _calibrate(weights: np.ndarray[Any, Any], state: np.ndarray[Any, Any]) -> int:
     start = time.perf_counter()
     for _ in range(20):
@@ -108,9 +124,10 @@ def _calibrate(weights: np.ndarray[Any, Any], state: np.ndarray[Any, Any]) -> in
     return max(1, round(0.001 / per_rep))
 
 
-async def throughput(concurrent: bool, requests: int = 16, tokens: int = 64) -> float:
+async def throughput(
+    model: Callable[[Any, Any], Any], concurrent: bool, requests: int = 16, tokens: int = 64
+) -> float:
     """Tokens per second for ``requests`` requests, together or one at a time."""
-    model = one_ms_model()
     batcher = hibachi.AutoregressiveBatcher(
         model, stop_token=np.int64(0), padding_token=np.int64(0), max_batch_size=requests
     )
@@ -140,9 +157,12 @@ async def main(steps: int, repeat: int) -> None:
     print(f"  asyncio floor (wake {ROWS} tasks/step): {floor * 1e6:7.2f} us")
     for label, cost in (("S=16", short), ("S=4096", long)):
         print(f"  hibachi, {label:<28} {cost * 1e6:7.2f} us  ({cost / floor:.2f}x)")
-    together = max([await throughput(True) for _ in range(repeat)])
-    alone = max([await throughput(False) for _ in range(repeat)])
-    print("throughput, 16 requests x 64 tokens, ~1 ms NumPy model:")
+    model = one_ms_model()
+    cost = model_cost(model)
+    together = max([await throughput(model, True) for _ in range(repeat)])
+    alone = max([await throughput(model, False) for _ in range(repeat)])
+    print(f"throughput, 16 requests x 64 tokens, NumPy model of {cost * 1e3:.2f} ms per call:")
+    print(f"  the model alone, called in a loop: {1 / cost:9.0f} calls/s")
     print(f"  one at a time: {alone:9.0f} tokens/s")
     print(f"  concurrent:    {together:9.0f} tokens/s  ({together / alone:.1f}x)")
 
