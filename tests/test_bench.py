@@ -14,6 +14,7 @@ from hibachi._bench.embeddings import Unavailable, load_sentence_transformer
 from hibachi._bench.llm import build_llama, hibachi_label, make_requests, trim
 from hibachi._bench.report import section_table, write_plot
 from hibachi._bench.results import Column, Report, Section
+from hibachi._bench.timing import best_of
 from hibachi._cli import main
 
 TINY = preset("tiny")
@@ -23,6 +24,14 @@ def test_trim_stops_at_the_budget_and_at_the_first_eos() -> None:
     assert trim([5, 6, 7, 8], 3, eos=9) == [5, 6, 7]
     assert trim([5, 9, 7, 9], 4, eos=9) == [5, 9]
     assert trim([5, 6, 9], 2, eos=9) == [5, 6]
+
+
+def test_best_of_keeps_the_best_run_and_stops_once_time_is_up() -> None:
+    runs = iter([3.0, 5.0, 4.0])
+    assert best_of(lambda: next(runs), float, repeat=3, within=float("inf")) == 5.0
+    calls: list[int] = []
+    assert best_of(lambda: calls.append(1) or 1.0, float, repeat=3, within=0.0) == 1.0
+    assert len(calls) == 1
 
 
 def test_preset_overrides() -> None:

@@ -24,6 +24,7 @@ from .minilm import INSTALL_HINT, PAD_VALUE, MiniLM, load_minilm, make_texts, mo
 from .progress import Progress
 from .results import Column, Section
 from .settings import BenchSettings
+from .timing import best_of
 
 __all__ = [
     "Embedded",
@@ -69,8 +70,12 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
         f"words, batch size {size.batch_size}"
     )
     section = Section("embeddings", title, COLUMNS, settings=size.__dict__.copy())
+
+    def best(run: Callable[[], Embedded]) -> Embedded:
+        return best_of(run, _texts_per_s, size.repeat, settings.repeat_within)
+
     progress.doing(ALONE)
-    reference = _best(lambda: one_per_text(minilm, texts), size.repeat)
+    reference = best(lambda: one_per_text(minilm, texts))
     _record(section, ALONE, reference, reference)
     batch = size.batch_size
     st_model = functools.cache(lambda: load_sentence_transformer(settings.device))
@@ -82,7 +87,7 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
     for name, run in methods:
         progress.doing(name)
         try:
-            _record(section, name, _best(run, size.repeat), reference)
+            _record(section, name, best(run), reference)
         except Unavailable as exc:
             section.skip(name, str(exc))
         except Exception as exc:
@@ -90,9 +95,8 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
     return section
 
 
-def _best(run: Callable[[], Embedded], repeat: int) -> Embedded:
-    """The fastest of ``repeat`` runs (other work on the machine only ever slows one down)."""
-    return min((run() for _ in range(repeat)), key=lambda result: result.seconds)
+def _texts_per_s(result: Embedded) -> float:
+    return len(result.vectors) / result.seconds
 
 
 def _record(section: Section, name: str, result: Embedded, reference: Embedded) -> None:

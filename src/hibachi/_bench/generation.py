@@ -34,6 +34,7 @@ from .llm import (
 from .progress import Progress
 from .results import Column, Section
 from .settings import BenchSettings, GenerationSize
+from .timing import best_of
 
 __all__ = [
     "Outcome",
@@ -82,8 +83,12 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
         "generation", _title(size, parameters(model)), COLUMNS, settings=_settings(size, model)
     )
     device, batch = settings.device, size.batch_size
+
+    def best(run: Callable[[], Outcome]) -> Outcome:
+        return best_of(run, _tokens_per_s, size.repeat, settings.repeat_within)
+
     progress.doing(GENERATE)
-    reference = _best(lambda: one_at_a_time(model, requests, device), size.repeat)
+    reference = best(lambda: one_at_a_time(model, requests, device))
     _record(section, GENERATE, reference, reference)
     methods: list[tuple[str, Callable[[], Outcome]]] = [
         (hibachi_label(), lambda: with_hibachi(model, requests, batch, device)),
@@ -93,7 +98,7 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
     for name, run in methods:
         progress.doing(name)
         try:
-            _record(section, name, _best(run, size.repeat), reference)
+            _record(section, name, best(run), reference)
         except _Missing as exc:
             section.skip(name, str(exc))
         except Exception as exc:
@@ -102,9 +107,8 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
     return section
 
 
-def _best(run: Callable[[], Outcome], repeat: int) -> Outcome:
-    """The fastest of ``repeat`` runs (other work on the machine only ever slows one down)."""
-    return max((run() for _ in range(repeat)), key=lambda outcome: outcome.tokens_per_s)
+def _tokens_per_s(outcome: Outcome) -> float:
+    return outcome.tokens_per_s
 
 
 def _record(section: Section, name: str, outcome: Outcome, reference: Outcome) -> None:

@@ -5,7 +5,7 @@ asyncio alone waking ``rows`` consumer tasks once per step (the floor).
 Feedforward: the cost per item with an identity model and ``callers``
 concurrent callers in batches of ``batch_size``, against a bare hand-written
 asyncio batcher (the floor) and the peer libraries ``batched`` and
-``async-batcher``. Each figure is the best of ``repeat`` runs.
+``async-batcher``. Each figure is the best of up to ``repeat`` runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from .progress import Progress
 from .results import Column, Section
 from .settings import BenchSettings, OverheadSize
+from .timing import best_of
 
 __all__ = [
     "async_batcher_per_item",
@@ -49,10 +50,10 @@ class Unavailable(RuntimeError):
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     size = settings.overhead
     progress.begin("overhead", 6)
-    title = f"Overhead: no-op models, best of {size.repeat}"
+    title = "Overhead: no-op models"
     section = Section("overhead", title, COLUMNS, settings=size.__dict__.copy())
-    _group(section, progress, "token", _token_methods(size), size.repeat)
-    _group(section, progress, "item", _item_methods(size), size.repeat)
+    for per, methods in (("token", _token_methods(size)), ("item", _item_methods(size))):
+        _group(section, progress, per, methods, settings)
     section.notes += [
         f"per token: {size.rows} streams of {size.steps} tokens; the floor is asyncio waking "
         f"{size.rows} waiting tasks once per step.",
@@ -84,14 +85,14 @@ def _item_methods(size: OverheadSize) -> list[Method]:
 
 
 def _group(
-    section: Section, progress: Progress, per: str, methods: list[Method], repeat: int
+    section: Section, progress: Progress, per: str, methods: list[Method], settings: BenchSettings
 ) -> None:
     """Measure ``methods``; the first is the floor the others are compared with."""
     floor: float | None = None
     for name, run in methods:
         progress.doing(name)
         try:
-            seconds = min(asyncio.run(run()) for _ in range(repeat))
+            seconds = _best_seconds(run, settings)
         except Unavailable as exc:
             section.skip(name, str(exc))
             continue
@@ -106,6 +107,17 @@ def _group(
             x_floor=seconds / floor,
             above_floor_us=(seconds - floor) * 1e6,
         )
+
+
+def _best_seconds(run: Callable[[], Coroutine[Any, Any, float]], settings: BenchSettings) -> float:
+    def once() -> float:
+        return asyncio.run(run())
+
+    return best_of(once, _faster, settings.overhead.repeat, settings.repeat_within)
+
+
+def _faster(seconds: float) -> float:
+    return -seconds
 
 
 # -- per token ------------------------------------------------------------------------
@@ -213,7 +225,8 @@ async def feedforward_per_item(size: OverheadSize) -> float:
     batcher_type = getattr(hibachi, "FeedforwardBatcher", None)
     if batcher_type is None:
         raise Unavailable("hibachi.FeedforwardBatcher is not in this version of hibachi")
-    async with batcher_type(_identity, max_batch_size=size.batch_size) as batcher:
+    batcher = batcher_type(_identity, max_batch_size=size.batch_size, max_queue_size=size.callers)
+    async with batcher:
         return await _per_item(batcher.run, size.callers)
 
 

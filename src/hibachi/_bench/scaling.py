@@ -3,14 +3,16 @@
 Generation: ``c`` clients each stream one request (same prompt length and
 budget) through hibachi, next to ``generate()`` on one padded batch of the
 same ``c`` requests, and ``generate()`` one request at a time (a flat line:
-it does not depend on ``c``). Embeddings: ``c`` callers each embed
-``texts_per_client`` texts one after the other through hibachi, next to one
+it does not depend on ``c``); hibachi's batch holds up to the largest ``c``.
+Embeddings: ``c`` callers each embed ``texts_per_client`` texts one after the
+other through hibachi (batches of the embeddings workload's size), next to one
 model call per text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 
@@ -21,6 +23,7 @@ from .minilm import PAD_VALUE, MiniLM, load_minilm, make_texts
 from .progress import Progress
 from .results import Column, Section, Series
 from .settings import BenchSettings
+from .timing import best_of
 
 __all__ = ["embedding_curve", "measure"]
 
@@ -64,7 +67,7 @@ def _generation_series(
 
     hibachi = _curve(settings, progress, "generation", hibachi_rate)
     one_batch = _curve(settings, progress, "generate() on a batch", one_batch_rate)
-    alone = max(alone_rate() for _ in range(settings.scaling.repeat))
+    alone = _best(settings, alone_rate)
     return [
         Series("generation", hibachi_label(), TOKENS, counts, hibachi),
         Series("generation", "generate(), one padded batch", TOKENS, counts, one_batch),
@@ -77,12 +80,16 @@ def _generation_series(
 def _curve(
     settings: BenchSettings, progress: Progress, what: str, rate: Callable[[int], float]
 ) -> list[float]:
-    """``rate(c)`` at each concurrency ``c``, the best of ``repeat`` (noise only slows a run)."""
+    """The best ``rate(c)`` at each concurrency ``c``."""
     curve = []
     for c in settings.concurrency:
         progress.doing(f"{what}, {c} clients")
-        curve.append(max(rate(c) for _ in range(settings.scaling.repeat)))
+        curve.append(_best(settings, functools.partial(rate, c)))
     return curve
+
+
+def _best(settings: BenchSettings, rate: Callable[[], float]) -> float:
+    return best_of(rate, float, settings.scaling.repeat, settings.repeat_within)
 
 
 def _requests(settings: BenchSettings, count: int) -> list[LlmRequest]:
@@ -107,9 +114,10 @@ def _embedding_series(
         return len(alone.vectors) / alone.seconds
 
     def hibachi_rate(c: int) -> float:
-        return asyncio.run(embedding_curve(minilm, texts[: c * per_client], c, max(counts)))
+        mine = texts[: c * per_client]
+        return asyncio.run(embedding_curve(minilm, mine, c, settings.embeddings.batch_size))
 
-    alone = max(alone_rate() for _ in range(settings.scaling.repeat))
+    alone = _best(settings, alone_rate)
     reference = Series("embeddings", ALONE, TEXTS, counts, [alone] * len(counts), True)
     try:
         curve = _curve(settings, progress, "embeddings", hibachi_rate)

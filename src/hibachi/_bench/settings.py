@@ -76,6 +76,7 @@ class BenchSettings:
     embeddings: EmbeddingSize
     overhead: OverheadSize
     scaling: ScalingSize
+    repeat_within: float  # seconds: a method is run again (up to its repeat) only within this
     seed: int = 0
 
     def as_json(self) -> dict[str, Any]:
@@ -101,6 +102,7 @@ _FULL = BenchSettings(
     embeddings=EmbeddingSize(texts=256, words=(4, 120), batch_size=32, repeat=2),
     overhead=OverheadSize(rows=64, steps=500, callers=20_000, batch_size=64, repeat=3),
     scaling=ScalingSize(prompt_length=32, budget=64, texts_per_client=4, repeat=2),
+    repeat_within=20.0,
 )
 
 _QUICK = replace(
@@ -120,6 +122,7 @@ _QUICK = replace(
     embeddings=EmbeddingSize(texts=64, words=(4, 60), batch_size=32, repeat=2),
     overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=2),
     scaling=ScalingSize(prompt_length=16, budget=16, texts_per_client=2, repeat=2),
+    repeat_within=1.5,
 )
 
 # For the CLI's own tests: every workload end to end, in a few seconds.
@@ -142,6 +145,7 @@ _TINY = replace(
     embeddings=EmbeddingSize(texts=6, words=(2, 12), batch_size=4, repeat=1),
     overhead=OverheadSize(rows=4, steps=5, callers=32, batch_size=8, repeat=1),
     scaling=ScalingSize(prompt_length=4, budget=3, texts_per_client=1, repeat=1),
+    repeat_within=0.0,
 )
 
 _PRESETS = {s.preset: s for s in (_FULL, _QUICK, _TINY)}
