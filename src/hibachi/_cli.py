@@ -148,9 +148,10 @@ def _workloads(text: str) -> tuple[str, ...]:
 
 def _bench(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from ._bench import preset, run_bench
-    from ._bench.environment import cuda_available
+    from ._bench.environment import busy_warning, cuda_available
     from ._bench.progress import RichProgress
     from ._bench.report import print_report, write_json, write_plot
 
@@ -159,6 +160,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not cuda_available():
         console.print("[red]--device cuda: torch sees no CUDA device on this machine[/red]")
         return 2
+    warning = busy_warning()
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     name = "tiny" if args.tiny else "quick" if args.quick else "full"
     settings = preset(
         name, device=args.device, concurrency=args.concurrency, workloads=args.workloads

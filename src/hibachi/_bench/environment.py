@@ -8,7 +8,7 @@ import os
 import platform
 from typing import Any
 
-__all__ = ["cuda_available", "describe_machine", "quiet_libraries"]
+__all__ = ["busy_warning", "cuda_available", "describe_machine", "quiet_libraries"]
 
 
 def quiet_libraries() -> None:
@@ -39,12 +39,28 @@ def describe_machine(device: str) -> dict[str, Any]:
         "device_name": name,
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+
+
+def busy_warning() -> str | None:
+    """A warning when other processes already keep the CPUs busy, else None.
+
+    With PyTorch's threads competing for cores, small sequential model calls
+    slow down far more than batched ones: the comparison gets skewed.
+    """
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load < 0.5 * cpus:
+        return None
+    return (
+        f"this machine is busy (load average {load:.1f} on {cpus} CPUs): figures will be noisy, "
+        "and one-at-a-time baselines slowed down more than batched methods"
+    )
 
 
 def _cpu_name() -> str:
