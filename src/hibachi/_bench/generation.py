@@ -24,10 +24,10 @@ import numpy as np
 from .llm import (
     LlmRequest,
     build_llama,
-    hibachi_batcher,
     hibachi_label,
     make_requests,
     parameters,
+    stateless_batcher,
     trim,
     uses_fallback,
 )
@@ -52,6 +52,7 @@ COLUMNS = [
     Column("ttft_p50_ms", "TTFT p50", "{:,.0f} ms"),
     Column("ttft_p95_ms", "TTFT p95", "{:,.0f} ms"),
     Column("same_as_generate", "= generate()", "{}"),
+    Column("outside_model", "outside model", "{:.0%}"),
 ]
 GENERATE = "generate(), one at a time"
 STATIC = "generate(), static batches"
@@ -65,6 +66,7 @@ class Outcome:
     tokens: list[list[int]]
     first_token: list[float]
     seconds: float
+    outside_model: float | None = None  # hibachi's share of each step spent outside the model
 
     @property
     def tokens_per_s(self) -> float:
@@ -103,7 +105,7 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
             section.skip(name, str(exc))
         except Exception as exc:
             section.fail(name, exc)
-    _note_fallback(section)
+    _notes(section)
     return section
 
 
@@ -121,6 +123,7 @@ def _record(section: Section, name: str, outcome: Outcome, reference: Outcome) -
         ttft_p50_ms=float(np.percentile(first_ms, 50)),
         ttft_p95_ms=float(np.percentile(first_ms, 95)),
         same_as_generate=f"{matched}/{len(reference.tokens)}",
+        outside_model=outcome.outside_model,
         matched=matched == len(reference.tokens),
         tokens=sum(map(len, outcome.tokens)),
         seconds=outcome.seconds,
@@ -144,7 +147,11 @@ def _settings(size: GenerationSize, model: Any) -> dict[str, Any]:
     return {"parameters": parameters(model), "dtype": str(model.dtype), **size.__dict__}
 
 
-def _note_fallback(section: Section) -> None:
+def _notes(section: Section) -> None:
+    section.notes.append(
+        "TTFT: time to first token, counted from the moment every client has arrived. "
+        "outside model: the share of hibachi's busy time spent between model steps."
+    )
     if uses_fallback():
         section.notes.append(
             "hibachi.integrations.transformers is not available: hibachi runs the stateless "
@@ -157,15 +164,21 @@ def _note_fallback(section: Section) -> None:
 
 
 def with_hibachi(model: Any, requests: list[LlmRequest], batch_size: int, device: str) -> Outcome:
-    """Every request streamed at once through a new hibachi batcher over ``model``."""
-    batcher = hibachi_batcher(
-        model,
-        batch_size=batch_size,
-        max_length=max(len(r.prompt) + r.budget for r in requests),
-        eos=model.generation_config.eos_token_id,
-        device=device,
-    )
-    return asyncio.run(serve_with_hibachi(batcher, requests, device))
+    """Every request streamed at once through a new hibachi batcher over ``model``.
+
+    With `hibachi.integrations.transformers` installed, this is the KV-cache
+    adapter that ``causal_lm_batcher`` builds, timed step by step
+    (`step_share.kv_cache_run`); otherwise the stateless fallback.
+    """
+    eos = model.generation_config.eos_token_id
+    if uses_fallback():
+        batcher = stateless_batcher(model, batch_size=batch_size, eos=eos, device=device)
+        return asyncio.run(serve_with_hibachi(batcher, requests, device))
+    from .step_share import kv_cache_run  # it builds on this module
+
+    outcome, share = kv_cache_run(model, requests, batch_size=batch_size, eos=eos)
+    outcome.outside_model = share.outside
+    return outcome
 
 
 async def serve_with_hibachi(batcher: Any, requests: list[LlmRequest], device: str) -> Outcome:

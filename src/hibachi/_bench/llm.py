@@ -1,8 +1,8 @@
 """The generation workloads' model and requests: a small random-weight Llama.
 
-Also the hibachi side: the transformers adapter of `hibachi.integrations`
-when it is installed, and otherwise the stateless `AutoregressiveBatcher`
-over a wrapper that runs the whole sequence every step.
+Also hibachi's fallback for when `hibachi.integrations.transformers` is not
+installed: the stateless `AutoregressiveBatcher` over a wrapper that runs the
+whole sequence every step.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ __all__ = [
     "FullForward",
     "LlmRequest",
     "build_llama",
-    "hibachi_batcher",
     "hibachi_label",
     "make_requests",
+    "stateless_batcher",
     "trim",
     "uses_fallback",
 ]
@@ -136,26 +136,18 @@ class FullForward:
             return out.logits[:, -1].argmax(-1)
 
 
-def hibachi_batcher(model: Any, *, batch_size: int, max_length: int, eos: int, device: str) -> Any:
-    """An unopened batcher: the KV-cache adapter if installed, else the stateless fallback."""
+def stateless_batcher(model: Any, *, batch_size: int, eos: int, device: str) -> Any:
+    """An unopened `AutoregressiveBatcher` over `FullForward`: no KV cache, every step in full."""
     import torch
 
-    try:
-        adapter = importlib.import_module("hibachi.integrations.transformers")
-    except ImportError:
-        from hibachi import AutoregressiveBatcher
+    from hibachi import AutoregressiveBatcher
 
-        batcher = AutoregressiveBatcher(
-            FullForward(model),
-            stop_token=torch.tensor(eos, device=device),
-            padding_token=torch.tensor(PAD, device=device),
-            max_batch_size=batch_size,
-        )
-        return batcher
-    batcher = adapter.causal_lm_batcher(
-        model, max_batch_size=batch_size, max_length=max_length, eos_token_id=eos
+    return AutoregressiveBatcher(
+        FullForward(model),
+        stop_token=torch.tensor(eos, device=device),
+        padding_token=torch.tensor(PAD, device=device),
+        max_batch_size=batch_size,
     )
-    return batcher
 
 
 def hibachi_label() -> str:
