@@ -261,3 +261,15 @@ def test_a_model_in_training_mode_is_refused() -> None:
 def test_bad_settings_are_refused(llama: Any, settings: dict[str, Any], message: str) -> None:
     with pytest.raises(hibachi.ConfigurationError, match=message):
         causal_lm_batcher(llama, **{"eos_token_id": EOS, "max_length": 16, **settings})
+
+
+def test_the_generation_bench_times_each_step(llama: Any) -> None:
+    from hibachi._bench.llm import make_requests
+    from hibachi._bench.step_share import kv_cache_run
+
+    requests = make_requests(4, (1, 12), (1, 6), VOCAB, seed=0)
+    outcome, share = kv_cache_run(llama, requests, batch_size=2, eos=EOS, prefill_chunk=8)
+    for request, got in zip(requests, outcome.tokens, strict=True):
+        assert got == generate(llama, torch.tensor(request.prompt), request.budget)
+    assert share.steps >= max(r.budget for r in requests)
+    assert 0 < share.model_seconds < share.busy_seconds and 0 < share.outside < 1
