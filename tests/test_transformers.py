@@ -170,9 +170,12 @@ def test_a_seeded_request_gets_the_same_tokens_alone_and_in_a_full_batch(llama: 
     assert alone != generate(llama, prompt, 20)  # it did sample
 
 
-def test_top_k_of_one_is_greedy(llama: Any) -> None:
+@pytest.mark.parametrize(
+    "narrow", [{"top_k": 1}, {"top_p": 1e-9}], ids=["top-k-of-one", "tiny-top-p"]
+)
+def test_sampling_from_the_top_token_alone_is_greedy(llama: Any, narrow: dict[str, Any]) -> None:
     prompt = torch.tensor([30, 31, 32])
-    job = {"prompt": prompt, "max_new_tokens": 10, "options": {"temperature": 2.0, "top_k": 1}}
+    job = {"prompt": prompt, "max_new_tokens": 10, "options": {"temperature": 2.0, **narrow}}
     batcher = causal_lm_batcher(llama, max_batch_size=2, max_length=32, eos_token_id=EOS)
     assert serve(batcher, [job]) == [generate(llama, prompt, 10)]
 
