@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+import hibachi
+
 T = TypeVar("T")
 
 STOP_TAG = -1
@@ -197,3 +199,22 @@ def as_lists(tokens: Sequence[Any]) -> list[Any]:
 def run_async(main: Coroutine[Any, Any, T], timeout: float = 2 * TIMEOUT) -> T:
     """Run ``main`` in a fresh event loop; fail instead of hanging."""
     return asyncio.run(asyncio.wait_for(main, timeout))
+
+
+# -- batchers over the tagging model -------------------------------------------------------
+
+Make = Callable[..., "hibachi.AutoregressiveBatcher"]
+STOP = np.array([-1, -1], dtype=np.int64)
+PAD = np.zeros(2, dtype=np.int64)
+
+
+def tagging(
+    make: Make, model: Any = tagging_model, **options: Any
+) -> hibachi.AutoregressiveBatcher:
+    """A batcher over 2-vector tagged tokens, made by ``make`` (a fixture's factory)."""
+    return make(model, stop_token=STOP, padding_token=PAD, **options)
+
+
+def next_int(tokens: Any, mask: Any) -> Any:
+    """A model whose next token is the last one plus one."""
+    return tokens[:, -1] + 1

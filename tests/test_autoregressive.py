@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,31 +15,19 @@ import hibachi
 from _models import (
     TIMEOUT,
     Gate,
+    Make,
     Recorder,
     as_lists,
+    next_int,
     run_async,
     tagged_expected,
     tagged_prompt,
+    tagging,
     tagging_model,
     tags_of,
 )
 
 pytestmark = pytest.mark.usefixtures("no_leaked_engines")
-
-Make = Callable[..., hibachi.AutoregressiveBatcher]
-STOP = np.array([-1, -1], dtype=np.int64)
-PAD = np.zeros(2, dtype=np.int64)
-
-
-def tagging(
-    make: Make, model: Any = tagging_model, **options: Any
-) -> hibachi.AutoregressiveBatcher:
-    return make(model, stop_token=STOP, padding_token=PAD, **options)
-
-
-def next_int(tokens: Any, mask: Any) -> Any:
-    return tokens[:, -1] + 1
-
 
 # -- continuous batching ------------------------------------------------------------------
 
