@@ -58,7 +58,8 @@ def test_the_cli_imports_nothing_heavy() -> None:
 def test_bench_help_explains_every_workload_and_flag(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run_cli(capsys, "bench", "--help")
     assert status == 0
-    for word in [*WORKLOADS, "--quick", "--device", "--concurrency", "--json", "--plot"]:
+    flags = ["--quick", "--device", "--concurrency", "--json", "--plot", "--threads"]
+    for word in [*WORKLOADS, *flags]:
         assert word in out
     assert "--tiny" not in out  # a test-only flag stays hidden
 
@@ -77,6 +78,7 @@ def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) ->
         pytest.param(["--concurrency", ""], ">= 1", id="concurrency-empty"),
         pytest.param(["--workloads", "generation,nope"], "unknown workload nope", id="workload"),
         pytest.param(["--device", "tpu"], "invalid choice", id="device"),
+        pytest.param(["--threads", "0"], ">= 1", id="threads"),
     ],
 )
 def test_bad_arguments_are_refused(

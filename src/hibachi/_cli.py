@@ -119,6 +119,12 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="where to write the charts as PNG (default: bench-out/bench.png)",
     )
+    bench.add_argument(
+        "--threads",
+        type=_positive,
+        metavar="N",
+        help="PyTorch threads (default: the CPUs other processes leave free)",
+    )
     # For hibachi's own tests: every workload end to end in seconds. Figures are meaningless.
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
@@ -133,6 +139,16 @@ def _counts(text: str) -> tuple[int, ...]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError(f"expected numbers of clients >= 1, got {text!r}")
     return tuple(sorted(set(counts)))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _workloads(text: str) -> tuple[str, ...]:
@@ -151,7 +167,7 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from ._bench import preset, run_bench
-    from ._bench.environment import busy_warning, cuda_available
+    from ._bench.environment import busy_warning, cuda_available, free_cpus
     from ._bench.progress import RichProgress
     from ._bench.report import print_report, write_json, write_plot
 
@@ -160,12 +176,17 @@ def _bench(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not cuda_available():
         console.print("[red]--device cuda: torch sees no CUDA device on this machine[/red]")
         return 2
-    warning = busy_warning()
+    threads = args.threads or free_cpus()
+    warning = busy_warning(threads)
     if warning:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     name = "tiny" if args.tiny else "quick" if args.quick else "full"
     settings = preset(
-        name, device=args.device, concurrency=args.concurrency, workloads=args.workloads
+        name,
+        device=args.device,
+        concurrency=args.concurrency,
+        workloads=args.workloads,
+        threads=threads,
     )
     with RichProgress(console) as progress:
         report = run_bench(settings, progress)

@@ -45,23 +45,23 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Repo
     """Run the workloads of ``settings`` in order; a workload that fails is reported, not raised."""
     from hibachi import __version__
 
-    from .environment import describe_machine, quiet_libraries
+    from .environment import describe_machine, free_cpus, quiet_libraries, torch_threads
 
     progress = progress or NullProgress()
     quiet_libraries()
-    report = Report(
-        version=__version__,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        machine=describe_machine(settings.device),
-        settings=settings.as_json(),
-    )
-    start = time.perf_counter()
     measures = _measures()
-    with warnings.catch_warnings():
+    with torch_threads(settings.threads or free_cpus()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # third-party deprecation chatter is not a result
+        report = Report(
+            version=__version__,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            machine=describe_machine(settings.device),
+            settings=settings.as_json(),
+        )
+        start = time.perf_counter()
         for name in settings.workloads:
             report.sections.append(_run_one(name, measures[name], settings, progress))
-    report.seconds = time.perf_counter() - start
+        report.seconds = time.perf_counter() - start
     return report
 
 

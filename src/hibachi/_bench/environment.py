@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import platform
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["busy_warning", "cuda_available", "describe_machine", "quiet_libraries"]
+__all__ = [
+    "busy_warning",
+    "cuda_available",
+    "describe_machine",
+    "free_cpus",
+    "quiet_libraries",
+    "torch_threads",
+]
 
 
 def quiet_libraries() -> None:
@@ -48,18 +57,39 @@ def describe_machine(device: str) -> dict[str, Any]:
     }
 
 
-def busy_warning() -> str | None:
-    """A warning when other processes already keep the CPUs busy, else None.
+def free_cpus() -> int:
+    """The CPUs other processes leave idle (by the 1-minute load average), at least one."""
+    cpus = os.cpu_count() or 1
+    return max(1, min(cpus, cpus - round(os.getloadavg()[0])))
 
-    With PyTorch's threads competing for cores, small sequential model calls
-    slow down far more than batched ones: the comparison gets skewed.
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """PyTorch's intra-op threads inside the block; the previous count after it.
+
+    More threads than free cores is far worse than fewer: each operation waits
+    for its slowest thread, and small sequential calls (the one-at-a-time
+    baselines) slow down many times more than batched ones.
     """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def busy_warning(threads: int) -> str | None:
+    """A warning when other processes keep some CPUs busy, else None."""
     load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load < 0.5 * cpus:
+    if load < 0.5:
         return None
     return (
-        f"this machine is busy (load average {load:.1f} on {cpus} CPUs): figures will be noisy, "
-        "and one-at-a-time baselines slowed down more than batched methods"
+        f"other processes are using this machine (load average {load:.1f} on {cpus} CPUs): "
+        f"PyTorch runs {threads} thread{'s' if threads > 1 else ''} (--threads to choose), "
+        "and figures will be noisier than on an idle machine"
     )
 
 

@@ -77,6 +77,7 @@ class BenchSettings:
     overhead: OverheadSize
     scaling: ScalingSize
     repeat_within: float  # seconds: a method is run again (up to its repeat) only within this
+    threads: int | None = None  # PyTorch's intra-op threads; None: the CPUs left free
     seed: int = 0
 
     def as_json(self) -> dict[str, Any]:
@@ -157,6 +158,7 @@ def preset(
     device: str = "cpu",
     concurrency: tuple[int, ...] | None = None,
     workloads: tuple[str, ...] | None = None,
+    threads: int | None = None,
 ) -> BenchSettings:
     """The settings of preset ``name`` ("full", "quick" or "tiny"), with overrides."""
     base = _PRESETS[name]
@@ -165,4 +167,5 @@ def preset(
         device=device,
         concurrency=concurrency or base.concurrency,
         workloads=workloads or base.workloads,
+        threads=threads,
     )
