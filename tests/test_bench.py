@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from hibachi._bench import NullProgress, generation, overhead, preset, run_bench
 from hibachi._bench.embeddings import Unavailable, load_sentence_transformer
+from hibachi._bench.environment import busy_cpus, busy_warning, free_cpus
 from hibachi._bench.llm import build_llama, hibachi_label, make_requests, trim
 from hibachi._bench.report import section_table, write_plot
 from hibachi._bench.results import Column, Report, Section
@@ -32,6 +34,17 @@ def test_best_of_keeps_the_best_run_and_stops_once_time_is_up() -> None:
     calls: list[int] = []
     assert best_of(lambda: calls.append(1) or 1.0, float, repeat=3, within=0.0) == 1.0
     assert len(calls) == 1
+
+
+def test_threads_go_to_the_cpus_other_processes_leave_free() -> None:
+    cpus = os.cpu_count() or 1
+    assert free_cpus(0.0) == cpus
+    assert free_cpus(0.7) == cpus  # a CPU counts as taken when 3/4 busy
+    assert free_cpus(1.0) == max(1, cpus - 1)
+    assert free_cpus(1000.0) == 1
+    assert 0.0 <= busy_cpus(window=0.05) <= cpus + 0.5
+    assert busy_warning(0.2, threads=cpus) is None
+    assert "PyTorch runs 1 thread " in (busy_warning(1.5, threads=1) or "")
 
 
 def test_preset_overrides() -> None:

@@ -167,7 +167,7 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from ._bench import preset, run_bench
-    from ._bench.environment import busy_warning, cuda_available, free_cpus
+    from ._bench.environment import busy_cpus, busy_warning, cuda_available, free_cpus
     from ._bench.progress import RichProgress
     from ._bench.report import print_report, write_json, write_plot
 
@@ -176,8 +176,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not cuda_available():
         console.print("[red]--device cuda: torch sees no CUDA device on this machine[/red]")
         return 2
-    threads = args.threads or free_cpus()
-    warning = busy_warning(threads)
+    busy = busy_cpus()
+    threads = args.threads or free_cpus(busy)
+    warning = busy_warning(busy, threads)
     if warning:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     name = "tiny" if args.tiny else "quick" if args.quick else "full"

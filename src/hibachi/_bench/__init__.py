@@ -45,12 +45,19 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Repo
     """Run the workloads of ``settings`` in order; a workload that fails is reported, not raised."""
     from hibachi import __version__
 
-    from .environment import describe_machine, free_cpus, quiet_libraries, torch_threads
+    from .environment import (
+        busy_cpus,
+        describe_machine,
+        free_cpus,
+        quiet_libraries,
+        torch_threads,
+    )
 
     progress = progress or NullProgress()
     quiet_libraries()
     measures = _measures()
-    with torch_threads(settings.threads or free_cpus()), warnings.catch_warnings():
+    threads = settings.threads or free_cpus(busy_cpus())
+    with torch_threads(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # third-party deprecation chatter is not a result
         report = Report(
             version=__version__,

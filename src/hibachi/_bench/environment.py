@@ -7,10 +7,12 @@ import importlib
 import logging
 import os
 import platform
+import time
 from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
+    "busy_cpus",
     "busy_warning",
     "cuda_available",
     "describe_machine",
@@ -57,10 +59,34 @@ def describe_machine(device: str) -> dict[str, Any]:
     }
 
 
-def free_cpus() -> int:
-    """The CPUs other processes leave idle (by the 1-minute load average), at least one."""
+def busy_cpus(window: float = 0.3) -> float:
+    """How many CPUs other processes keep busy right now (call it before starting work).
+
+    Measured from ``/proc/stat`` over ``window`` seconds; where that file does
+    not exist, the 1-minute load average stands in.
+    """
+    try:
+        before = _cpu_times()
+        time.sleep(window)
+        after = _cpu_times()
+    except (OSError, ValueError):
+        return os.getloadavg()[0]
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return (os.cpu_count() or 1) * busy / total if total else 0.0
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from the first line of /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:9]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def free_cpus(busy: float) -> int:
+    """The CPUs left for the bench (a CPU counts as taken when 3/4 busy), at least one."""
     cpus = os.cpu_count() or 1
-    return max(1, min(cpus, cpus - round(os.getloadavg()[0])))
+    return max(1, cpus - int(busy + 0.25))
 
 
 @contextlib.contextmanager
@@ -81,13 +107,12 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def busy_warning(threads: int) -> str | None:
-    """A warning when other processes keep some CPUs busy, else None."""
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-    if load < 0.5:
+def busy_warning(busy: float, threads: int) -> str | None:
+    """A warning when other processes keep at least half a CPU busy, else None."""
+    if busy < 0.5:
         return None
     return (
-        f"other processes are using this machine (load average {load:.1f} on {cpus} CPUs): "
+        f"other processes keep {busy:.1f} of {os.cpu_count()} CPUs busy: "
         f"PyTorch runs {threads} thread{'s' if threads > 1 else ''} (--threads to choose), "
         "and figures will be noisier than on an idle machine"
     )
