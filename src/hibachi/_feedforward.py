@@ -12,14 +12,17 @@ from ._exceptions import ConfigurationError
 from ._feedforward_core import FeedforwardCore
 from ._feedforward_engine import FeedforwardEngine
 from ._feedforward_item import InputChecker, Item
-from ._handle import ResultHandle
-from ._lifecycle import Lifecycle
+from ._handle import ResultHandle, make_handle
+from ._lifecycle import Lifecycle, State
+from ._loop_inbox import LoopInboxes
 from ._model import ModelRunner
 from ._queue import WorkQueue
 from ._request import check_timeout
 from ._stats import FeedforwardStats
 
 __all__ = ["FeedforwardBatcher"]
+
+_OPEN = State.OPEN  # an enum member looked up once: `run` is every caller's hot path
 
 
 @final
@@ -76,6 +79,7 @@ class FeedforwardBatcher(Lifecycle):
             max_batch_size=max_batch_size, max_wait=float(max_wait), trim_output=trim_output
         )
         self._channels = Channels()
+        self._inboxes = LoopInboxes(self._channels)
         self._engine = FeedforwardEngine(
             self._core, self._queue, ModelRunner(model), self._channels, "hibachi-ff"
         )
@@ -93,12 +97,13 @@ class FeedforwardBatcher(Lifecycle):
         ``timeout`` (seconds): the handle fails with `Timeout` if the result is
         not in by then, and the item is dropped if it has not reached the model.
         """
-        self._check_open()
-        seconds = None if timeout is None else check_timeout(timeout)
+        if self._state is not _OPEN:
+            self._check_open()
         now = time.monotonic()
+        seconds = None if timeout is None else check_timeout(timeout)
         deadline = None if seconds is None else now + seconds
-        described = self._inputs.describe(x)
-        handle = ResultHandle(described, self._channels.channel_for_current_loop(), now, deadline)
+        inbox = self._inboxes.for_current_loop()
+        handle = make_handle(self._inputs.describe(x), inbox, now, deadline)
         self._queue.put(handle)
         if seconds is not None:
             handle.arm(seconds)

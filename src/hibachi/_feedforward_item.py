@@ -4,16 +4,17 @@ Items that share a `Layout` (the same nesting, backend, and per leaf the
 same dtype, device and shape, the padded axis aside) can be stacked into one
 batch; items of different layouts never are.
 
-`Item` is a base class: the core reads its input and hands it its outcome;
-where the outcome goes is the subclass's business (`hibachi.ResultHandle`
-for callers, plain lists in the core's tests). One object per request keeps
-the garbage collector's work per caller as small as a hand-written batcher's.
+`Item` is what the core needs of a request: its input, and a way to hand it
+its outcome. Where the outcome goes is the implementer's business (the
+`hibachi.ResultHandle` a caller holds; a recording stub in the core's tests).
+One object per request keeps the garbage collector's work per caller as small
+as a hand-written batcher's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ._backends import Backend, backend_of
 from ._exceptions import ConfigurationError, InvalidRequest
@@ -39,45 +40,35 @@ class Layout:
         return any(pad is not None for pad in self.pads)
 
 
-class Item:
+class Item(Protocol):
     """One caller's input, waiting for or inside a batch, and where its outcome goes.
 
     ``leaves`` is the input itself when it is a lone array (the layout's
     structure is ``LEAF``), else the tuple of its leaves. ``length`` is the
-    longest first axis among its padded leaves (0 when none is padded);
-    ``seq`` orders items by arrival at the core.
+    longest first axis among its padded leaves (0 when none is padded).
+    ``arrival`` (a `time.monotonic` reading, or the core's clock) orders items;
+    past ``deadline`` an item that has not reached the model is dropped.
     """
 
-    __slots__ = ("arrival", "deadline", "layout", "leaves", "length", "seq")
-
-    def __init__(
-        self,
-        leaves: Any,
-        layout: Layout,
-        length: int,
-        arrival: float,
-        deadline: float | None = None,
-    ) -> None:
-        self.leaves = leaves
-        self.layout = layout
-        self.length = length
-        self.arrival = arrival
-        self.deadline = deadline
-        self.seq = 0
+    leaves: Any
+    layout: Layout
+    length: int
+    arrival: float
+    deadline: float | None
 
     @property
     def departed(self) -> bool:
         """The caller no longer waits: it cancelled, timed out, or its event loop is gone."""
-        raise NotImplementedError
+        ...
 
     @property
     def expired(self) -> bool:
         """The caller stopped waiting because its own timeout passed."""
-        return False
+        ...
 
     def deliver(self, outcome: Any) -> None:
         """Called once by the core: the result, or a `Failure` (see `hibachi._delivery`)."""
-        raise NotImplementedError
+        ...
 
 
 Described = tuple[Any, Layout, int]
@@ -97,22 +88,34 @@ class InputChecker:
         self._pads: dict[Structure, tuple[Any, ...]] = {}
         self._layouts: dict[tuple[Any, ...], Layout] = {}
         self._lone_types: dict[type, Backend] = {}
+        self._lone_pad: Any = None
+        self._last: tuple[Backend, Any, Any, Any, Layout] | None = None
 
     def describe(self, x: Any) -> Described:
         """The leaves of input ``x`` (see `Item`), its layout and its length."""
         backend = self._lone_types.get(type(x))
         if backend is None:
             return self._describe_any(x)
-        pad = self._pads[LEAF][0]
-        shape = x.shape
-        if pad is None:
-            key: tuple[Any, ...] = (LEAF, backend, (shape, x.dtype, backend.device(x)))
-            length = 0
+        shape, dtype, device = x.shape, x.dtype, backend.device(x)
+        if self._lone_pad is None:
+            rest, length = shape, 0
         elif shape:
-            key, length = (LEAF, backend, (shape[1:], x.dtype, backend.device(x))), shape[0]
+            rest, length = shape[1:], shape[0]
         else:
             raise InvalidRequest(_UNPADDABLE)
-        return x, self._layouts.get(key) or self._layout(key, LEAF, backend), length
+        last = self._last  # the kind of the previous lone array: callers often send one kind
+        if (
+            last is not None
+            and last[2] is dtype
+            and last[0] is backend
+            and last[1] == rest
+            and last[3] == device
+        ):
+            return x, last[4], length
+        key = (LEAF, backend, (rest, dtype, device))
+        layout = self._layouts.get(key) or self._layout(key, LEAF, backend)
+        self._last = (backend, rest, dtype, device, layout)
+        return x, layout, length
 
     def _describe_any(self, x: Any) -> Described:
         """`describe` for any input; learns the types of lone arrays for the short path."""
@@ -124,6 +127,7 @@ class InputChecker:
         if structure is not LEAF:
             return tuple(leaves), layout, length
         if isinstance(x.shape, tuple):
+            self._lone_pad = self._pads[LEAF][0]
             self._lone_types[type(x)] = backend
         return x, layout, length
 

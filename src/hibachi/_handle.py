@@ -1,4 +1,16 @@
-"""`ResultHandle`: what `FeedforwardBatcher.run` returns to its caller."""
+"""`ResultHandle`: what `FeedforwardBatcher.run` returns to its caller.
+
+A handle is also the request the batcher queues (an `Item`): one object per
+caller, since much of what a batcher adds per caller is garbage-collector
+work on the objects each caller keeps alive. It comes in two kinds, picked by
+`make_handle`:
+
+- made in an event loop, it holds an asyncio future of that loop. The engine
+  sets its outcome and drops it in the loop's `LoopInbox`, which the loop
+  empties in as few hops as it can. (The handle is not itself a future
+  subclass: the Task machinery takes its fast paths only for exact futures.)
+- made on a plain thread, it holds a `threading.Event`.
+"""
 
 from __future__ import annotations
 
@@ -10,118 +22,117 @@ from collections.abc import Generator
 from concurrent.futures import CancelledError
 from typing import Any, final
 
-from ._delivery import Failure, LoopChannel
+from ._delivery import Failure
 from ._exceptions import Timeout
-from ._feedforward_item import Item, Layout
+from ._feedforward_item import Layout
+from ._loop_inbox import LoopInbox
 
-__all__ = ["ResultHandle"]
+__all__ = ["ResultHandle", "make_handle"]
 
+_Future = asyncio.Future  # what loop.create_future() makes, without its Python frame
 _PENDING: Any = object()
+_TIMED_OUT = "the request was not answered within its timeout"
+_ITEM_SLOTS = ("arrival", "deadline", "layout", "leaves", "length")
 
 
-@final
-class ResultHandle(Item):
-    """One caller's pending result.
+class ResultHandle:
+    """One caller's pending result, returned by `FeedforwardBatcher.run`.
 
     Made inside an event loop, ``await handle`` gives the result; from any
     thread, ``handle.result(timeout)`` blocks for it. Errors (``ModelError``,
     ``Timeout``, ``BatcherClosed`` …) are raised from either. `cancel`, or the
     cancellation of the task that awaits, drops the item before it reaches the
     model; a result that comes back for a caller who left is discarded.
-
-    The handle is also the request the batcher queues (an `Item`): one object
-    per caller.
     """
 
-    __slots__ = ("_cancelled", "_channel", "_event", "_expired", "_future", "_outcome", "_timer")
-
-    def __init__(
-        self,
-        described: tuple[Any, Layout, int],
-        channel: LoopChannel | None,
-        arrival: float,
-        deadline: float | None = None,
-    ) -> None:
-        self.leaves, self.layout, self.length = described
-        self.arrival = arrival
-        self.deadline = deadline
-        self.seq = 0
-        self._channel = channel
-        self._cancelled = False
-        self._expired = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._outcome: Any = _PENDING
-        if channel is None:
-            self._future: asyncio.Future[Any] | None = None
-            self._event: threading.Event | None = threading.Event()
-        else:
-            self._future = channel.loop.create_future()
-            self._event = None
-
-    # -- the caller's side ----------------------------------------------------------
+    __slots__ = ("_cancelled", "_expired", "_outcome", *_ITEM_SLOTS)
+    leaves: Any
+    layout: Layout
+    length: int
+    arrival: float
+    deadline: float | None
+    _cancelled: bool
+    _expired: bool
+    _outcome: Any
 
     def __await__(self) -> Generator[Any, None, Any]:
-        future = self._future
-        if future is None:
-            raise TypeError("this handle was made outside an event loop: call .result() instead")
-        return future.__await__()
+        raise TypeError("this handle was made outside an event loop: call .result() instead")
 
     def result(self, timeout: float | None = None) -> Any:
         """The result, waiting at most ``timeout`` seconds (`hibachi.Timeout` after that).
 
-        Waiting does not cancel the request: call `cancel` for that. In the event
-        loop the handle was made in, ``await`` it instead.
+        Waiting does not cancel the request: call `cancel` for that. In the
+        event loop the handle was made in, ``await`` it instead.
         """
-        if self._future is not None:
-            return self._result_from_loop(timeout)
-        assert self._event is not None
-        if not self._event.wait(self._wait_seconds(timeout)):
-            if self.deadline is not None and time.monotonic() >= self.deadline:
-                self._expired = True
-            else:
-                raise Timeout(f"no result within {timeout} s (the request goes on)")
-        return self._unwrap()
+        raise NotImplementedError
 
     def done(self) -> bool:
         """Whether the result, an error, or a cancellation is in."""
-        if self._future is not None:
-            return self._future.done()
-        return self._cancelled or self._expired or self._outcome is not _PENDING
+        raise NotImplementedError
 
     def cancel(self) -> bool:
         """Drop the request if it has not been answered; False if it had. Idempotent."""
-        if self.done():
-            return False
-        self._cancelled = True
+        raise NotImplementedError
+
+    def arm(self, seconds: float) -> None:
+        """Fail with `Timeout` after ``seconds`` unless answered by then.
+
+        A thread's handle needs no timer: `result` waits until the deadline.
+        """
+
+    # -- as an `Item`, on the engine's thread -------------------------------------------
+
+    @property
+    def departed(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def expired(self) -> bool:
+        return self._expired
+
+    def deliver(self, outcome: Any) -> None:
+        raise NotImplementedError
+
+
+def make_handle(
+    described: tuple[Any, Layout, int],
+    inbox: LoopInbox | None,
+    arrival: float,
+    deadline: float | None,
+) -> ResultHandle:
+    """A handle for the current context: of ``inbox``'s loop, or of a plain thread."""
+    if inbox is None:
+        return _ThreadHandle(described, arrival, deadline)
+    return _LoopHandle(described, inbox, arrival, deadline)
+
+
+@final
+class _LoopHandle(ResultHandle):
+    """A handle awaited in an event loop, through an asyncio future of that loop."""
+
+    __slots__ = ("_future", "_inbox", "_timer")
+
+    def __init__(
+        self,
+        described: tuple[Any, Layout, int],
+        inbox: LoopInbox,
+        arrival: float,
+        deadline: float | None,
+    ) -> None:
+        self.leaves, self.layout, self.length = described
+        self.arrival = arrival
+        self.deadline = deadline
+        self._inbox = inbox
+        self._future: asyncio.Future[Any] = _Future(loop=inbox.channel.loop)
+        self._cancelled = False
+        self._expired = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._future.__await__()
+
+    def result(self, timeout: float | None = None) -> Any:
         future = self._future
-        if future is None:
-            assert self._event is not None
-            self._event.set()
-        elif _running_loop() is future.get_loop():
-            future.cancel()
-        else:
-            _call_soon(future.get_loop(), future.cancel)
-        return True
-
-    def _wait_seconds(self, timeout: float | None) -> float | None:
-        if self.deadline is None:
-            return timeout
-        left = max(0.0, self.deadline - time.monotonic())
-        return left if timeout is None else min(left, timeout)
-
-    def _unwrap(self) -> Any:
-        if self._cancelled:
-            raise CancelledError()
-        if self._expired:
-            raise Timeout("the request was not answered within its timeout")
-        outcome = self._outcome
-        if isinstance(outcome, Failure):
-            raise outcome.error
-        return outcome
-
-    def _result_from_loop(self, timeout: float | None) -> Any:
-        future = self._future
-        assert future is not None
         if not future.done():
             loop = future.get_loop()
             if _running_loop() is loop:
@@ -134,55 +145,113 @@ class ResultHandle(Item):
                 raise Timeout(f"no result within {timeout} s (the request goes on)") from None
         return future.result()
 
-    # -- the engine's side (see `hibachi._feedforward_item.Item`) -----------------------
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self) -> bool:
+        future = self._future
+        if future.done():
+            return False
+        self._cancelled = True
+        loop = future.get_loop()
+        if _running_loop() is loop:
+            future.cancel()
+        else:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits the future
+                loop.call_soon_threadsafe(future.cancel)
+        return True
 
     def arm(self, seconds: float) -> None:
-        """Fail with `Timeout` after ``seconds``, unless answered by then (caller's loop only)."""
-        future = self._future
-        if future is not None and not future.done():
-            self._timer = future.get_loop().call_later(seconds, self._expire)
+        if not self._future.done():
+            self._timer = self._future.get_loop().call_later(seconds, self._expire)
 
     def _expire(self) -> None:
-        future = self._future
-        if future is not None and not future.done():
+        if not self._future.done():
             self._expired = True
-            future.set_exception(Timeout("the request was not answered within its timeout"))
+            self._future.set_exception(Timeout(_TIMED_OUT))
+
+    # -- as an `Item`, on the engine's thread -------------------------------------------
 
     @property
     def departed(self) -> bool:
-        if self._cancelled or self._expired:
-            return True
-        future = self._future
-        return future is not None and (future.done() or self._channel.dead)  # type: ignore[union-attr]
-
-    @property
-    def expired(self) -> bool:
-        return self._expired
+        return self._cancelled or self._future.done() or self._inbox.channel.dead
 
     def deliver(self, outcome: Any) -> None:
-        """Called once, on the engine's thread, with the result or a `Failure`."""
-        channel = self._channel
-        if channel is not None:
-            channel.pending.append((self, outcome))
-            return
         self._outcome = outcome
-        assert self._event is not None
-        self._event.set()
+        self._inbox.put(self)
 
-    def receive(self, outcome: Any) -> None:
-        """The outcome, in the event loop's thread (see `hibachi._delivery.LoopChannel`)."""
+    def settle(self) -> None:
+        """Hand the outcome to the future, in the loop's thread."""
         timer = self._timer
         if timer is not None:
             timer.cancel()
             self._timer = None
+        outcome, self._outcome = self._outcome, None
         future = self._future
-        assert future is not None
         if future.done():
             return
-        if isinstance(outcome, Failure):
+        if type(outcome) is Failure:
             future.set_exception(outcome.error)
         else:
             future.set_result(outcome)
+
+
+@final
+class _ThreadHandle(ResultHandle):
+    """A handle waited for on a plain thread, through a `threading.Event`."""
+
+    __slots__ = ("_event",)
+
+    def __init__(
+        self, described: tuple[Any, Layout, int], arrival: float, deadline: float | None
+    ) -> None:
+        self.leaves, self.layout, self.length = described
+        self.arrival = arrival
+        self.deadline = deadline
+        self._event = threading.Event()
+        self._outcome: Any = _PENDING
+        self._cancelled = False
+        self._expired = False
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self._event.wait(self._wait_seconds(timeout)):
+            if self.deadline is None or time.monotonic() < self.deadline:
+                raise Timeout(f"no result within {timeout} s (the request goes on)")
+            self._expired = True
+        if self._cancelled:
+            raise CancelledError()
+        if self._expired:
+            raise Timeout(_TIMED_OUT)
+        outcome = self._outcome
+        if type(outcome) is Failure:
+            raise outcome.error
+        return outcome
+
+    def _wait_seconds(self, timeout: float | None) -> float | None:
+        if self.deadline is None:
+            return timeout
+        left = max(0.0, self.deadline - time.monotonic())
+        return left if timeout is None else min(left, timeout)
+
+    def done(self) -> bool:
+        return self._cancelled or self._expired or self._outcome is not _PENDING
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        self._cancelled = True
+        self._event.set()
+        return True
+
+    # -- as an `Item`, on the engine's thread -------------------------------------------
+
+    @property
+    def departed(self) -> bool:
+        return self._cancelled or self._expired
+
+    def deliver(self, outcome: Any) -> None:
+        self._outcome = outcome
+        self._event.set()
 
 
 async def _settled(future: asyncio.Future[Any]) -> None:
@@ -195,8 +264,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits the future
-        loop.call_soon_threadsafe(callback)

@@ -24,7 +24,8 @@ class WorkQueue(Generic[T]):
     def __init__(self, maxsize: int | None) -> None:
         self.maxsize = maxsize
         self._items: deque[T] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._closed = False
         self._wakeup = False
         self._held = 0
@@ -39,7 +40,7 @@ class WorkQueue(Generic[T]):
 
     def put(self, item: T) -> None:
         """Append ``item``; raise QueueFull or BatcherClosed instead of waiting."""
-        with self._cond:
+        with self._lock:  # the condition's own lock, without its Python-level __enter__
             if self._closed:
                 raise BatcherClosed("the batcher is closed and accepts no new requests")
             waiting = len(self._items) + self._held

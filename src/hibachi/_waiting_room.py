@@ -11,9 +11,7 @@ threads, no timers.
 from __future__ import annotations
 
 import enum
-import itertools
 from collections import deque
-from collections.abc import Iterable
 
 from ._feedforward_item import Item, Layout
 from ._length_picking import choose_counts
@@ -39,17 +37,19 @@ class Group:
         self.buckets: dict[int, deque[Item]] = {}
         self.size = 0
 
-    def add(self, item: Item) -> None:
-        bucket = self.buckets.get(item.length)
+    def extend(self, items: list[Item]) -> None:
+        """Items of one length, oldest first."""
+        length = items[0].length
+        bucket = self.buckets.get(length)
         if bucket is None:
-            bucket = self.buckets[item.length] = deque()
-        bucket.append(item)
-        self.size += 1
+            bucket = self.buckets[length] = deque()
+        bucket.extend(items)
+        self.size += len(items)
 
     def oldest(self) -> Item:
         if len(self.buckets) == 1:
             return next(iter(self.buckets.values()))[0]
-        return min((bucket[0] for bucket in self.buckets.values()), key=_seq)
+        return min((bucket[0] for bucket in self.buckets.values()), key=_arrival)
 
     def take(self, count: int) -> list[Item]:
         """``count`` items (or all): the oldest, and others of similar length."""
@@ -71,12 +71,12 @@ class Group:
         for length, n in zip(lengths, choose_counts(lengths, counts, anchor, count), strict=True):
             bucket = self.buckets[length]
             taken.extend(bucket.popleft() for _ in range(n))
-        taken.sort(key=_seq)
+        taken.sort(key=_arrival)
         return taken
 
 
-def _seq(item: Item) -> int:
-    return item.seq
+def _arrival(item: Item) -> float:
+    return item.arrival
 
 
 class WaitingRoom:
@@ -86,32 +86,40 @@ class WaitingRoom:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._groups: dict[Layout, Group] = {}
-        self._seq = itertools.count()
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, items: Iterable[Item]) -> None:
-        groups, seq = self._groups, self._seq
+    def add(self, items: list[Item]) -> None:
+        """Items that arrived, oldest first."""
+        run: list[Item] = []  # consecutive items of one layout and length: one bucket
         for item in items:
-            item.seq = next(seq)
-            group = groups.get(item.layout)
-            if group is None:
-                group = groups[item.layout] = Group(item.layout)
-            group.add(item)
-            self.size += 1
+            if run and (item.layout is not run[0].layout or item.length != run[0].length):
+                self._add_run(run)
+                run = []
+            run.append(item)
+        if run:
+            self._add_run(run)
+        self.size += len(items)
+
+    def _add_run(self, run: list[Item]) -> None:
+        layout = run[0].layout
+        group = self._groups.get(layout)
+        if group is None:
+            group = self._groups[layout] = Group(layout)
+        group.extend(run)
 
     def next_group(self, now: float, closing: bool = False) -> tuple[Group, Release] | None:
         """The ready group whose oldest item came first, and why it is ready; None if none is."""
         found: tuple[Group, Release] | None = None
-        first = -1
+        first = 0.0
         for group in self._groups.values():
             release = self._release(group, now, closing)
             if release is not None:
-                seq = group.oldest().seq
-                if found is None or seq < first:
-                    found, first = (group, release), seq
+                arrival = group.oldest().arrival
+                if found is None or arrival < first:
+                    found, first = (group, release), arrival
         return found
 
     def _release(self, group: Group, now: float, closing: bool) -> Release | None:
@@ -144,4 +152,4 @@ class WaitingRoom:
         items = [item for bucket in buckets for item in bucket]
         self._groups.clear()
         self.size = 0
-        return sorted(items, key=_seq)
+        return sorted(items, key=_arrival)
