@@ -14,7 +14,8 @@ from hibachi._bench import NullProgress, generation, overhead, preset, run_bench
 from hibachi._bench.embeddings import Unavailable, load_sentence_transformer
 from hibachi._bench.environment import busy_cpus, busy_warning, free_cpus
 from hibachi._bench.llm import build_llama, hibachi_label, make_requests, trim
-from hibachi._bench.report import section_table, write_plot
+from hibachi._bench.plot import write_plot
+from hibachi._bench.report import section_table
 from hibachi._bench.results import Column, Report, Section
 from hibachi._bench.timing import best_of
 from hibachi._cli import main

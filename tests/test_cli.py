@@ -113,6 +113,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     """One tiny ``hibachi bench`` run with every workload, shared by the tests below."""
     folder = tmp_path_factory.mktemp("bench")
     files = ["--json", str(folder / "b.json"), "--plot", str(folder / "b.png")]
+    files += ["--markdown", str(folder / "b.md")]
     capture = pytest.MonkeyPatch()
     out_file = folder / "stdout.txt"
     with out_file.open("w") as out:
@@ -137,6 +138,13 @@ def test_bench_writes_a_png(bench_run: dict[str, Any]) -> None:
     data = (bench_run["folder"] / "b.png").read_bytes()
     assert data.startswith(PNG_MAGIC)
     assert len(data) > 10_000
+
+
+def test_bench_writes_markdown_tables(bench_run: dict[str, Any]) -> None:
+    text = (bench_run["folder"] / "b.md").read_text()
+    assert text.count("| method |") == len(WORKLOADS)
+    assert "| generate(), one at a time |" in text
+    assert "tiny preset" in text.splitlines()[-1]
 
 
 def test_bench_json_schema(bench_run: dict[str, Any]) -> None:

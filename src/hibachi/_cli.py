@@ -120,6 +120,12 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
         help="where to write the charts as PNG (default: bench-out/bench.png)",
     )
     bench.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="PATH",
+        help="also write the tables as Markdown (for a README)",
+    )
+    bench.add_argument(
         "--threads",
         type=_positive,
         metavar="N",
@@ -168,8 +174,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     from ._bench import preset, run_bench
     from ._bench.environment import busy_cpus, busy_warning, cuda_available, free_cpus
+    from ._bench.plot import write_plot
     from ._bench.progress import RichProgress
-    from ._bench.report import print_report, write_json, write_plot
+    from ._bench.report import markdown, print_report, write_json
 
     # Piped or captured output gets a table width that fits every column.
     console = Console() if sys.stdout.isatty() else Console(width=120)
@@ -193,7 +200,11 @@ def _bench(args: argparse.Namespace) -> int:
         report = run_bench(settings, progress)
     print_report(report, console)
     write_json(report, args.json)
-    console.print(f"figures: {args.json}")
+    console.print(f"figures:  {args.json}")
     if write_plot(report, args.plot):
-        console.print(f"plot:    {args.plot}")
+        console.print(f"plot:     {args.plot}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(report))
+        console.print(f"markdown: {args.markdown}")
     return 1 if report.failed else 0
