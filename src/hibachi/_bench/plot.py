@@ -68,7 +68,7 @@ def _bar(title: str, label: str, rows: list[Row], key: str) -> Any:
         values = [float(r.values[key]) for r in rows]  # type: ignore[arg-type]
         colors = ["tab:red" if n.startswith("hibachi") else "tab:gray" for n in names]
         bars = ax.barh(names, values, color=colors)
-        ax.bar_label(bars, fmt="{:,.3g}", fontsize=8, padding=2)
+        ax.bar_label(bars, labels=[_short(v) for v in values], fontsize=8, padding=2)
         ax.invert_yaxis()
         ax.margins(x=0.15)
         ax.set_title(title)
@@ -104,3 +104,7 @@ def _lines(title: str, series: list[Series]) -> Any:
         ax.legend(fontsize=8)
 
     return draw
+
+
+def _short(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
