@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ._backends import backend_of
+from ._backends import Backend, backend_of
 from ._backends._stacking import pad_stack, stack
 from ._exceptions import ModelError
 from ._feedforward_item import Item, Layout
@@ -68,19 +68,27 @@ def split(output: Any, batch: Batch, trim: bool) -> list[Any]:
     not an array or a nesting of arrays with one row per item.
     """
     count = len(batch.items)
-    backend = backend_of(output)
-    if backend is not None and backend.is_array(output):
-        structure, columns = LEAF, [_rows(output, count, backend)]
+    own = batch.layout.backend
+    if own.is_array(output):
+        structure, columns = LEAF, [_rows(output, count, own)]
     else:
-        structure, leaves = flatten(output, _is_array)
-        columns = [_rows(leaf, count, backend_of(leaf)) for leaf in leaves]
+        structure, leaves = flatten(output, lambda x: _backend_of(x, own) is not None)
+        columns = [_rows(leaf, count, _backend_of(leaf, own)) for leaf in leaves]
     if trim and batch.length:
         columns = [_trimmed(column, batch) for column in columns]
     return _regroup(structure, columns)
 
 
-def _rows(leaf: Any, count: int, backend: Any) -> Sequence[Any]:
-    if backend is None or not backend.is_array(leaf):
+def _backend_of(x: Any, own: Backend) -> Backend | None:
+    """The batch's own backend if ``x`` is one of its arrays (it may be unregistered), else any."""
+    if own.is_array(x):
+        return own
+    found = backend_of(x)
+    return found if found is not None and found.is_array(x) else None
+
+
+def _rows(leaf: Any, count: int, backend: Backend | None) -> Sequence[Any]:
+    if backend is None:
         raise ModelError(
             f"the model returned {type(leaf).__module__}.{type(leaf).__qualname__} where an "
             "array with one row per item was expected"
@@ -98,7 +106,7 @@ def _rows(leaf: Any, count: int, backend: Any) -> Sequence[Any]:
 def _trimmed(rows: Sequence[Any], batch: Batch) -> list[Any]:
     longest = batch.length
     return [
-        row[: item.length] if _first_axis(row) == longest else row
+        row[: item.length] if item.length < longest and _first_axis(row) == longest else row
         for row, item in zip(rows, batch.items, strict=True)
     ]
 
@@ -114,7 +122,3 @@ def _regroup(structure: Structure, columns: list[Sequence[Any]]) -> list[Any]:
     if not columns:
         raise ModelError("the model returned an empty nesting: no array to split per item")
     return [unflatten(structure, iter(row)) for row in zip(*columns, strict=True)]
-
-
-def _is_array(x: object) -> bool:
-    return backend_of(x) is not None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._delivery import Failure
-from ._exceptions import BatcherClosed, Timeout
+from ._exceptions import BatcherClosed, ModelError, Timeout
 from ._feedforward_batch import Batch, assemble, split
 from ._feedforward_item import Item
 from ._waiting_room import Group, Release, WaitingRoom
@@ -121,7 +121,12 @@ class FeedforwardCore:
 
     def complete(self, batch: Batch, output: Any) -> None:
         """Give each item its slice of ``output``; `ModelError` (nothing delivered) if unusable."""
-        results = split(output, batch, self.trim_output)
+        try:
+            results = split(output, batch, self.trim_output)
+        except ModelError:
+            raise
+        except Exception as exc:  # the output's own methods failed while it was split
+            raise ModelError(f"the model's output could not be split per item: {exc!r}") from exc
         for item, result in zip(batch.items, results, strict=True):
             item.deliver(result)
         self.counters.completed += len(results)

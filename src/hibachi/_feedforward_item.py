@@ -46,8 +46,9 @@ class Item(Protocol):
     ``leaves`` is the input itself when it is a lone array (the layout's
     structure is ``LEAF``), else the tuple of its leaves. ``length`` is the
     longest first axis among its padded leaves (0 when none is padded).
-    ``arrival`` (a `time.monotonic` reading, or the core's clock) orders items;
-    past ``deadline`` an item that has not reached the model is dropped.
+    ``arrival`` is a reading of the core's clock (`time.monotonic`), ``seq``
+    the item's place in line, set by the core; past ``deadline`` an item that
+    has not reached the model is dropped.
     """
 
     leaves: Any
@@ -55,6 +56,7 @@ class Item(Protocol):
     length: int
     arrival: float
     deadline: float | None
+    seq: int
 
     @property
     def departed(self) -> bool:

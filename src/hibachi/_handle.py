@@ -32,7 +32,7 @@ __all__ = ["ResultHandle", "make_handle"]
 _Future = asyncio.Future  # what loop.create_future() makes, without its Python frame
 _PENDING: Any = object()
 _TIMED_OUT = "the request was not answered within its timeout"
-_ITEM_SLOTS = ("arrival", "deadline", "layout", "leaves", "length")
+_ITEM_SLOTS = ("arrival", "deadline", "layout", "leaves", "length", "seq")
 
 
 class ResultHandle:
@@ -51,6 +51,7 @@ class ResultHandle:
     length: int
     arrival: float
     deadline: float | None
+    seq: int
     _cancelled: bool
     _expired: bool
     _outcome: Any

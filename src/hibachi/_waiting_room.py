@@ -49,7 +49,7 @@ class Group:
     def oldest(self) -> Item:
         if len(self.buckets) == 1:
             return next(iter(self.buckets.values()))[0]
-        return min((bucket[0] for bucket in self.buckets.values()), key=_arrival)
+        return min((bucket[0] for bucket in self.buckets.values()), key=_seq)
 
     def take(self, count: int) -> list[Item]:
         """``count`` items (or all): the oldest, and others of similar length."""
@@ -71,12 +71,12 @@ class Group:
         for length, n in zip(lengths, choose_counts(lengths, counts, anchor, count), strict=True):
             bucket = self.buckets[length]
             taken.extend(bucket.popleft() for _ in range(n))
-        taken.sort(key=_arrival)
+        taken.sort(key=_seq)
         return taken
 
 
-def _arrival(item: Item) -> float:
-    return item.arrival
+def _seq(item: Item) -> int:
+    return item.seq
 
 
 class WaitingRoom:
@@ -86,21 +86,26 @@ class WaitingRoom:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._groups: dict[Layout, Group] = {}
+        self._next_seq = 0
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
     def add(self, items: list[Item]) -> None:
-        """Items that arrived, oldest first."""
+        """Items that arrived, oldest first; each gets its place in line (``seq``)."""
         run: list[Item] = []  # consecutive items of one layout and length: one bucket
+        seq = self._next_seq
         for item in items:
+            item.seq = seq
+            seq += 1
             if run and (item.layout is not run[0].layout or item.length != run[0].length):
                 self._add_run(run)
                 run = []
             run.append(item)
         if run:
             self._add_run(run)
+        self._next_seq = seq
         self.size += len(items)
 
     def _add_run(self, run: list[Item]) -> None:
@@ -113,13 +118,13 @@ class WaitingRoom:
     def next_group(self, now: float, closing: bool = False) -> tuple[Group, Release] | None:
         """The ready group whose oldest item came first, and why it is ready; None if none is."""
         found: tuple[Group, Release] | None = None
-        first = 0.0
+        first = 0
         for group in self._groups.values():
             release = self._release(group, now, closing)
             if release is not None:
-                arrival = group.oldest().arrival
-                if found is None or arrival < first:
-                    found, first = (group, release), arrival
+                seq = group.oldest().seq
+                if found is None or seq < first:
+                    found, first = (group, release), seq
         return found
 
     def _release(self, group: Group, now: float, closing: bool) -> Release | None:
@@ -152,4 +157,4 @@ class WaitingRoom:
         items = [item for bucket in buckets for item in bucket]
         self._groups.clear()
         self.size = 0
-        return sorted(items, key=_arrival)
+        return sorted(items, key=_seq)
