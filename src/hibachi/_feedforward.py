@@ -48,6 +48,8 @@ class FeedforwardBatcher(Lifecycle):
             batch, so that inputs of different lengths share a batch: a
             scalar for every leaf, or a nesting like the input's (a None leaf
             is not padded), e.g. ``{"input_ids": 0, "attention_mask": 0}``.
+            An item's length is the longest first axis of its padded leaves;
+            all padded leaves of a batch get the batch's longest length.
             When more items wait than fit, items of similar length go together.
         trim_output: with ``pad_value``, cut each result leaf whose first axis
             has the batch's padded length back to the item's own length.

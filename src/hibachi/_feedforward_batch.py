@@ -19,7 +19,9 @@ __all__ = ["Batch", "assemble", "split"]
 class Batch:
     """Items of one layout that go through the model together.
 
-    ``length`` is the longest padded first axis among them (0 if unpadded).
+    ``length`` is the longest padded first axis among them (0 if unpadded):
+    every padded leaf is padded to it, so that trimming an output back to an
+    item's own length gives what the item gets in a batch of its own.
     """
 
     __slots__ = ("items", "layout", "length")
@@ -53,7 +55,7 @@ def assemble(batch: Batch) -> tuple[Any, int, int]:
         if pad is None:
             leaf = stack(backend, column)
         else:
-            leaf = pad_stack(backend, column, max(x.shape[0] for x in column), pad)
+            leaf = pad_stack(backend, column, batch.length, pad)
             padding += math.prod(leaf.shape) - sum(math.prod(x.shape) for x in column)
         cells += math.prod(leaf.shape)
         leaves.append(leaf)
