@@ -33,7 +33,7 @@ TEXTS = "texts/s"
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     counts = list(settings.concurrency)
-    progress.begin("scaling", 2 + 2 * len(counts))
+    progress.begin("scaling", 2 + 3 * len(counts))
     columns = [Column(f"c{c}", str(c), "{:,.0f}") for c in counts]
     title = "Scaling: tokens/s (generation) and texts/s (embeddings) by concurrent clients"
     section = Section("scaling", title, columns, settings={"concurrency": counts})
