@@ -193,7 +193,7 @@ def test_similar_lengths_go_together_and_the_oldest_always_goes() -> None:
     items = [driver.submit(arange(n)) for n in lengths]
     driver.drain()
     batches = [sorted(int((call[i] != 0).sum()) + 1 for i in range(2)) for call in driver.calls]
-    assert batches == [[8, 9], [1, 1], [2, 10]]  # 9 is oldest; 8 pads least beside it
+    assert batches == [[9, 10], [1, 1], [2, 8]]  # the sorted cuts; 9, then 1, is the oldest
     for n, item in zip(lengths, items, strict=True):
         np.testing.assert_array_equal(item.result, arange(n) * 2)
 
