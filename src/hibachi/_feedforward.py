@@ -80,10 +80,9 @@ class FeedforwardBatcher(Lifecycle):
         self._core = FeedforwardCore(
             max_batch_size=max_batch_size, max_wait=float(max_wait), trim_output=trim_output
         )
-        self._channels = Channels()
-        self._inboxes = LoopInboxes(self._channels)
+        self._inboxes = LoopInboxes(Channels())
         self._engine = FeedforwardEngine(
-            self._core, self._queue, ModelRunner(model), self._channels, "hibachi-ff"
+            self._core, self._queue, ModelRunner(model), self._inboxes, "hibachi-ff"
         )
 
     @property

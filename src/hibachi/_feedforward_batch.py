@@ -120,7 +120,7 @@ def _first_axis(row: Any) -> int | None:
 
 def _regroup(structure: Structure, columns: list[Sequence[Any]]) -> list[Any]:
     if structure is LEAF:
-        return list(columns[0])
+        return list(columns[0]) if not isinstance(columns[0], list) else columns[0]
     if not columns:
         raise ModelError("the model returned an empty nesting: no array to split per item")
     return [unflatten(structure, iter(row)) for row in zip(*columns, strict=True)]

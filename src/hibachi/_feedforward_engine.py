@@ -1,7 +1,7 @@
 """The feedforward engine thread: moves arrivals into the core, runs its batches.
 
 It is the only thread that touches the core. Callers reach it through the
-`WorkQueue`; results leave through the handles and the loops' channels. When
+`WorkQueue`; results leave through the handles and the loops' inboxes. When
 nothing is ready it sleeps on the queue, until an arrival or until the wait
 window of the oldest item runs out: an idle batcher uses no CPU.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ._delivery import Channels
 from ._exceptions import HibachiError, InvalidRequest, ModelError
 from ._feedforward_batch import Batch
 from ._feedforward_core import FeedforwardCore
 from ._feedforward_item import Item
+from ._loop_inbox import LoopInboxes
 from ._model import ModelRunner, model_error
 from ._queue import WorkQueue
 
@@ -30,13 +30,13 @@ class FeedforwardEngine:
         core: FeedforwardCore,
         queue: WorkQueue[Item],
         runner: ModelRunner,
-        channels: Channels,
+        outbox: LoopInboxes,
         name: str,
     ) -> None:
         self.core = core
         self.queue = queue
         self.runner = runner
-        self.channels = channels
+        self.outbox = outbox
         self._abort = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.stopped = threading.Event()
@@ -63,7 +63,7 @@ class FeedforwardEngine:
             self.core.abort(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
             raise
         finally:
-            self.channels.flush()
+            self.outbox.flush()
             self.runner.close()
             self.stopped.set()
 
@@ -79,7 +79,7 @@ class FeedforwardEngine:
             queue.release(held - len(core))
             if batch is not None:
                 self._run(batch)
-            self.channels.flush()
+            self.outbox.flush()
             if batch is None:
                 if queue.closed and not len(queue) and not len(core):
                     return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import threading
 import time
 from collections.abc import Generator
@@ -129,8 +130,8 @@ class _LoopHandle(ResultHandle):
         self._expired = False
         self._timer: asyncio.TimerHandle | None = None
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._future.__await__()
+    # ``await handle`` goes straight to the future's own iterator, with no Python frame
+    __await__ = property(operator.attrgetter("_future.__await__"))
 
     def result(self, timeout: float | None = None) -> Any:
         future = self._future
@@ -179,7 +180,7 @@ class _LoopHandle(ResultHandle):
 
     def deliver(self, outcome: Any) -> None:
         self._outcome = outcome
-        self._inbox.put(self)
+        self._inbox.handles.append(self)  # the engine posts the inbox after the batch
 
     def settle(self) -> None:
         """Hand the outcome to the future, in the loop's thread."""

@@ -1,17 +1,18 @@
 """Answered handles on their way to the event loops that await them.
 
-Each loop with callers has a `LoopInbox`. The engine drops an answered handle
-in; the first one since the loop last emptied the inbox schedules one hop to
-the loop, through the loop's `LoopChannel`, and the loop then settles every
-handle it finds, including those added meanwhile. So a loop busy with other
-work costs the engine no wake-up per batch, only one per time the loop gets
-round to it: fewer ``call_soon_threadsafe`` calls, fewer self-pipe writes and
-fewer hand-offs of the GIL between the engine and the loop.
+Each loop with callers has a `LoopInbox`. The engine appends answered
+handles to its ``handles`` and, after each batch, calls `LoopInboxes.flush`:
+an inbox that holds handles and has no hop on the way schedules one, through
+the loop's `LoopChannel`; the loop then settles every handle it finds,
+including those added meanwhile. So a loop busy with other work costs the
+engine no wake-up per batch, only one per time the loop gets round to it:
+fewer ``call_soon_threadsafe`` calls, fewer self-pipe writes and fewer
+hand-offs of the GIL between the engine and the loop.
 
-Why it needs no lock (the GIL orders the steps): `put` appends, then reads
-``_scheduled``; `receive` clears ``_scheduled``, then pops until empty. A
-handle appended after `receive` has popped the last one sees the flag
-cleared and schedules a new hop.
+Why it needs no lock (the GIL orders the steps): the engine appends, then
+reads ``_scheduled``; `receive` clears ``_scheduled``, then pops until
+empty. A handle appended after `receive` has popped the last one finds the
+flag cleared, and the next `post` schedules a new hop.
 """
 
 from __future__ import annotations
@@ -34,28 +35,30 @@ class Settleable(Protocol):
 class LoopInbox:
     """The answered handles of one event loop, settled in as few hops as possible."""
 
-    __slots__ = ("_handles", "_scheduled", "channel")
+    __slots__ = ("_scheduled", "channel", "handles")
 
     def __init__(self, channel: LoopChannel) -> None:
         self.channel = channel
-        self._handles: deque[Settleable] = deque()
+        self.handles: deque[Settleable] = deque()  # appended to on the engine's thread
         self._scheduled = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self.channel.loop
 
-    def put(self, handle: Settleable) -> None:
-        """Called on the engine's thread; the hop leaves at the channel's next flush."""
-        self._handles.append(handle)
-        if not self._scheduled:
+    def post(self) -> None:
+        """On the engine's thread: schedule a hop if handles wait and none is on the way.
+
+        The hop leaves at the channel's next flush.
+        """
+        if self.handles and not self._scheduled:
             self._scheduled = True
             self.channel.pending.append((self, None))
 
     def receive(self, item: Any) -> None:
         """The hop arrived, in the loop's thread: settle everything in the inbox."""
         self._scheduled = False
-        handles = self._handles
+        handles = self.handles
         while handles:
             handles.popleft().settle()
 
@@ -67,6 +70,13 @@ class LoopInboxes:
         self._channels = channels
         self._lock = threading.Lock()
         self._by_loop: dict[asyncio.AbstractEventLoop, LoopInbox] = {}
+        self._all: tuple[LoopInbox, ...] = ()
+
+    def flush(self) -> None:
+        """On the engine's thread, after a batch: post every inbox, then flush the channels."""
+        for inbox in self._all:
+            inbox.post()
+        self._channels.flush()
 
     def for_current_loop(self) -> LoopInbox | None:
         """The inbox of the running event loop; None outside one."""
@@ -86,4 +96,5 @@ class LoopInboxes:
             live = {k: v for k, v in self._by_loop.items() if not (v.channel.dead or k.is_closed())}
             inbox = live[loop] = LoopInbox(channel)
             self._by_loop = live
+            self._all = tuple(live.values())
             return inbox

@@ -6,6 +6,7 @@ Callers on any thread `put`; the engine thread `take`s without blocking and
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,7 @@ class WorkQueue(Generic[T]):
 
     def __init__(self, maxsize: int | None) -> None:
         self.maxsize = maxsize
+        self._limit = sys.maxsize if maxsize is None else maxsize
         self._items: deque[T] = deque()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -43,8 +45,8 @@ class WorkQueue(Generic[T]):
         with self._lock:  # the condition's own lock, without its Python-level __enter__
             if self._closed:
                 raise BatcherClosed("the batcher is closed and accepts no new requests")
-            waiting = len(self._items) + self._held
-            if self.maxsize is not None and waiting >= self.maxsize:
+            if len(self._items) + self._held >= self._limit:
+                waiting = len(self._items) + self._held
                 raise QueueFull(f"{waiting} requests are already waiting (max_queue_size)")
             self._items.append(item)
             if self._sleepers:  # notify() costs even with nobody to wake

@@ -95,13 +95,14 @@ class WaitingRoom:
     def add(self, items: list[Item]) -> None:
         """Items that arrived, oldest first; each gets its place in line (``seq``)."""
         run: list[Item] = []  # consecutive items of one layout and length: one bucket
-        seq = self._next_seq
+        layout, length, seq = None, -1, self._next_seq
         for item in items:
             item.seq = seq
             seq += 1
-            if run and (item.layout is not run[0].layout or item.length != run[0].length):
-                self._add_run(run)
-                run = []
+            if item.layout is not layout or item.length != length:
+                if run:
+                    self._add_run(run)
+                run, layout, length = [], item.layout, item.length
             run.append(item)
         if run:
             self._add_run(run)
