@@ -56,19 +56,22 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> Repo
     progress = progress or NullProgress()
     quiet_libraries()
     measures = _measures()
-    threads = settings.threads or free_cpus(busy_cpus())
-    with torch_threads(threads), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # third-party deprecation chatter is not a result
-        report = Report(
-            version=__version__,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            machine=describe_machine(settings.device),
-            settings=settings.as_json(),
-        )
-        start = time.perf_counter()
-        for name in settings.workloads:
-            report.sections.append(_run_one(name, measures[name], settings, progress))
-        report.seconds = time.perf_counter() - start
+    report = Report(
+        version=__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine=describe_machine(settings.device),
+        settings=settings.as_json(),
+    )
+    start = time.perf_counter()
+    for name in settings.workloads:
+        # Chosen again before each workload: other processes come and go.
+        threads = settings.threads or free_cpus(busy_cpus())
+        with torch_threads(threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # third-party deprecation chatter is not a result
+            section = _run_one(name, measures[name], settings, progress)
+        section.settings["torch_threads"] = threads
+        report.sections.append(section)
+    report.seconds = time.perf_counter() - start
     return report
 
 

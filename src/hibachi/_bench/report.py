@@ -29,10 +29,11 @@ def print_report(report: Report, console: Console) -> None:
 def footer(report: Report) -> str:
     """One line: what ran, on what, how long."""
     m = report.machine
-    threads = m.get("torch_threads")
+    counts = sorted({int(s.settings.get("torch_threads", 0)) for s in report.sections} - {0})
+    threads = "-".join(map(str, counts)) or "?"
     return (
         f"hibachi {report.version} · {m.get('device_name')} · {m.get('cpu_count')} CPUs, "
-        f"{threads} PyTorch thread{'s' if threads != 1 else ''} · torch {m.get('torch')} · "
+        f"{threads} PyTorch thread{'' if threads == '1' else 's'} · torch {m.get('torch')} · "
         f"{report.settings['preset']} preset · {report.seconds:.0f} s · {report.created}"
     )
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from . import embeddings, generation
 from .embeddings import ALONE
+from .feedforward_embeddings import embed_alone
 from .llm import LlmRequest, build_llama, hibachi_label, make_requests
 from .minilm import PAD_VALUE, MiniLM, load_minilm, make_texts
 from .progress import Progress
@@ -110,7 +111,7 @@ def _embedding_series(
     texts = make_texts(max(counts) * per_client, settings.embeddings.words, settings.seed)
 
     def alone_rate() -> float:
-        alone = embeddings.one_per_text(minilm, texts[: max(4, per_client)])
+        alone = embed_alone(minilm, texts[: max(4, per_client)])
         return len(alone.vectors) / alone.seconds
 
     def hibachi_rate(c: int) -> float:
