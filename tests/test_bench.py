@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from hibachi._bench.llm import build_llama, hibachi_label, make_requests, trim
 from hibachi._bench.plot import write_plot
 from hibachi._bench.report import section_table
 from hibachi._bench.results import Column, Report, Section
-from hibachi._bench.timing import best_of
+from hibachi._bench.timing import best_of, run_async
 from hibachi._cli import main
 
 TINY = preset("tiny")
@@ -35,6 +36,15 @@ def test_best_of_keeps_the_best_run_and_stops_once_time_is_up() -> None:
     calls: list[int] = []
     assert best_of(lambda: calls.append(1) or 1.0, float, repeat=3, within=0.0) == 1.0
     assert len(calls) == 1
+
+
+def test_a_run_that_hangs_fails_at_its_deadline() -> None:
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(TimeoutError, match="did not finish within"):
+        run_async(hangs(), seconds=0.05)
+    assert run_async(asyncio.sleep(0, result=7)) == 7
 
 
 def test_threads_go_to_the_cpus_other_processes_leave_free() -> None:

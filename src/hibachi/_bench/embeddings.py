@@ -14,7 +14,6 @@ embedding computed alone (1.0 = identical).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from .minilm import INSTALL_HINT, MiniLM, load_minilm, make_texts, model_folder
 from .progress import Progress
 from .results import Column, Section
 from .settings import BenchSettings
-from .timing import best_of
+from .timing import best_of, run_async
 
 __all__ = [
     "Unavailable",
@@ -113,7 +112,7 @@ def with_hibachi(minilm: MiniLM, texts: list[str], batch_size: int) -> Timed:
 
     if not hasattr(hibachi, "FeedforwardBatcher"):
         raise Unavailable("hibachi.FeedforwardBatcher is not in this version of hibachi")
-    return asyncio.run(embed_with_hibachi(minilm, texts, batch_size))
+    return run_async(embed_with_hibachi(minilm, texts, batch_size))
 
 
 def load_sentence_transformer(device: str) -> Any:

@@ -34,7 +34,7 @@ from .llm import (
 from .progress import Progress
 from .results import Column, Section
 from .settings import BenchSettings, GenerationSize
-from .timing import best_of
+from .timing import best_of, run_async
 
 __all__ = [
     "Outcome",
@@ -173,7 +173,7 @@ def with_hibachi(model: Any, requests: list[LlmRequest], batch_size: int, device
     eos = model.generation_config.eos_token_id
     if uses_fallback():
         batcher = stateless_batcher(model, batch_size=batch_size, eos=eos, device=device)
-        return asyncio.run(serve_with_hibachi(batcher, requests, device))
+        return run_async(serve_with_hibachi(batcher, requests, device))
     from .step_share import kv_cache_run  # it builds on this module
 
     outcome, share = kv_cache_run(model, requests, batch_size=batch_size, eos=eos)

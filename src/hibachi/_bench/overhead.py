@@ -22,7 +22,7 @@ from . import feedforward_overhead
 from .progress import Progress
 from .results import Column, Section
 from .settings import BenchSettings, OverheadSize
-from .timing import best_of
+from .timing import best_of, run_async
 
 __all__ = ["autoregressive_per_token", "floor_per_token", "measure"]
 
@@ -73,7 +73,7 @@ def _per_token(section: Section, progress: Progress, settings: BenchSettings) ->
     size = settings.overhead
 
     def best(run: Callable[[OverheadSize], Coroutine[Any, Any, float]]) -> float:
-        return best_of(lambda: asyncio.run(run(size)), _faster, size.repeat, settings.repeat_within)
+        return best_of(lambda: run_async(run(size)), _faster, size.repeat, settings.repeat_within)
 
     progress.doing("per token: asyncio floor")
     floor = best(floor_per_token)

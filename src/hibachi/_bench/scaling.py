@@ -24,7 +24,7 @@ from .minilm import PAD_VALUE, MiniLM, load_minilm, make_texts
 from .progress import Progress
 from .results import Column, Section, Series
 from .settings import BenchSettings
-from .timing import best_of
+from .timing import best_of, run_async
 
 __all__ = ["embedding_curve", "measure"]
 
@@ -116,7 +116,7 @@ def _embedding_series(
 
     def hibachi_rate(c: int) -> float:
         mine = texts[: c * per_client]
-        return asyncio.run(embedding_curve(minilm, mine, c, settings.embeddings.batch_size))
+        return run_async(embedding_curve(minilm, mine, c, settings.embeddings.batch_size))
 
     alone = _best(settings, alone_rate)
     reference = Series("embeddings", ALONE, TEXTS, counts, [alone] * len(counts), True)

@@ -1,14 +1,18 @@
-"""Repeating a measurement on a shared machine: other work only ever slows a run down."""
+"""Running measurements: the best of a few runs, and a deadline against hangs."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-__all__ = ["best_of"]
+__all__ = ["HANG_SECONDS", "best_of", "run_async"]
 
 T = TypeVar("T")
+
+HANG_SECONDS = 300.0
+"""No single run of a method takes this long; one that does is reported as failed."""
 
 
 def best_of(run: Callable[[], T], score: Callable[[T], float], repeat: int, within: float) -> T:
@@ -25,3 +29,15 @@ def best_of(run: Callable[[], T], score: Callable[[T], float], repeat: int, with
             break
         best = max(best, run(), key=score)
     return best
+
+
+def run_async(coroutine: Coroutine[Any, Any, T], seconds: float = HANG_SECONDS) -> T:
+    """``asyncio.run(coroutine)``, failing with TimeoutError after ``seconds``."""
+
+    async def bounded() -> T:
+        try:
+            return await asyncio.wait_for(coroutine, seconds)
+        except TimeoutError:
+            raise TimeoutError(f"did not finish within {seconds:.0f} s") from None
+
+    return asyncio.run(bounded())
