@@ -31,7 +31,7 @@ class WorkQueue(Generic[T]):
         self._closed = False
         self._wakeup = False
         self._held = 0
-        self._sleepers = 0
+        self._sleeping = False  # the consumer waits and nobody has woken it yet
 
     def __len__(self) -> int:
         return len(self._items)
@@ -49,7 +49,8 @@ class WorkQueue(Generic[T]):
                 waiting = len(self._items) + self._held
                 raise QueueFull(f"{waiting} requests are already waiting (max_queue_size)")
             self._items.append(item)
-            if self._sleepers:  # notify() costs even with nobody to wake
+            if self._sleeping:  # wake the consumer once, not at every put until it runs
+                self._sleeping = False
                 self._cond.notify()
 
     def take(self, limit: int, keep: Callable[[T], bool] | None = None) -> list[T]:
@@ -76,33 +77,37 @@ class WorkQueue(Generic[T]):
         return taken
 
     def drain(self, *, hold: bool = False) -> list[T]:
-        """Remove and return everything queued.
+        """Remove and return everything queued; called by the one consumer thread.
 
         With ``hold``, the items keep counting toward ``maxsize`` until they are
         `release`d: for an engine that keeps its own waiting room.
+
+        It takes no lock: each ``popleft`` is atomic, and only the consumer
+        writes the held count. (A producer preempted by the GIL while inside
+        `put`'s lock would otherwise make the consumer block on that lock and
+        the two threads trade the GIL at every drain.) The held count grows
+        before the items leave, so `put` may briefly count them twice, never
+        zero times.
         """
-        with self._cond:
-            items = list(self._items)
-            self._items.clear()
-            if hold:
-                self._held += len(items)
-            return items
+        items = self._items
+        count = len(items)
+        if hold:
+            self._held += count
+        return [items.popleft() for _ in range(count)]
 
     def release(self, count: int) -> None:
-        """``count`` held items have left the waiting room: they no longer count."""
-        if count:
-            with self._cond:
-                self._held -= count
+        """``count`` held items have left the waiting room (consumer thread only)."""
+        self._held -= count
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until an item is queued, the queue is closed, `wake` is called, or timeout."""
         with self._cond:
             if not self._items and not self._closed and not self._wakeup:
-                self._sleepers += 1
+                self._sleeping = True
                 try:
                     self._cond.wait(timeout)
                 finally:
-                    self._sleepers -= 1
+                    self._sleeping = False
             self._wakeup = False
 
     def wake(self) -> None:

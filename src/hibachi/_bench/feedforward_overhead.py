@@ -12,23 +12,31 @@ awaits the method's call, so every method pays for the same tasks:
   of ``PEER_WAITS`` and keep their best).
 
 `measure` interleaves the methods over ``repeat`` rounds and keeps each one's
-best, since other work on the machine only ever adds time.
+best, since other work on the machine only ever adds time. In each round every
+method runs in a fresh interpreter of its own (a warm-up, then ``runs`` timed
+runs): what one library leaves on the heap would otherwise make every later
+garbage collection, a large part of the cost per item, slower for the next
+method measured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "PEER_WAITS",
+    "Cost",
     "Overhead",
     "async_batcher_per_item",
     "batched_per_item",
@@ -43,6 +51,18 @@ PEER_WAITS = (0.0, 0.001)
 Call = Callable[[Any], Awaitable[Any]]
 
 
+class Cost(NamedTuple):
+    """Seconds per item: on the clock, and of CPU time in every thread of the process.
+
+    CPU time is what the batching machinery burns; on a machine shared with
+    other work it is the steadier of the two, while the wall clock also counts
+    the waits for a free core (which hit a two-thread design harder).
+    """
+
+    wall: float
+    cpu: float
+
+
 def identity(batch: Any) -> Any:
     """The model: costs nothing, so only the batching machinery is measured."""
     return batch
@@ -53,24 +73,24 @@ def _identity_list(items: list[Any]) -> list[Any]:
     return list(identity(np.stack(items)))
 
 
-async def _per_item(call: Call, callers: int) -> float:
-    """Seconds per item for ``callers`` concurrent caller tasks of ``call``."""
+async def _per_item(call: Call, callers: int) -> Cost:
+    """The cost per item for ``callers`` concurrent caller tasks of ``call``."""
     items = [np.full(4, i, dtype=np.float32) for i in range(callers)]
 
     async def caller(x: Any) -> Any:
         return await call(x)
 
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     results = await asyncio.gather(*(caller(x) for x in items))
-    seconds = time.perf_counter() - start
+    cost = Cost(time.perf_counter() - start, time.process_time() - cpu)
     if not all(result[0] == x[0] for result, x in zip(results, items, strict=True)):
         raise AssertionError("a caller got another caller's result")
-    return seconds / callers
+    return Cost(cost.wall / callers, cost.cpu / callers)
 
 
-async def floor_per_item(callers: int, batch_size: int) -> float:
-    """Seconds per item through the least an asyncio batcher does: queue, stack, call, slice."""
+async def floor_per_item(callers: int, batch_size: int) -> Cost:
+    """The cost per item through the least an asyncio batcher does: queue, stack, call, slice."""
     loop = asyncio.get_running_loop()
     queue: deque[tuple[Any, asyncio.Future[Any]]] = deque()
     wake = asyncio.Event()
@@ -100,8 +120,8 @@ async def floor_per_item(callers: int, batch_size: int) -> float:
         task.cancel()
 
 
-async def hibachi_per_item(callers: int, batch_size: int) -> float:
-    """Seconds per item through `hibachi.FeedforwardBatcher` (eager; room for every caller)."""
+async def hibachi_per_item(callers: int, batch_size: int) -> Cost:
+    """The cost per item through `hibachi.FeedforwardBatcher` (eager; room for every caller)."""
     import hibachi
 
     batcher = hibachi.FeedforwardBatcher(
@@ -111,16 +131,16 @@ async def hibachi_per_item(callers: int, batch_size: int) -> float:
         return await _per_item(batcher.run, callers)
 
 
-async def batched_per_item(callers: int, batch_size: int, wait: float) -> float:
-    """Seconds per item through ``batched.aio.dynamically`` polling every ``wait`` seconds."""
+async def batched_per_item(callers: int, batch_size: int, wait: float) -> Cost:
+    """The cost per item through ``batched.aio.dynamically`` polling every ``wait`` seconds."""
     from batched import aio  # type: ignore[import-untyped]
 
     call = aio.dynamically(_identity_list, batch_size=batch_size, timeout_ms=wait * 1000)
     return await _per_item(call, callers)
 
 
-async def async_batcher_per_item(callers: int, batch_size: int, wait: float) -> float:
-    """Seconds per item through ``async_batcher.AsyncBatcher`` with ``max_queue_time=wait``."""
+async def async_batcher_per_item(callers: int, batch_size: int, wait: float) -> Cost:
+    """The cost per item through ``async_batcher.AsyncBatcher`` with ``max_queue_time=wait``."""
     from async_batcher.batcher import AsyncBatcher  # type: ignore[import-untyped]
 
     class Identity(AsyncBatcher):  # type: ignore[misc]
@@ -136,12 +156,16 @@ async def async_batcher_per_item(callers: int, batch_size: int, wait: float) -> 
 
 @dataclass(frozen=True)
 class Overhead:
-    """Best seconds per item of each method (None: not installed), and the targets' verdicts."""
+    """Each method's best seconds per item (None: not installed), and the targets' verdicts.
+
+    The fields are wall-clock seconds; ``cpu`` holds the same figures in CPU seconds.
+    """
 
     floor: float
     hibachi: float
     batched: float | None
     async_batcher: float | None
+    cpu: Overhead | None = None
 
     @property
     def best_peer(self) -> float | None:
@@ -150,48 +174,96 @@ class Overhead:
 
     @property
     def ratio_to_floor(self) -> float:
+        """hibachi's cost over the floor's (target: at most 1.3)."""
         return self.hibachi / self.floor
 
     @property
     def added_vs_best_peer(self) -> float | None:
-        """How many times less than the better peer hibachi adds above the floor."""
+        """How many times more the better peer adds above the floor than hibachi (target: 3)."""
         peer = self.best_peer
         if peer is None:
             return None
         return (peer - self.floor) / max(self.hibachi - self.floor, 1e-9)
 
 
-def measure(callers: int = 20_000, batch_size: int = 64, repeat: int = 5) -> Overhead:
-    """Run every method ``repeat`` times, interleaved, and keep each one's best."""
-    methods: dict[str, list[Callable[[], Awaitable[float]]]] = {
-        "floor": [lambda: floor_per_item(callers, batch_size)],
-        "hibachi": [lambda: hibachi_per_item(callers, batch_size)],
-        "batched": [_bind(batched_per_item, callers, batch_size, w) for w in PEER_WAITS],
-        "async_batcher": [
-            _bind(async_batcher_per_item, callers, batch_size, w) for w in PEER_WAITS
-        ],
-    }
-    best: dict[str, float | None] = dict.fromkeys(methods)
+def measure(
+    callers: int = 20_000, batch_size: int = 64, repeat: int = 3, runs: int = 3
+) -> Overhead:
+    """``repeat`` rounds over every method, each in a fresh process doing ``runs`` runs.
+
+    Returns each method's best cost per item (wall and CPU taken separately).
+    """
+    methods = [("floor", 0.0), ("hibachi", 0.0)]
+    methods += [(name, wait) for name in ("batched", "async_batcher") for wait in PEER_WAITS]
+    best: dict[str, Cost | None] = dict.fromkeys(name for name, _ in methods)
+    methods = [(name, wait) for name, wait in methods if _installed(name)]
     for _ in range(repeat):
-        for name, runs in methods.items():
-            for run in runs:
-                seconds = _run_if_installed(run)
-                current = best[name]
-                if seconds is not None and (current is None or seconds < current):
-                    best[name] = seconds
-    floor, hibachi = best["floor"], best["hibachi"]
+        for name, wait in methods:
+            cost = _run_isolated(name, callers, batch_size, wait, runs)
+            best[name] = _better(best[name], cost)
+    floor, hibachi, batched, peer = (
+        best["floor"],
+        best["hibachi"],
+        best["batched"],
+        best["async_batcher"],
+    )
     assert floor is not None and hibachi is not None
-    return Overhead(floor, hibachi, best["batched"], best["async_batcher"])
+    cpu = Overhead(floor.cpu, hibachi.cpu, batched and batched.cpu, peer and peer.cpu)
+    return Overhead(floor.wall, hibachi.wall, batched and batched.wall, peer and peer.wall, cpu)
 
 
-def _bind(
-    function: Callable[[int, int, float], Awaitable[float]], callers: int, size: int, wait: float
-) -> Callable[[], Awaitable[float]]:
-    return lambda: function(callers, size, wait)
+_MODULES = {"batched": "batched.aio", "async_batcher": "async_batcher.batcher"}
 
 
-def _run_if_installed(run: Callable[[], Awaitable[float]]) -> float | None:
+def _installed(name: str) -> bool:
+    """Whether method ``name`` can run: its library imports here (as the child's will)."""
+    module = _MODULES.get(name)
+    if module is None:
+        return True
     try:
-        return asyncio.run(run())  # type: ignore[arg-type]
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _better(a: Cost | None, b: Cost | None) -> Cost | None:
+    if a is None or b is None:
+        return a or b
+    return Cost(min(a.wall, b.wall), min(a.cpu, b.cpu))
+
+
+def _run_here(name: str, callers: int, batch_size: int, wait: float) -> Cost | None:
+    """The cost per item of method ``name`` in this process; None if not installed."""
+    methods: dict[str, Callable[[], Awaitable[Cost]]] = {
+        "floor": lambda: floor_per_item(callers, batch_size),
+        "hibachi": lambda: hibachi_per_item(callers, batch_size),
+        "batched": lambda: batched_per_item(callers, batch_size, wait),
+        "async_batcher": lambda: async_batcher_per_item(callers, batch_size, wait),
+    }
+    try:
+        return asyncio.run(methods[name]())  # type: ignore[arg-type]
     except ImportError:
         return None
+
+
+def _run_isolated(name: str, callers: int, batch_size: int, wait: float, runs: int) -> Cost | None:
+    """The best of ``runs`` runs of `_run_here`, after a warm-up, in a fresh interpreter."""
+    args = [name, str(callers), str(batch_size), repr(wait), str(runs)]
+    command = [sys.executable, "-m", "hibachi._bench.feedforward_overhead", *args]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    return None if out[-1] == "None" else Cost(float(out[-2]), float(out[-1]))
+
+
+def _best_here(name: str, callers: int, batch_size: int, wait: float, runs: int) -> Cost | None:
+    _run_here(name, callers, batch_size, wait)  # warm-up: imports, arenas, threads
+    best: Cost | None = None
+    for _ in range(runs):
+        best = _better(best, _run_here(name, callers, batch_size, wait))
+    return best
+
+
+if __name__ == "__main__":  # one process of `measure`: NAME CALLERS BATCH_SIZE WAIT RUNS
+    name, callers, batch_size, wait, runs = sys.argv[1:6]
+    cost = _best_here(name, int(callers), int(batch_size), float(wait), int(runs))
+    print("None" if cost is None else f"{cost.wall!r} {cost.cpu!r}")
