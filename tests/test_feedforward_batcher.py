@@ -397,3 +397,14 @@ def test_stats() -> None:
     assert stats.queue_depth == 0 and stats.requests_failed == 0
     with pytest.raises(AttributeError):
         stats.batches = 0  # type: ignore[misc]
+
+
+def test_the_readme_example_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (example,) = [block for block in blocks if "FeedforwardBatcher(model, max_batch" in block]
+    exec(compile(example, "README feedforward example", "exec"), {})
+    assert capsys.readouterr().out.strip() == "[np.int64(0), np.int64(16), np.int64(32)]"
