@@ -408,3 +408,24 @@ def test_the_readme_example_runs_as_written(capsys: pytest.CaptureFixture[str]) 
     (example,) = [block for block in blocks if "FeedforwardBatcher(model, max_batch" in block]
     exec(compile(example, "README feedforward example", "exec"), {})
     assert capsys.readouterr().out.strip() == "[np.int64(0), np.int64(16), np.int64(32)]"
+
+
+def test_results_for_an_event_loop_that_closed_are_dropped() -> None:
+    gate = Gate(double)
+    with hibachi.FeedforwardBatcher(gate) as b:
+        first = b.run(item(0))
+        gate.next_batch()
+
+        async def leave_early() -> hibachi.ResultHandle:
+            return b.run(item(1))  # never awaited: the loop closes first
+
+        orphan = run_async(leave_early())
+        gate.open()
+        np.testing.assert_array_equal(first.result(TIMEOUT), item(0) * 2)
+        np.testing.assert_array_equal(b.run(item(2)).result(TIMEOUT), item(2) * 2)
+
+        async def later() -> Any:
+            return await b.run(item(3))
+
+        np.testing.assert_array_equal(run_async(later()), item(3) * 2)
+    assert not orphan.done()  # nobody could hand it over: its loop is gone
