@@ -9,7 +9,10 @@ awaits the method's call, so every method pays for the same tasks:
 - `hibachi.FeedforwardBatcher`, eager (``max_wait=0``);
 - ``batched.aio.dynamically`` (mixedbread-ai) and ``async_batcher.AsyncBatcher``,
   each with the wait setting that suits it best (they are measured with each
-  of ``PEER_WAITS`` and keep their best).
+  of ``PEER_WAITS`` and keep their best). ``async_batcher`` runs an ``async``
+  model on the caller's event loop; ``async_batcher_off_loop`` gives it a
+  plain function, which it runs in its executor: off the loop, as hibachi
+  always runs a model.
 
 `measure` interleaves the methods over ``repeat`` rounds and keeps each one's
 best, since other work on the machine only ever adds time. In each round every
@@ -22,6 +25,7 @@ method measured.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import importlib
 import subprocess
@@ -38,6 +42,7 @@ __all__ = [
     "PEER_WAITS",
     "Cost",
     "Overhead",
+    "async_batcher_off_loop_per_item",
     "async_batcher_per_item",
     "batched_per_item",
     "floor_per_item",
@@ -154,6 +159,21 @@ async def async_batcher_per_item(callers: int, batch_size: int, wait: float) -> 
         await batcher.stop(force=True)
 
 
+async def async_batcher_off_loop_per_item(callers: int, batch_size: int, wait: float) -> Cost:
+    """The cost per item through ``AsyncBatcher`` with a plain model, run in its executor."""
+    from async_batcher.batcher import AsyncBatcher
+
+    class Identity(AsyncBatcher):  # type: ignore[misc]
+        def process_batch(self, batch: list[Any]) -> list[Any]:
+            return _identity_list(batch)
+
+    batcher = Identity(max_batch_size=batch_size, max_queue_time=wait)
+    try:
+        return await _per_item(batcher.process, callers)
+    finally:
+        await batcher.stop(force=True)
+
+
 @dataclass(frozen=True)
 class Overhead:
     """Each method's best seconds per item (None: not installed), and the targets' verdicts.
@@ -166,6 +186,7 @@ class Overhead:
     batched: float | None
     async_batcher: float | None
     cpu: Overhead | None = None
+    async_batcher_off_loop: float | None = None
 
     @property
     def best_peer(self) -> float | None:
@@ -193,26 +214,29 @@ def measure(
 
     Returns each method's best cost per item (wall and CPU taken separately).
     """
+    peers = ("batched", "async_batcher", "async_batcher_off_loop")
     methods = [("floor", 0.0), ("hibachi", 0.0)]
-    methods += [(name, wait) for name in ("batched", "async_batcher") for wait in PEER_WAITS]
+    methods += [(name, wait) for name in peers for wait in PEER_WAITS]
     best: dict[str, Cost | None] = dict.fromkeys(name for name, _ in methods)
     methods = [(name, wait) for name, wait in methods if _installed(name)]
     for _ in range(repeat):
         for name, wait in methods:
             cost = _run_isolated(name, callers, batch_size, wait, runs)
             best[name] = _better(best[name], cost)
-    floor, hibachi, batched, peer = (
-        best["floor"],
-        best["hibachi"],
-        best["batched"],
-        best["async_batcher"],
-    )
+    floor, hibachi = best["floor"], best["hibachi"]
     assert floor is not None and hibachi is not None
+    batched, peer, off = best["batched"], best["async_batcher"], best["async_batcher_off_loop"]
     cpu = Overhead(floor.cpu, hibachi.cpu, batched and batched.cpu, peer and peer.cpu)
-    return Overhead(floor.wall, hibachi.wall, batched and batched.wall, peer and peer.wall, cpu)
+    cpu = dataclasses.replace(cpu, async_batcher_off_loop=off and off.cpu)
+    wall = Overhead(floor.wall, hibachi.wall, batched and batched.wall, peer and peer.wall, cpu)
+    return dataclasses.replace(wall, async_batcher_off_loop=off and off.wall)
 
 
-_MODULES = {"batched": "batched.aio", "async_batcher": "async_batcher.batcher"}
+_MODULES = {
+    "batched": "batched.aio",
+    "async_batcher": "async_batcher.batcher",
+    "async_batcher_off_loop": "async_batcher.batcher",
+}
 
 
 def _installed(name: str) -> bool:
@@ -240,6 +264,9 @@ def _run_here(name: str, callers: int, batch_size: int, wait: float) -> Cost | N
         "hibachi": lambda: hibachi_per_item(callers, batch_size),
         "batched": lambda: batched_per_item(callers, batch_size, wait),
         "async_batcher": lambda: async_batcher_per_item(callers, batch_size, wait),
+        "async_batcher_off_loop": lambda: async_batcher_off_loop_per_item(
+            callers, batch_size, wait
+        ),
     }
     try:
         return asyncio.run(methods[name]())  # type: ignore[arg-type]
