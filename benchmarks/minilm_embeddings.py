@@ -27,7 +27,8 @@ def main() -> None:
     result = compare(texts=args.texts, repeat=args.repeat, device=args.device)
     print(f"all-MiniLM-L6-v2, {result.texts} texts of mixed length (best of {args.repeat}):")
     for size, seconds in sorted(result.loop_seconds.items()):
-        print(f"  hand loop, sorted by length, batches of {size:<3}       {seconds * 1e3:8.1f} ms")
+        label = f"hand loop, sorted by length, batches of {size}"
+        print(f"  {label:<44} {seconds * 1e3:8.1f} ms")
     for size, seconds in sorted(result.hibachi_seconds.items()):
         label = f"hibachi, {result.texts} callers, max_batch_size={size}"
         print(f"  {label:<44} {seconds * 1e3:8.1f} ms")
