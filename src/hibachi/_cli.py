@@ -173,7 +173,7 @@ def _bench(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from ._bench import preset, run_bench
-    from ._bench.environment import busy_cpus, busy_warning, cuda_available, free_cpus
+    from ._bench.environment import busy_cpus, busy_warning, cuda_available
     from ._bench.plot import write_plot
     from ._bench.progress import RichProgress
     from ._bench.report import markdown, print_report, write_json
@@ -183,9 +183,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not cuda_available():
         console.print("[red]--device cuda: torch sees no CUDA device on this machine[/red]")
         return 2
-    busy = busy_cpus()
-    threads = args.threads or free_cpus(busy)
-    warning = busy_warning(busy, threads)
+    warning = busy_warning(busy_cpus())
     if warning:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     name = "tiny" if args.tiny else "quick" if args.quick else "full"
@@ -194,7 +192,7 @@ def _bench(args: argparse.Namespace) -> int:
         device=args.device,
         concurrency=args.concurrency,
         workloads=args.workloads,
-        threads=threads,
+        threads=args.threads,
     )
     with RichProgress(console) as progress:
         report = run_bench(settings, progress)

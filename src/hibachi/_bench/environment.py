@@ -106,14 +106,14 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def busy_warning(busy: float, threads: int) -> str | None:
+def busy_warning(busy: float) -> str | None:
     """A warning when other processes keep at least half a CPU busy, else None."""
     if busy < 0.5:
         return None
     return (
-        f"other processes keep {busy:.1f} of {os.cpu_count()} CPUs busy: "
-        f"PyTorch runs {threads} thread{'s' if threads > 1 else ''} (--threads to choose), "
-        "and figures will be noisier than on an idle machine"
+        f"other processes keep {busy:.1f} of {os.cpu_count()} CPUs busy: PyTorch gets the CPUs "
+        "they leave free (--threads N to choose), and figures will be noisier than on an idle "
+        "machine"
     )
 
 

@@ -51,9 +51,11 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
         f"per token: {size.rows} streams of {size.steps} tokens; the floor is asyncio waking "
         f"{size.rows} waiting tasks once per step.",
         f"per item: {size.callers:,} concurrent callers, batches of {size.batch_size}; the floor "
-        "is a bare asyncio batcher (queue, stack, call, slice); each peer keeps the better of "
-        "its wait settings "
-        f"({', '.join(f'{w * 1e3:g} ms' for w in feedforward_overhead.PEER_WAITS)}).",
+        "is a bare asyncio batcher (queue, stack, call, slice); every method runs in fresh "
+        "processes; each peer keeps the better of its wait settings "
+        f"({', '.join(f'{w * 1e3:g} ms' for w in feedforward_overhead.PEER_WAITS)}); "
+        "hibachi always runs the model off the event loop, as async-batcher does with its "
+        "model in its executor.",
         "+µs: what the method adds above its floor.",
     ]
     return section
@@ -90,9 +92,14 @@ def _per_item(section: Section, size: OverheadSize) -> None:
     result = feedforward_overhead.measure(size.callers, size.batch_size, size.repeat)
     _add(section, ITEM_FLOOR, "item", result.floor, result.floor)
     _add(section, "hibachi FeedforwardBatcher", "item", result.hibachi, result.floor)
-    for name, seconds in (("batched", result.batched), ("async-batcher", result.async_batcher)):
+    peers = [
+        ("batched", "batched", result.batched),
+        ("async-batcher", "async-batcher", result.async_batcher),
+        ("async-batcher, model in executor", "async-batcher", result.async_batcher_off_loop),
+    ]
+    for name, library, seconds in peers:
         if seconds is None:
-            section.skip(name, f"{name} is not installed: {PEERS_HINT}")
+            section.skip(name, f"{library} is not installed: {PEERS_HINT}")
         else:
             _add(section, name, "item", seconds, result.floor)
 

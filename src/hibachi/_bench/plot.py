@@ -43,10 +43,11 @@ def write_plot(report: Report, path: Path) -> bool:
 
 
 def _suptitle(report: Report) -> str:
-    m = report.machine
+    m, threads = report.machine, report.threads
     return (
         f"hibachi bench ({report.settings['preset']}) · {m.get('device_name')} · "
-        f"{m.get('cpu_count')} CPUs · {report.created[:10]}"
+        f"{m.get('cpu_count')} CPUs, {threads} PyTorch thread{'' if threads == '1' else 's'} · "
+        f"{report.created[:10]}"
     )
 
 

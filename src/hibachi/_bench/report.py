@@ -28,9 +28,7 @@ def print_report(report: Report, console: Console) -> None:
 
 def footer(report: Report) -> str:
     """One line: what ran, on what, how long."""
-    m = report.machine
-    counts = sorted({int(s.settings.get("torch_threads", 0)) for s in report.sections} - {0})
-    threads = "-".join(map(str, counts)) or "?"
+    m, threads = report.machine, report.threads
     return (
         f"hibachi {report.version} · {m.get('device_name')} · {m.get('cpu_count')} CPUs, "
         f"{threads} PyTorch thread{'' if threads == '1' else 's'} · torch {m.get('torch')} · "

@@ -89,6 +89,15 @@ class Report:
     seconds: float = 0.0
 
     @property
+    def threads(self) -> str:
+        """PyTorch's thread count over the run's workloads: "2", or "1-2" when it changed."""
+        counts = {s.settings.get("torch_threads") for s in self.sections}
+        numbers = sorted(int(c) for c in counts if c)
+        if not numbers:
+            return "?"
+        return str(numbers[0]) if numbers[0] == numbers[-1] else f"{numbers[0]}-{numbers[-1]}"
+
+    @property
     def failed(self) -> bool:
         return any(r.status == "failed" for s in self.sections for r in s.rows)
 
