@@ -121,7 +121,7 @@ _QUICK = replace(
         vocab=1024,
     ),
     embeddings=EmbeddingSize(texts=64, words=(4, 60), batch_size=32, repeat=2),
-    overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=2),
+    overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=1),
     scaling=ScalingSize(prompt_length=16, budget=16, texts_per_client=2, repeat=2),
     repeat_within=1.5,
 )
