@@ -29,66 +29,14 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hibachi  # noqa: E402
+from hibachi._bench.overhead import autoregressive_per_token, floor_per_token  # noqa: E402
+from hibachi._bench.settings import OverheadSize  # noqa: E402
 
 ROWS = 64
 
 
-async def floor_per_token(steps: int, rows: int = ROWS) -> float:
-    """Seconds per token when a producer wakes ``rows`` waiting tasks once per step."""
-    loop = asyncio.get_running_loop()
-    waiters: list[asyncio.Future[int]] = [loop.create_future() for _ in range(rows)]
-    done = asyncio.Event()
-    remaining = rows
-
-    async def consumer(i: int) -> None:
-        nonlocal remaining
-        for _ in range(steps):
-            await waiters[i]
-            waiters[i] = loop.create_future()
-        remaining -= 1
-        if not remaining:
-            done.set()
-
-    tasks = [asyncio.create_task(consumer(i)) for i in range(rows)]
-    await asyncio.sleep(0)
-    start = time.perf_counter()
-    for step in range(steps):
-        for waiter in waiters:
-            waiter.set_result(step)
-        await asyncio.sleep(0)
-    await done.wait()
-    elapsed = time.perf_counter() - start
-    await asyncio.gather(*tasks)
-    return elapsed / (steps * rows)
-
-
-def last_column(tokens: Any, mask: Any) -> Any:
-    """A model that reads only the last column: its cost does not depend on S."""
-    return tokens[:, -1] + 1
-
-
-async def batcher_per_token(prompt_len: int, steps: int, rows: int = ROWS) -> float:
-    """Seconds per delivered token with ``rows`` streams of ``steps`` tokens each."""
-    batcher = hibachi.AutoregressiveBatcher(
-        last_column,
-        stop_token=np.int64(-1),
-        padding_token=np.int64(0),
-        max_batch_size=rows,
-    )
-    prompt = np.arange(prompt_len, dtype=np.int64) % 1000 + 1
-    async with batcher:
-
-        async def consume() -> int:
-            count = 0
-            async for _ in batcher.run(prompt, max_new_tokens=steps):
-                count += 1
-            return count
-
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(consume() for _ in range(rows)))
-        elapsed = time.perf_counter() - start
-    assert sum(counts) == rows * steps
-    return elapsed / (rows * steps)
+def overhead_size(steps: int) -> OverheadSize:
+    return OverheadSize(rows=ROWS, steps=steps, callers=0, batch_size=0, repeat=1)
 
 
 def one_ms_model(dim: int = 256) -> Callable[[Any, Any], Any]:
@@ -150,9 +98,10 @@ async def main(steps: int, repeat: int) -> None:
     def best(values: list[float]) -> float:
         return min(values)
 
-    floor = best([await floor_per_token(steps) for _ in range(repeat)])
-    short = best([await batcher_per_token(16, steps) for _ in range(repeat)])
-    long = best([await batcher_per_token(4096, steps) for _ in range(repeat)])
+    size = overhead_size(steps)
+    floor = best([await floor_per_token(size) for _ in range(repeat)])
+    short = best([await autoregressive_per_token(size, 16) for _ in range(repeat)])
+    long = best([await autoregressive_per_token(size, 4096) for _ in range(repeat)])
     print(f"cost per delivered token, {ROWS} rows, {steps} steps (best of {repeat}):")
     print(f"  asyncio floor (wake {ROWS} tasks/step): {floor * 1e6:7.2f} us")
     for label, cost in (("S=16", short), ("S=4096", long)):

@@ -133,7 +133,7 @@ def _last_column(tokens: Any, mask: Any) -> Any:
     return tokens[:, -1] + 1
 
 
-async def autoregressive_per_token(size: OverheadSize) -> float:
+async def autoregressive_per_token(size: OverheadSize, prompt_len: int = 16) -> float:
     """Seconds per delivered token with ``rows`` streams of ``steps`` tokens each."""
     import hibachi
 
@@ -143,7 +143,7 @@ async def autoregressive_per_token(size: OverheadSize) -> float:
         padding_token=np.int64(0),
         max_batch_size=size.rows,
     )
-    prompt = np.arange(1, 17, dtype=np.int64)
+    prompt = np.arange(prompt_len, dtype=np.int64) % 1000 + 1
     async with batcher:
 
         async def consume() -> None:
