@@ -1,7 +1,7 @@
 # Shared by scripts/test.sh and scripts/bench.sh: make .venv and install hibachi
 # with every extra the tests and the bench use, pinned by constraints.txt.
 ensure_venv() {
-    local stamp=".venv/.installed-$1"
+    local stamp=".venv/.installed"
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
     fi

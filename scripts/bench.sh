@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-ensure_venv "bench"
+ensure_venv
 exec .venv/bin/hibachi bench "$@"
