@@ -6,10 +6,10 @@ reach it through the scheduler's queue; results leave through sinks.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from ._delivery import Channels
+from ._engine_thread import EngineThread
 from ._exceptions import BatcherClosed, HibachiError, ModelError
 from ._model import ModelRunner, model_error
 from ._scheduler import Scheduler
@@ -17,43 +17,21 @@ from ._scheduler import Scheduler
 __all__ = ["Engine"]
 
 
-class Engine:
-    """Owns the thread that steps ``scheduler`` with ``runner`` until closed."""
+class Engine(EngineThread):
+    """Steps ``scheduler`` with ``runner`` on the engine thread until closed."""
 
     def __init__(self, scheduler: Scheduler, runner: ModelRunner, channels: Channels, name: str):
+        super().__init__(scheduler.queue, runner, name)
         self.scheduler = scheduler
-        self.runner = runner
         self.channels = channels
-        self._abort = False
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.stopped = threading.Event()
 
-    def start(self) -> None:
-        self._thread.start()
+    def _crash(self, exc: BaseException) -> None:
+        error = HibachiError(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        self.scheduler.abort(error)
 
-    def stop(self, *, cancel: bool) -> None:
-        """Refuse new requests; finish (or, with ``cancel``, end) the rest, then exit."""
-        if cancel:
-            self._abort = True
-        self.scheduler.queue.close()
-        self.scheduler.queue.wake()
-
-    def join(self, timeout: float | None = None) -> bool:
-        return self.stopped.wait(timeout)
-
-    def _main(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:
-            error = HibachiError(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            self.scheduler.queue.close()
-            self.scheduler.abort(error)
-            raise
-        finally:
-            self.channels.flush()
-            self.runner.close()
-            self.stopped.set()
+    def _flush(self) -> None:
+        self.channels.flush()
 
     def _loop(self) -> None:
         scheduler, queue = self.scheduler, self.scheduler.queue

@@ -8,9 +8,9 @@ window of the oldest item runs out: an idle batcher uses no CPU.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
+from ._engine_thread import EngineThread
 from ._exceptions import HibachiError, InvalidRequest, ModelError
 from ._feedforward_batch import Batch
 from ._feedforward_core import FeedforwardCore
@@ -22,7 +22,7 @@ from ._queue import WorkQueue
 __all__ = ["FeedforwardEngine"]
 
 
-class FeedforwardEngine:
+class FeedforwardEngine(EngineThread):
     """Owns the thread that feeds ``core`` from ``queue`` and calls the model until closed."""
 
     def __init__(
@@ -33,39 +33,17 @@ class FeedforwardEngine:
         outbox: LoopInboxes,
         name: str,
     ) -> None:
+        super().__init__(queue, runner, name)
+        self.queue: WorkQueue[Item] = queue
         self.core = core
-        self.queue = queue
-        self.runner = runner
         self.outbox = outbox
-        self._abort = False
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.stopped = threading.Event()
 
-    def start(self) -> None:
-        self._thread.start()
+    def _crash(self, exc: BaseException) -> None:
+        self._admit()
+        self.core.abort(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
 
-    def stop(self, *, cancel: bool) -> None:
-        """Refuse new items; run (or, with ``cancel``, end) the waiting ones, then exit."""
-        if cancel:
-            self._abort = True
-        self.queue.close()
-        self.queue.wake()
-
-    def join(self, timeout: float | None = None) -> bool:
-        return self.stopped.wait(timeout)
-
-    def _main(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:
-            self.queue.close()
-            self._admit()
-            self.core.abort(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
-            raise
-        finally:
-            self.outbox.flush()
-            self.runner.close()
-            self.stopped.set()
+    def _flush(self) -> None:
+        self.outbox.flush()
 
     def _loop(self) -> None:
         core, queue = self.core, self.queue

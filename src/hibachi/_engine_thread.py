@@ -1,0 +1,64 @@
+"""`EngineThread`: the one thread that serves a batcher, and its lifecycle.
+
+Callers reach it through a `WorkQueue`; closing that queue is how it is told
+to stop. A subclass supplies the work (`_loop`), what to do with the requests
+it holds if the thread itself fails (`_crash`), and how to push out the last
+results (`_flush`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ._model import ModelRunner
+from ._queue import WorkQueue
+
+__all__ = ["EngineThread"]
+
+
+class EngineThread:
+    """Owns a daemon thread that runs `_loop` until the queue is closed and empty."""
+
+    def __init__(self, queue: WorkQueue[Any], runner: ModelRunner, name: str) -> None:
+        self.queue = queue
+        self.runner = runner
+        self._abort = False
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, *, cancel: bool) -> None:
+        """Refuse new work; finish (or, with ``cancel``, end) what is left, then exit."""
+        if cancel:
+            self._abort = True
+        self.queue.close()
+        self.queue.wake()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self.stopped.wait(timeout)
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self.queue.close()
+            self._crash(exc)
+            raise
+        finally:
+            self._flush()
+            self.runner.close()
+            self.stopped.set()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _crash(self, exc: BaseException) -> None:
+        """End every request held with an error: the thread failed with ``exc``."""
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        """Deliver whatever results are still pending."""
+        raise NotImplementedError
