@@ -8,6 +8,7 @@ results (`_flush`).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -15,6 +16,8 @@ from ._model import ModelRunner
 from ._queue import WorkQueue
 
 __all__ = ["EngineThread"]
+
+_log = logging.getLogger("hibachi")
 
 
 class EngineThread:
@@ -46,7 +49,9 @@ class EngineThread:
         except BaseException as exc:
             self.queue.close()
             self._crash(exc)
-            raise
+            _log.error("%s failed; its requests were ended", self._thread.name, exc_info=exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._flush()
             self.runner.close()
