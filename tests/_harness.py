@@ -9,8 +9,7 @@ import numpy as np
 
 from _models import to_numpy
 from hibachi._backends import Backend, backend_of
-from hibachi._exceptions import ModelError
-from hibachi._model import model_error
+from hibachi._engine import run_step
 from hibachi._queue import WorkQueue
 from hibachi._request import Request, check_prompt
 from hibachi._scheduler import Scheduler
@@ -104,18 +103,12 @@ class Driver:
         scheduler = self.scheduler
         if not scheduler.schedule():
             return False
-        tokens, mask = scheduler.model_inputs()
-        self.seen.append((to_numpy(tokens), to_numpy(mask)))
-        try:
-            output = self.model(tokens, mask)
-        except Exception as exc:
-            scheduler.fail(model_error(exc))
-            return True
-        try:
-            scheduler.complete(output)
-        except ModelError as error:
-            scheduler.fail(error)
+        run_step(scheduler, self._call)
         return True
+
+    def _call(self, tokens: Any, mask: Any) -> Any:
+        self.seen.append((to_numpy(tokens), to_numpy(mask)))
+        return self.model(tokens, mask)
 
     def run_until_idle(self, limit: int = 10_000) -> int:
         """Step until no row is active and nothing waits; the number of steps."""

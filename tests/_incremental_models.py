@@ -17,8 +17,7 @@ import numpy as np
 import hibachi
 from _harness import FakeClock, ListSink
 from hibachi._backends import backend_of
-from hibachi._exceptions import ModelError
-from hibachi._model import model_error
+from hibachi._engine import run_step
 from hibachi._queue import WorkQueue
 from hibachi._request import Request, check_prompt
 from hibachi._scheduler import Scheduler
@@ -186,15 +185,7 @@ class SlotDriver:
         scheduler = self.scheduler
         if not scheduler.schedule():
             return False
-        try:
-            output = self.model.step(*scheduler.model_inputs())
-        except Exception as exc:
-            scheduler.fail(model_error(exc))
-            return True
-        try:
-            scheduler.complete(output)
-        except ModelError as error:
-            scheduler.fail(error)
+        run_step(scheduler, self.model.step)
         return True
 
     def run_until_idle(self, limit: int = 10_000) -> int:

@@ -6,6 +6,7 @@ reach it through the scheduler's queue; results leave through sinks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._delivery import Channels
@@ -14,7 +15,7 @@ from ._exceptions import BatcherClosed, HibachiError, ModelError
 from ._model import ModelRunner, model_error
 from ._scheduler import Scheduler
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "run_step"]
 
 
 class Engine(EngineThread):
@@ -50,15 +51,22 @@ class Engine(EngineThread):
             queue.wait()
 
     def _step(self) -> None:
-        scheduler = self.scheduler
-        inputs = scheduler.model_inputs()
-        try:
-            with scheduler.backend.inference_context():
-                output: Any = self.runner(*inputs)
-        except Exception as exc:
-            scheduler.fail(model_error(exc))
-            return
-        try:
-            scheduler.complete(output)
-        except ModelError as error:
-            scheduler.fail(error)
+        run_step(self.scheduler, self.runner)
+
+
+def run_step(scheduler: Scheduler, call: Callable[..., Any]) -> None:
+    """One step after ``schedule()``: the model on this step's inputs, then its output applied.
+
+    A model that raises, or returns something unusable, fails only this step's rows.
+    """
+    inputs = scheduler.model_inputs()
+    try:
+        with scheduler.backend.inference_context():
+            output: Any = call(*inputs)
+    except Exception as exc:
+        scheduler.fail(model_error(exc))
+        return
+    try:
+        scheduler.complete(output)
+    except ModelError as error:
+        scheduler.fail(error)
