@@ -10,6 +10,7 @@ import numpy as np
 from _models import to_numpy
 from hibachi._backends import Backend, backend_of
 from hibachi._engine import run_step
+from hibachi._layout import Layout
 from hibachi._queue import WorkQueue
 from hibachi._request import Request, check_prompt
 from hibachi._scheduler import Scheduler
@@ -54,7 +55,9 @@ class FakeClock:
 class Driver:
     """A `Scheduler` with a `WorkQueue`, a fake clock and list sinks, stepped by hand.
 
-    ``seen`` holds a NumPy copy of the (tokens, mask) of every model call.
+    ``layout`` builds the scheduler's layout from the backend and the padding
+    token (default: the stateless `SequenceBuffer`). ``seen`` holds a NumPy copy
+    of the (tokens, mask) of every stateless model call.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Driver:
         max_batch_size: int = 4,
         max_queue_size: int | None = None,
         backend: Backend | None = None,
+        layout: Callable[[Backend, Any], Layout] | None = None,
     ) -> None:
         found = backend or backend_of(pad)
         assert found is not None
@@ -74,6 +78,7 @@ class Driver:
         self.model = model
         self.clock = FakeClock()
         self.queue: WorkQueue[Request] = WorkQueue(max_queue_size)
+        self.layout = None if layout is None else layout(found, self.pad)
         self.scheduler = Scheduler(
             found,
             stop_token=found.to_storage(stop, self.pad),
@@ -81,6 +86,7 @@ class Driver:
             max_batch_size=max_batch_size,
             queue=self.queue,
             clock=self.clock,
+            layout=self.layout,
         )
         self.seen: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
 

@@ -15,12 +15,9 @@ from typing import Any
 import numpy as np
 
 import hibachi
-from _harness import FakeClock, ListSink
-from hibachi._backends import backend_of
-from hibachi._engine import run_step
-from hibachi._queue import WorkQueue
+from _harness import Driver, ListSink
+from hibachi._backends import Backend
 from hibachi._request import Request, check_prompt
-from hibachi._scheduler import Scheduler
 from hibachi._slots import SlotLayout
 
 STOP = 2
@@ -143,30 +140,25 @@ class LoggingSink(ListSink):
         self.events.append(("end", self.tag))
 
 
-class SlotDriver:
+class SlotDriver(Driver):
     """A `Scheduler` over a `SlotLayout` and a `HistoryModel`, stepped by hand."""
 
+    model: HistoryModel
+
     def __init__(self, model: HistoryModel, *, max_batch_size: int, prefill_chunk: int = 8) -> None:
-        pad = np.int64(PAD)
-        backend = backend_of(pad)
-        assert backend is not None
-        self.backend = backend
-        self.pad = backend.to_storage(pad, pad)
-        self.model = model
-        self.clock = FakeClock()
-        self.queue: WorkQueue[Request] = WorkQueue(None)
-        self.layout = SlotLayout(
-            backend, self.pad, max_batch_size, prefill_chunk=prefill_chunk, release=model.release
-        )
-        self.scheduler = Scheduler(
-            backend,
-            stop_token=backend.to_storage(np.int64(STOP), self.pad),
-            padding_token=self.pad,
+        def slots(backend: Backend, pad: Any) -> SlotLayout:
+            return SlotLayout(
+                backend, pad, max_batch_size, prefill_chunk=prefill_chunk, release=model.release
+            )
+
+        super().__init__(
+            model.step,
+            stop=np.int64(STOP),
+            pad=np.int64(PAD),
             max_batch_size=max_batch_size,
-            queue=self.queue,
-            clock=self.clock,
-            layout=self.layout,
+            layout=slots,
         )
+        self.model = model
 
     def submit(
         self, tag: Any, prompt: list[int], budget: int = 8, deadline: float | None = None
@@ -177,19 +169,5 @@ class SlotDriver:
         self.scheduler.submit(request)
         return request, sink
 
-    def cancel(self, request: Request) -> None:
-        request.cancelled = True
-        self.scheduler.note_departure()
-
-    def step(self) -> bool:
-        scheduler = self.scheduler
-        if not scheduler.schedule():
-            return False
-        run_step(scheduler, self.model.step)
-        return True
-
-    def run_until_idle(self, limit: int = 10_000) -> int:
-        for steps in range(limit):
-            if not self.step():
-                return steps
-        raise AssertionError(f"still busy after {limit} steps")
+    def _call(self, *inputs: Any) -> Any:
+        return self.model.step(*inputs)
