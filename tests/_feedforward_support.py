@@ -14,11 +14,11 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from hibachi._delivery import Failure
+from hibachi._core.delivery import Failure
+from hibachi._core.model import model_error
 from hibachi._exceptions import InvalidRequest, ModelError
-from hibachi._feedforward_core import FeedforwardCore
-from hibachi._feedforward_item import InputChecker, Layout
-from hibachi._model import model_error
+from hibachi._feedforward.core import FeedforwardCore
+from hibachi._feedforward.item import InputChecker, Layout
 
 T = TypeVar("T")
 

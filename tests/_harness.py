@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 
 from _models import to_numpy
+from hibachi._autoregressive.engine import run_step
+from hibachi._autoregressive.layout import Layout
+from hibachi._autoregressive.request import Request, check_prompt
+from hibachi._autoregressive.scheduler import Scheduler
 from hibachi._backends import Backend, backend_of
-from hibachi._engine import run_step
-from hibachi._layout import Layout
-from hibachi._queue import WorkQueue
-from hibachi._request import Request, check_prompt
-from hibachi._scheduler import Scheduler
+from hibachi._core.queue import WorkQueue
 
 
 class ListSink:

@@ -16,9 +16,9 @@ import numpy as np
 
 import hibachi
 from _harness import Driver, ListSink
+from hibachi._autoregressive.request import Request, check_prompt
+from hibachi._autoregressive.slots import SlotLayout
 from hibachi._backends import Backend
-from hibachi._request import Request, check_prompt
-from hibachi._slots import SlotLayout
 
 STOP = 2
 PAD = 0

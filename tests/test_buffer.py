@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _models import to_numpy
+from hibachi._autoregressive.buffer import SequenceBuffer
 from hibachi._backends import Backend, backend_of
-from hibachi._buffer import SequenceBuffer
 
 PAD = -7
 

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hibachi._length_picking import choose_counts
-from hibachi._nested import LEAF, flatten, leaf_values, unflatten
+from hibachi._feedforward.length_picking import choose_counts
+from hibachi._feedforward.nesting import LEAF, flatten, leaf_values, unflatten
 
 
 def is_array(x: object) -> bool:

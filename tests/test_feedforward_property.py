@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import hibachi
 from _feedforward_support import Driver, Recorded, run_async
-from hibachi._delivery import Failure
-from hibachi._nested import flatten, unflatten
+from hibachi._core.delivery import Failure
+from hibachi._feedforward.nesting import flatten, unflatten
 
 
 @dataclass(frozen=True)

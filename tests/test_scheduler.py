@@ -11,7 +11,7 @@ import pytest
 from _harness import Driver
 from _models import POISON, STOP_TAG, tagged_expected, tagged_prompt, tagging_model, tags_of
 from hibachi import BatcherClosed, ModelError, QueueFull, Timeout
-from hibachi._queue import WorkQueue
+from hibachi._core.queue import WorkQueue
 
 PAIR_STOP = np.array([STOP_TAG, STOP_TAG], dtype=np.int64)
 PAIR_PAD = np.zeros(2, dtype=np.int64)

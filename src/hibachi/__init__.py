@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from ._autoregressive import AutoregressiveBatcher as AutoregressiveBatcher
+from ._autoregressive.batcher import AutoregressiveBatcher as AutoregressiveBatcher
+from ._autoregressive.incremental import IncrementalModel as IncrementalModel
+from ._autoregressive.stats import AutoregressiveStats as AutoregressiveStats
+from ._autoregressive.stream import TokenStream as TokenStream
 from ._backends import Backend as Backend
 from ._backends import register_backend as register_backend
+from ._core.health import Health as Health
 from ._exceptions import BatcherClosed as BatcherClosed
 from ._exceptions import ConfigurationError as ConfigurationError
 from ._exceptions import HibachiError as HibachiError
@@ -19,12 +23,9 @@ from ._exceptions import InvalidRequest as InvalidRequest
 from ._exceptions import ModelError as ModelError
 from ._exceptions import QueueFull as QueueFull
 from ._exceptions import Timeout as Timeout
-from ._feedforward import FeedforwardBatcher as FeedforwardBatcher
-from ._handle import ResultHandle as ResultHandle
-from ._incremental import IncrementalModel as IncrementalModel
-from ._stats import AutoregressiveStats as AutoregressiveStats
-from ._stats import FeedforwardStats as FeedforwardStats
-from ._stream import TokenStream as TokenStream
+from ._feedforward.batcher import FeedforwardBatcher as FeedforwardBatcher
+from ._feedforward.handle import ResultHandle as ResultHandle
+from ._feedforward.stats import FeedforwardStats as FeedforwardStats
 
 try:
     __version__ = _metadata.version("hibachi-batch")
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigurationError",
     "FeedforwardBatcher",
     "FeedforwardStats",
+    "Health",
     "HibachiError",
     "IncrementalModel",
     "InvalidRequest",

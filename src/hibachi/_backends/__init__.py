@@ -1,5 +1,8 @@
-"""Finding the backend of an array, lazily: no tensor library is imported
-until an array of it is seen."""
+"""The tensor libraries hibachi works with, behind one `Backend` protocol (`_protocol`).
+
+This package is the entry: `backend_of(array)` finds an array's backend lazily (no tensor
+library is imported until an array of it is seen); `register_backend` adds one.
+"""
 
 from __future__ import annotations
 

@@ -12,11 +12,9 @@ arrived) and how many requests got the same greedy tokens as ``generate()``.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +31,9 @@ from .llm import (
 )
 from .progress import Progress
 from .results import Column, Section
+from .serving import Outcome, serve_with_hibachi
 from .settings import BenchSettings, GenerationSize
+from .step_share import kv_cache_run
 from .timing import best_of, run_async
 
 __all__ = [
@@ -57,20 +57,6 @@ COLUMNS = [
 GENERATE = "generate(), one at a time"
 STATIC = "generate(), static batches"
 CONTINUOUS = "transformers generate_batch"
-
-
-@dataclass
-class Outcome:
-    """The tokens each request received, when its first token came, the wall time."""
-
-    tokens: list[list[int]]
-    first_token: list[float]
-    seconds: float
-    outside_model: float | None = None  # hibachi's share of each step spent outside the model
-
-    @property
-    def tokens_per_s(self) -> float:
-        return sum(map(len, self.tokens)) / self.seconds
 
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
@@ -174,35 +160,9 @@ def with_hibachi(model: Any, requests: list[LlmRequest], batch_size: int, device
     if uses_fallback():
         batcher = stateless_batcher(model, batch_size=batch_size, eos=eos, device=device)
         return run_async(serve_with_hibachi(batcher, requests, device))
-    from .step_share import kv_cache_run  # it builds on this module
-
     outcome, share = kv_cache_run(model, requests, batch_size=batch_size, eos=eos)
     outcome.outside_model = share.outside
     return outcome
-
-
-async def serve_with_hibachi(batcher: Any, requests: list[LlmRequest], device: str) -> Outcome:
-    """Every request streamed at once through ``batcher`` (unopened; this opens and closes it)."""
-    async with batcher:
-        start = time.perf_counter()
-        results = await asyncio.gather(*(_client(batcher, r, start, device) for r in requests))
-        seconds = time.perf_counter() - start
-    return Outcome([t for t, _ in results], [f for _, f in results], seconds)
-
-
-async def _client(
-    batcher: Any, request: LlmRequest, start: float, device: str
-) -> tuple[list[int], float]:
-    import torch
-
-    tokens: list[int] = []
-    first = math.nan
-    prompt = torch.tensor(request.prompt, device=device)
-    async for token in batcher.run(prompt, max_new_tokens=request.budget):
-        if not tokens:
-            first = time.perf_counter() - start
-        tokens.append(int(token))
-    return tokens, first
 
 
 def one_at_a_time(model: Any, requests: list[LlmRequest], device: str) -> Outcome:

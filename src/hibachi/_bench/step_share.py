@@ -16,8 +16,8 @@ from typing import Any
 
 from hibachi import AutoregressiveBatcher, IncrementalModel
 
-from .generation import Outcome, serve_with_hibachi
 from .llm import LlmRequest
+from .serving import Outcome, serve_with_hibachi
 
 __all__ = ["StepShare", "TimedModel", "kv_cache_run"]
 

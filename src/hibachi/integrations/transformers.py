@@ -26,9 +26,9 @@ from typing import Any, final
 import numpy as np
 import torch
 
-from .._autoregressive import AutoregressiveBatcher
+from .._autoregressive.batcher import AutoregressiveBatcher
+from .._autoregressive.incremental import IncrementalModel
 from .._exceptions import ConfigurationError, InvalidRequest
-from .._incremental import IncrementalModel
 from ._kv_cache import Plan, SlotCache
 from ._sampling import Sampler, Sampling
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
-from ._model import ModelRunner
-from ._queue import WorkQueue
+from .health import Health
+from .model import ModelRunner
+from .queue import WorkQueue
 
 __all__ = ["EngineThread"]
 
@@ -29,6 +31,7 @@ class EngineThread:
         self._abort = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.stopped = threading.Event()
+        self.failure: BaseException | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -43,10 +46,23 @@ class EngineThread:
     def join(self, timeout: float | None = None) -> bool:
         return self.stopped.wait(timeout)
 
+    def health(self, state: str) -> Health:
+        """The engine's side of `Health`, for a batcher in lifecycle ``state``."""
+        since = self.runner.busy_since
+        failure = self.failure
+        return Health(
+            state=state,
+            engine_alive=self._thread.is_alive(),
+            in_model_for=None if since is None else max(0.0, time.monotonic() - since),
+            failure=None if failure is None else f"{type(failure).__name__}: {failure}",
+            queue_depth=len(self.queue),
+        )
+
     def _main(self) -> None:
         try:
             self._loop()
         except BaseException as exc:
+            self.failure = exc
             self.queue.close()
             self._crash(exc)
             _log.error("%s failed; its requests were ended", self._thread.name, exc_info=exc)

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
-from ._request import Request
+from .request import Request
 
 __all__ = ["Emitted", "Layout", "RowIndex"]
 

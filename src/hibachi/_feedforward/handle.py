@@ -23,10 +23,10 @@ from collections.abc import Generator
 from concurrent.futures import CancelledError
 from typing import Any, final
 
-from ._delivery import Failure
-from ._exceptions import Timeout
-from ._feedforward_item import Layout
-from ._loop_inbox import LoopInbox
+from .._core.delivery import Failure
+from .._exceptions import Timeout
+from .item import Layout
+from .loop_inbox import LoopInbox
 
 __all__ = ["ResultHandle", "make_handle"]
 

@@ -13,7 +13,7 @@ step by step with a fake clock and list sinks.
 
 Active rows are kept dense in rows 0 … n-1: a row that leaves is replaced by
 the last one. What the model is handed, and which rows get a token, is the
-layout's business (`hibachi._layout`): the whole left-padded sequences of every
+layout's business (`hibachi._autoregressive.layout`): the whole left-padded sequences of every
 row for a stateless model, or each row's unseen tokens for an incremental one.
 """
 
@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from ._backends import Backend
-from ._buffer import SequenceBuffer
-from ._exceptions import ModelError, Timeout
-from ._layout import Layout
-from ._queue import WorkQueue
-from ._request import Request
+from .._backends import Backend
+from .._core.queue import WorkQueue
+from .._exceptions import ModelError, Timeout
+from .buffer import SequenceBuffer
+from .layout import Layout
+from .request import Request
 
 __all__ = ["Counters", "Scheduler"]
 

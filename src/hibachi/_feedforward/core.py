@@ -23,11 +23,11 @@ from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
-from ._delivery import Failure
-from ._exceptions import BatcherClosed, ModelError, Timeout
-from ._feedforward_batch import Batch, assemble, split
-from ._feedforward_item import Item
-from ._waiting_room import Group, Release, WaitingRoom
+from .._core.delivery import Failure
+from .._exceptions import BatcherClosed, ModelError, Timeout
+from .batch import Batch, assemble, split
+from .item import Item
+from .waiting_room import Group, Release, WaitingRoom
 
 __all__ = ["FeedforwardCore", "FeedforwardCounters"]
 

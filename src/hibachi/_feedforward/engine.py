@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._engine_thread import EngineThread
-from ._exceptions import HibachiError, InvalidRequest, ModelError
-from ._feedforward_batch import Batch
-from ._feedforward_core import FeedforwardCore
-from ._feedforward_item import Item
-from ._loop_inbox import LoopInboxes
-from ._model import ModelRunner, model_error
-from ._queue import WorkQueue
+from .._core.engine_thread import EngineThread
+from .._core.model import ModelRunner, model_error
+from .._core.queue import WorkQueue
+from .._exceptions import HibachiError, InvalidRequest, ModelError
+from .batch import Batch
+from .core import FeedforwardCore
+from .item import Item
+from .loop_inbox import LoopInboxes
 
 __all__ = ["FeedforwardEngine"]
 

@@ -7,11 +7,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ._backends import Backend, backend_of
-from ._backends._stacking import pad_stack, stack
-from ._exceptions import ModelError
-from ._feedforward_item import Item, Layout
-from ._nested import LEAF, Structure, flatten, unflatten
+from .._backends import Backend, backend_of
+from .._backends._stacking import pad_stack, stack
+from .._exceptions import ModelError
+from .item import Item, Layout
+from .nesting import LEAF, Structure, flatten, unflatten
 
 __all__ = ["Batch", "assemble", "split"]
 

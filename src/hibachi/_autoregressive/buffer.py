@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ._backends import Backend
-from ._layout import Emitted
-from ._request import Request
+from .._backends import Backend
+from .layout import Emitted
+from .request import Request
 
 __all__ = ["SequenceBuffer"]
 

@@ -7,20 +7,21 @@ from typing import Any, final
 
 import numpy as np
 
-from ._backends import Backend, backend_of
-from ._delivery import Channels
-from ._engine import Engine
-from ._exceptions import ConfigurationError, InvalidRequest, ModelError
-from ._incremental import IncrementalModel
-from ._layout import Layout
-from ._lifecycle import Lifecycle
-from ._model import ModelRunner
-from ._queue import WorkQueue
-from ._request import Request, check_budget, check_prompt, check_timeout
-from ._scheduler import Scheduler
-from ._slots import SlotLayout
-from ._stats import AutoregressiveStats
-from ._stream import TokenStream
+from .._backends import Backend, backend_of
+from .._core.delivery import Channels
+from .._core.lifecycle import Lifecycle
+from .._core.model import ModelRunner
+from .._core.queue import WorkQueue
+from .._core.time_limits import check_timeout
+from .._exceptions import ConfigurationError, InvalidRequest, ModelError
+from .engine import Engine
+from .incremental import IncrementalModel
+from .layout import Layout
+from .request import Request, check_budget, check_prompt
+from .scheduler import Scheduler
+from .slots import SlotLayout
+from .stats import AutoregressiveStats
+from .stream import TokenStream
 
 __all__ = ["AutoregressiveBatcher"]
 

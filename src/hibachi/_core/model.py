@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Coroutine
 from typing import Any
 
-from ._exceptions import ConfigurationError, ModelError
+from .._exceptions import ConfigurationError, ModelError
 
 __all__ = ["ModelRunner", "model_error"]
 
@@ -24,16 +25,21 @@ class ModelRunner:
             raise ConfigurationError(f"the model must be callable, got {type(model).__name__}")
         self.model = model
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.busy_since: float | None = None  # time.monotonic() when the call now running began
 
     def __call__(self, *args: Any) -> Any:
         return self.call(self.model, *args)
 
     def call(self, function: Any, *args: Any) -> Any:
         """``function(*args)``, sync or async, on the engine thread (a model's other methods)."""
-        result = function(*args)
-        if inspect.isawaitable(result):
-            result = self._event_loop().run_until_complete(_awaited(result))
-        return result
+        self.busy_since = time.monotonic()
+        try:
+            result = function(*args)
+            if inspect.isawaitable(result):
+                result = self._event_loop().run_until_complete(_awaited(result))
+            return result
+        finally:
+            self.busy_since = None
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:

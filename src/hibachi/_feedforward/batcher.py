@@ -6,19 +6,19 @@ import math
 import time
 from typing import Any, final
 
-from ._backends import Backend
-from ._delivery import Channels
-from ._exceptions import ConfigurationError
-from ._feedforward_core import FeedforwardCore
-from ._feedforward_engine import FeedforwardEngine
-from ._feedforward_item import InputChecker, Item
-from ._handle import ResultHandle, make_handle
-from ._lifecycle import Lifecycle, State
-from ._loop_inbox import LoopInboxes
-from ._model import ModelRunner
-from ._queue import WorkQueue
-from ._request import check_timeout
-from ._stats import FeedforwardStats
+from .._backends import Backend
+from .._core.delivery import Channels
+from .._core.lifecycle import Lifecycle, State
+from .._core.model import ModelRunner
+from .._core.queue import WorkQueue
+from .._core.time_limits import check_timeout
+from .._exceptions import ConfigurationError
+from .core import FeedforwardCore
+from .engine import FeedforwardEngine
+from .handle import ResultHandle, make_handle
+from .item import InputChecker, Item
+from .loop_inbox import LoopInboxes
+from .stats import FeedforwardStats
 
 __all__ = ["FeedforwardBatcher"]
 

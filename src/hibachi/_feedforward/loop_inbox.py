@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from typing import Any, Protocol
 
-from ._delivery import Channels, LoopChannel
+from .._core.delivery import Channels, LoopChannel
 
 __all__ = ["LoopInbox", "LoopInboxes", "Settleable"]
 

@@ -6,16 +6,16 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._backends import Backend
-from ._exceptions import InvalidRequest
+from .._backends import Backend
+from .._exceptions import InvalidRequest
 
-__all__ = ["Request", "Sink", "check_budget", "check_prompt", "check_timeout"]
+__all__ = ["Request", "Sink", "check_budget", "check_prompt"]
 
 _ids = itertools.count()
 
 
 class Sink(Protocol):
-    """Where a request's results go (see `hibachi._delivery`)."""
+    """Where a request's results go (see `hibachi._core.delivery`)."""
 
     @property
     def lost(self) -> bool: ...
@@ -91,12 +91,3 @@ def check_budget(max_new_tokens: object, name: str = "max_new_tokens") -> int:
     if max_new_tokens < 1:
         raise InvalidRequest(f"{name} must be at least 1, got {max_new_tokens}")
     return max_new_tokens
-
-
-def check_timeout(timeout: object) -> float | None:
-    """None or a positive number of seconds, or InvalidRequest."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._delivery import Channels
-from ._engine_thread import EngineThread
-from ._exceptions import BatcherClosed, HibachiError, ModelError
-from ._model import ModelRunner, model_error
-from ._scheduler import Scheduler
+from .._core.delivery import Channels
+from .._core.engine_thread import EngineThread
+from .._core.model import ModelRunner, model_error
+from .._exceptions import BatcherClosed, HibachiError, ModelError
+from .scheduler import Scheduler
 
 __all__ = ["Engine", "run_step"]
 

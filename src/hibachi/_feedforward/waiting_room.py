@@ -13,8 +13,8 @@ from __future__ import annotations
 import enum
 from collections import deque
 
-from ._feedforward_item import Item, Layout
-from ._length_picking import choose_counts
+from .item import Item, Layout
+from .length_picking import choose_counts
 
 __all__ = ["Group", "Release", "WaitingRoom"]
 

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ._exceptions import BatcherClosed, QueueFull
+from .._exceptions import BatcherClosed, QueueFull
 
 __all__ = ["WorkQueue"]
 

@@ -8,7 +8,8 @@ import threading
 from types import TracebackType
 from typing import Protocol, Self
 
-from ._exceptions import BatcherClosed
+from .._exceptions import BatcherClosed
+from .health import Health
 
 __all__ = ["Lifecycle", "Runnable", "State"]
 
@@ -29,6 +30,8 @@ class Runnable(Protocol):
 
     def join(self, timeout: float | None = None) -> bool: ...
 
+    def health(self, state: str) -> Health: ...
+
 
 class Lifecycle:
     """Context-manager behaviour over an engine: open once, close idempotently.
@@ -46,6 +49,11 @@ class Lifecycle:
     @property
     def state(self) -> State:
         return self._state
+
+    def health(self) -> Health:
+        """Whether the batcher can serve: its state, its engine, how long the model
+        call now running has run (see `Health`). Cheap; safe from any thread."""
+        return self._engine.health(self._state.value)
 
     def start(self) -> None:
         """Start serving. Called by ``with`` / ``async with``."""

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, final
 
-from ._delivery import END, AsyncSink, Failure, ThreadSink
-from ._request import Request
+from .._core.delivery import END, AsyncSink, Failure, ThreadSink
+from .request import Request
 
 __all__ = ["TokenStream"]
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ._backends import Backend
-from ._exceptions import ModelError
-from ._layout import Emitted, RowIndex
-from ._request import Request
+from .._backends import Backend
+from .._exceptions import ModelError
+from .layout import Emitted, RowIndex
+from .request import Request
 
 __all__ = ["SlotLayout"]
 

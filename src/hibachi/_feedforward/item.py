@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._backends import Backend, backend_of
-from ._exceptions import ConfigurationError, InvalidRequest
-from ._nested import LEAF, Structure, flatten, leaf_values
+from .._backends import Backend, backend_of
+from .._exceptions import ConfigurationError, InvalidRequest
+from .nesting import LEAF, Structure, flatten, leaf_values
 
 __all__ = ["InputChecker", "Item", "Layout"]
 
@@ -69,7 +69,7 @@ class Item(Protocol):
         ...
 
     def deliver(self, outcome: Any) -> None:
-        """Called once by the core: the result, or a `Failure` (see `hibachi._delivery`)."""
+        """Called once by the core: the result, or a `Failure` (see `hibachi._core.delivery`)."""
         ...
 
 

@@ -1,0 +1,70 @@
+"""The package's folders keep their layers: neither batcher imports the other,
+and what both share (`_core`, `_backends`) imports neither."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "hibachi"
+BATCHERS = ("_autoregressive", "_feedforward")
+FORBIDDEN = {
+    "_autoregressive": {"_feedforward"},
+    "_feedforward": {"_autoregressive"},
+    "_core": set(BATCHERS),
+    "_backends": set(BATCHERS),
+}
+
+
+def imported_modules(path: Path, root: Path) -> set[str]:
+    """Absolute names (``hibachi.x.y``) of every module ``path`` (under ``root``) imports."""
+    package = ["hibachi", *path.relative_to(root).parent.parts]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def violations(root: Path = PACKAGE) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        folder = path.relative_to(root).parts[0]
+        banned = tuple(f"hibachi.{name}" for name in FORBIDDEN.get(folder, ()))
+        bad = [
+            n for n in sorted(imported_modules(path, root)) if n.split(".")[:2] in _split(banned)
+        ]
+        if bad:
+            found.append(f"{path.relative_to(root)} imports {', '.join(bad)}")
+    return found
+
+
+def _split(names: tuple[str, ...]) -> list[list[str]]:
+    return [name.split(".") for name in names]
+
+
+def test_no_folder_imports_a_layer_it_must_not() -> None:
+    assert violations() == []
+
+
+@pytest.mark.parametrize(
+    ("folder", "line"),
+    [
+        ("_feedforward", "from .._autoregressive.request import Request\n"),
+        ("_autoregressive", "import hibachi._feedforward.core\n"),
+        ("_core", "from hibachi._autoregressive import batcher\n"),
+        ("_backends", "from .. import _feedforward\n"),
+    ],
+)
+def test_a_planted_wrong_import_is_caught(tmp_path: Path, folder: str, line: str) -> None:
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "planted.py").write_text(line)
+    [found] = violations(tmp_path)
+    assert found.startswith(f"{folder}/planted.py imports hibachi._")
