@@ -10,7 +10,7 @@ from typing import Any
 
 from .._exceptions import ConfigurationError, ModelError
 
-__all__ = ["ModelRunner", "model_error"]
+__all__ = ["ModelRunner", "is_fatal", "model_error"]
 
 
 class ModelRunner:
@@ -64,3 +64,15 @@ def model_error(exc: BaseException) -> ModelError:
     error = ModelError(f"the model raised {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Whether ``exc``, raised inside the model, must stop the engine.
+
+    `KeyboardInterrupt` and `SystemExit` ask the process to stop: the engine
+    ends every caller with an error that names them and closes. Any other
+    exception, `BaseException`s such as `asyncio.CancelledError` from an async
+    model included, is the model failing on its inputs: only the requests of
+    that call fail, and the batcher keeps serving.
+    """
+    return isinstance(exc, KeyboardInterrupt | SystemExit)
