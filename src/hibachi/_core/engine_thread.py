@@ -58,19 +58,40 @@ class EngineThread:
             queue_depth=len(self.queue),
         )
 
+    def on_own_thread(self) -> bool:
+        """Whether the caller runs on the engine thread (inside the model, say)."""
+        return threading.current_thread() is self._thread
+
     def _main(self) -> None:
         try:
             self._loop()
-        except BaseException as exc:
-            self.failure = exc
-            self.queue.close()
-            self._crash(exc)
-            _log.error("%s failed; its requests were ended", self._thread.name, exc_info=exc)
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException as exc:  # whatever ends the loop, every caller is told
+            self._fail(exc)
         finally:
+            self._finish()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The loop ended with ``exc``: refuse new work and end every request held.
+
+        Nothing is re-raised: in a thread a re-raised exception only reaches
+        `threading.excepthook`, while the callers are what must learn of it.
+        """
+        self.failure = exc
+        self.queue.close()
+        try:
+            self._crash(exc)
+        except BaseException as second:
+            _log.critical("%s could not end its requests", self._thread.name, exc_info=second)
+        _log.error("%s failed; its requests were ended", self._thread.name, exc_info=exc)
+
+    def _finish(self) -> None:
+        """Deliver what is pending and release the model's loop; `stopped` is set whatever happens."""
+        try:
             self._flush()
             self.runner.close()
+        except BaseException as exc:
+            _log.error("%s failed while stopping", self._thread.name, exc_info=exc)
+        finally:
             self.stopped.set()
 
     def _loop(self) -> None:

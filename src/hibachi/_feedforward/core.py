@@ -141,13 +141,20 @@ class FeedforwardCore:
         self.counters.failed += 1
         batch.items[0].deliver(Failure(error))
 
-    def abort(self, message: str) -> None:
-        """End every waiting item at once with `BatcherClosed` (closing with ``cancel``)."""
+    def abort(
+        self, message: str, *, cause: BaseException | None = None, running: Batch | None = None
+    ) -> None:
+        """End every waiting item at once with `BatcherClosed` (closing with ``cancel``,
+        or the engine failed with ``cause``), and the items of the ``running`` batch."""
         items = [item for batch in self._retries for item in batch.items] + self.room.drain()
+        if running is not None:
+            items = running.items + items
         self._retries.clear()
         for item in self._live(items, self.clock()):
             self.counters.failed += 1
-            item.deliver(Failure(BatcherClosed(message)))
+            error = BatcherClosed(message)
+            error.__cause__ = cause
+            item.deliver(Failure(error))
 
     # -- internals -------------------------------------------------------------------
 

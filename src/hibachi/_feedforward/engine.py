@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.engine_thread import EngineThread
-from .._core.model import ModelRunner, model_error
+from .._core.model import ModelRunner, is_fatal, model_error
 from .._core.queue import WorkQueue
 from .._exceptions import HibachiError, InvalidRequest, ModelError
 from .batch import Batch
@@ -37,10 +37,13 @@ class FeedforwardEngine(EngineThread):
         self.queue: WorkQueue[Item] = queue
         self.core = core
         self.outbox = outbox
+        self._running: Batch | None = None  # the batch between the waiting room and its outcome
 
     def _crash(self, exc: BaseException) -> None:
         self._admit()
-        self.core.abort(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
+        running, self._running = self._running, None
+        message = f"hibachi's engine failed: {type(exc).__name__}: {exc}"
+        self.core.abort(message, cause=exc, running=running)
 
     def _flush(self) -> None:
         self.outbox.flush()
@@ -69,6 +72,14 @@ class FeedforwardEngine(EngineThread):
         return len(self.core)
 
     def _run(self, batch: Batch) -> None:
+        """One batch through the model. Whatever the model raises fails this batch
+        only, except `KeyboardInterrupt` and `SystemExit` (see `is_fatal`), which
+        end the loop: `_crash` then ends this batch's callers with the others."""
+        self._running = batch
+        self._attempt(batch)
+        self._running = None
+
+    def _attempt(self, batch: Batch) -> None:
         core = self.core
         with batch.layout.backend.inference_context():
             try:
@@ -78,13 +89,19 @@ class FeedforwardEngine(EngineThread):
                 return
             try:
                 output: Any = self.runner(inputs)
-            except Exception as exc:
+            except BaseException as exc:
+                if is_fatal(exc):
+                    raise
                 core.fail(batch, model_error(exc))
                 return
         try:
             core.complete(batch, output)
         except ModelError as error:
             core.fail(batch, error)
+        except BaseException as exc:  # the output's own methods raised while it was split
+            if is_fatal(exc):
+                raise
+            core.fail(batch, model_error(exc))
 
 
 def _stacking_error(exc: Exception) -> HibachiError:
