@@ -30,6 +30,8 @@ class Runnable(Protocol):
 
     def join(self, timeout: float | None = None) -> bool: ...
 
+    def on_own_thread(self) -> bool: ...
+
     def health(self, state: str) -> Health: ...
 
 
@@ -83,14 +85,22 @@ class Lifecycle:
 
         By default requests in flight and in the queue run to their end; with
         ``cancel=True`` they end at once with `BatcherClosed`. Idempotent.
+
+        Called from the engine's own thread (inside the model, say), it begins
+        the close and returns without waiting: the engine cannot wait for
+        itself. It finishes closing once the model call returns.
         """
         if self._begin_close(cancel):
+            if self._engine.on_own_thread():
+                return
             self._engine.join()
         self._state = State.CLOSED
 
     async def aclose(self, *, cancel: bool = False) -> None:
         """`close` without blocking the event loop."""
         if self._begin_close(cancel):
+            if self._engine.on_own_thread():
+                return
             await asyncio.to_thread(self._engine.join)
         self._state = State.CLOSED
 

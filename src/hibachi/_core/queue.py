@@ -105,7 +105,7 @@ class WorkQueue(Generic[T]):
             if not self._items and not self._closed and not self._wakeup:
                 self._sleeping = True
                 try:
-                    self._cond.wait(timeout)
+                    self._cond.wait(_waitable(timeout))
                 finally:
                     self._sleeping = False
             self._wakeup = False
@@ -121,3 +121,8 @@ class WorkQueue(Generic[T]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+def _waitable(timeout: float | None) -> float | None:
+    """``timeout`` as the platform can wait it: None (for ever) past `threading.TIMEOUT_MAX`."""
+    return None if timeout is None or timeout >= threading.TIMEOUT_MAX else timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any, final
 
@@ -44,6 +45,7 @@ class FeedforwardBatcher(Lifecycle):
         max_wait: seconds a batch that is not full may wait for more items,
             from the arrival of its oldest. 0 (the default): whenever the
             model is free it takes what is queued, so batches grow with load.
+            ``math.inf``: a batch leaves only when full, or when the batcher closes.
         pad_value: right-pad along the first axis, to the longest in the
             batch, so that inputs of different lengths share a batch: a
             scalar for every leaf, or a nesting like the input's (a None leaf
@@ -78,7 +80,7 @@ class FeedforwardBatcher(Lifecycle):
         self._inputs = InputChecker(pad_value, backend)
         self._queue: WorkQueue[Item] = WorkQueue(max_queue_size)
         self._core = FeedforwardCore(
-            max_batch_size=max_batch_size, max_wait=float(max_wait), trim_output=trim_output
+            max_batch_size=max_batch_size, max_wait=_seconds(max_wait), trim_output=trim_output
         )
         self._inboxes = LoopInboxes(Channels())
         self._engine = FeedforwardEngine(
@@ -97,6 +99,7 @@ class FeedforwardBatcher(Lifecycle):
         when the queue is full, `BatcherClosed` when the batcher is not open.
         ``timeout`` (seconds): the handle fails with `Timeout` if the result is
         not in by then, and the item is dropped if it has not reached the model.
+        ``math.inf`` (or more seconds than the platform can wait) means no limit.
         """
         if self._state is not _OPEN:
             self._check_open()
@@ -132,6 +135,11 @@ class FeedforwardBatcher(Lifecycle):
         )
 
 
+def _seconds(max_wait: float) -> float:
+    """``max_wait`` as a float; infinite where it is too large for one (``10**400``)."""
+    return math.inf if max_wait >= threading.TIMEOUT_MAX else float(max_wait)
+
+
 def _check_count(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
@@ -139,7 +147,7 @@ def _check_count(value: object, name: str) -> None:
 
 def _check_settings(max_wait: object, pad_value: object, trim_output: object) -> None:
     number = isinstance(max_wait, int | float) and not isinstance(max_wait, bool)
-    if not number or not 0 <= max_wait < math.inf:  # type: ignore[operator]
+    if not number or not 0 <= max_wait <= math.inf:  # type: ignore[operator]
         raise ConfigurationError(f"max_wait must be a number of seconds >= 0, got {max_wait!r}")
     if trim_output and pad_value is None:
         raise ConfigurationError("trim_output needs a pad_value: only padded outputs are trimmed")

@@ -24,6 +24,7 @@ from concurrent.futures import CancelledError
 from typing import Any, final
 
 from .._core.delivery import Failure
+from .._core.time_limits import check_wait
 from .._exceptions import Timeout
 from .item import Layout
 from .loop_inbox import LoopInbox
@@ -139,9 +140,10 @@ class _LoopHandle(ResultHandle):
             loop = future.get_loop()
             if _running_loop() is loop:
                 raise RuntimeError("result() would block the event loop it waits for: await it")
+            seconds = check_wait(timeout)
             waiting = asyncio.run_coroutine_threadsafe(_settled(future), loop)
             try:
-                waiting.result(timeout)
+                waiting.result(seconds)
             except TimeoutError:
                 waiting.cancel()
                 raise Timeout(f"no result within {timeout} s (the request goes on)") from None
@@ -216,7 +218,7 @@ class _ThreadHandle(ResultHandle):
         self._expired = False
 
     def result(self, timeout: float | None = None) -> Any:
-        if not self._event.wait(self._wait_seconds(timeout)):
+        if not self._event.wait(self._wait_seconds(check_wait(timeout))):
             if self.deadline is None or time.monotonic() < self.deadline:
                 raise Timeout(f"no result within {timeout} s (the request goes on)")
             self._expired = True
