@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _feedforward_support import TIMEOUT, Gate
 
 import hibachi
+from _feedforward_support import TIMEOUT, Gate
 
 
 class Custom(BaseException):

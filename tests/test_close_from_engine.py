@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _feedforward_support import TIMEOUT, run_async
 
 import hibachi
+from _feedforward_support import TIMEOUT, run_async
 
 
 def close_in_thread(batcher: Any) -> bool:

@@ -307,7 +307,6 @@ def test_a_leaf_of_another_backend_is_refused() -> None:
         pytest.param({"max_batch_size": True}, id="batch-bool"),
         pytest.param({"max_wait": -1}, id="wait-negative"),
         pytest.param({"max_wait": float("nan")}, id="wait-nan"),
-        pytest.param({"max_wait": float("inf")}, id="wait-inf"),
         pytest.param({"max_queue_size": 0}, id="queue-0"),
         pytest.param({"pad_value": "zero"}, id="pad-str"),
         pytest.param({"pad_value": {"ids": object()}}, id="pad-object"),

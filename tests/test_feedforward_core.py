@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from _feedforward_support import Driver
 from hibachi import InvalidRequest, ModelError, Timeout
+from hibachi._backends._array_api import NumpyBackend
 from hibachi._exceptions import BatcherClosed
 
 
@@ -243,10 +245,17 @@ def test_an_unusable_output_is_a_clear_model_error(output: Any, complaint: str) 
 
 
 def test_inputs_that_cannot_be_stacked_fail_alone_with_invalid_request() -> None:
-    driver = Driver(double, pad_value=300)  # 300 does not fit in uint8
+    driver = Driver(double)
     item = driver.submit(np.zeros(2, np.uint8))
-    driver.drain()
+    with mock.patch.object(NumpyBackend, "stack", side_effect=ValueError("cannot stack")):
+        driver.drain()
     assert isinstance(item.error, InvalidRequest)
+
+
+def test_a_pad_value_that_does_not_fit_the_dtype_is_refused_at_submission() -> None:
+    driver = Driver(double, pad_value=300)  # 300 does not fit in uint8
+    with pytest.raises(InvalidRequest, match="does not fit"):
+        driver.submit(np.zeros(2, np.uint8))
 
 
 # -- cancellation, deadlines, closing -------------------------------------------------

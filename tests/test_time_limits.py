@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _feedforward_support import TIMEOUT, run_async
 
 import hibachi
+from _feedforward_support import TIMEOUT, run_async
 from hibachi._core.time_limits import check_timeout, check_wait
 
 NO_LIMIT = [

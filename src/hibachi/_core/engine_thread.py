@@ -85,7 +85,7 @@ class EngineThread:
         _log.error("%s failed; its requests were ended", self._thread.name, exc_info=exc)
 
     def _finish(self) -> None:
-        """Deliver what is pending and release the model's loop; `stopped` is set whatever happens."""
+        """Deliver what is pending, release the model's loop; set `stopped` whatever happens."""
         try:
             self._flush()
             self.runner.close()

@@ -74,11 +74,32 @@ def split(output: Any, batch: Batch, trim: bool) -> list[Any]:
     if own.is_array(output):
         structure, columns = LEAF, [_rows(output, count, own)]
     else:
+        _refuse_one_per_item(output, count, batch.layout.structure)
         structure, leaves = flatten(output, lambda x: _backend_of(x, own) is not None)
         columns = [_rows(leaf, count, _backend_of(leaf, own)) for leaf in leaves]
     if trim and batch.length:
         columns = [_trimmed(column, batch) for column in columns]
     return _regroup(structure, columns)
+
+
+def _refuse_one_per_item(output: Any, count: int, given: Structure) -> None:
+    """`ModelError` if ``output`` may be one result per item rather than batch-major.
+
+    That is: a list or tuple with exactly ``count`` elements (the batch's size)
+    when the model was not given a list or tuple of that length (which its
+    output may mirror). Such an output can be read two ways (``[f(x) for x
+    in batch]``, or a nesting of batch-major arrays) and is never guessed at.
+    """
+    if not isinstance(output, list | tuple) or len(output) != count:
+        return
+    if given is not LEAF and given[0] != "dict" and len(given[1]) == count:
+        return
+    kind = type(output).__name__
+    raise ModelError(
+        f"the model returned a {kind} of {count} elements for a batch of {count} items: "
+        "one result per item, or a nesting of batch-major arrays? Return one batch-major "
+        "array (stack the per-item results), or a dict of them"
+    )
 
 
 def _backend_of(x: Any, own: Backend) -> Backend | None:

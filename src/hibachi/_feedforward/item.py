@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from .._backends import Backend, backend_of
 from .._exceptions import ConfigurationError, InvalidRequest
 from .nesting import LEAF, Structure, flatten, leaf_values
+from .pad_fit import check_pad_fits
 
 __all__ = ["InputChecker", "Item", "Layout"]
 
@@ -134,7 +135,12 @@ class InputChecker:
         return x, layout, length
 
     def _layout(self, key: tuple[Any, ...], structure: Structure, backend: Backend) -> Layout:
-        return self._layouts.setdefault(key, Layout(structure, backend, self._pads[structure]))
+        """The layout of a kind of input first seen, once its pad values fit its dtypes."""
+        pads = self._pads[structure]
+        for pad, (_, dtype, _) in zip(pads, key[2:], strict=True):
+            if pad is not None:
+                check_pad_fits(pad, dtype)
+        return self._layouts.setdefault(key, Layout(structure, backend, pads))
 
     def _backend(self, leaves: list[Any]) -> Backend:
         if not leaves:
