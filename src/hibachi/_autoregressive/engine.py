@@ -11,8 +11,9 @@ from typing import Any
 
 from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
-from .._core.model import ModelRunner, model_error
-from .._exceptions import BatcherClosed, HibachiError, ModelError
+from .._core.model import ModelRunner
+from .._exceptions import BatcherClosed, HibachiError
+from .isolation import attempt, isolate
 from .scheduler import Scheduler
 
 __all__ = ["Engine", "run_step"]
@@ -57,16 +58,13 @@ class Engine(EngineThread):
 def run_step(scheduler: Scheduler, call: Callable[..., Any]) -> None:
     """One step after ``schedule()``: the model on this step's inputs, then its output applied.
 
-    A model that raises, or returns something unusable, fails only this step's rows.
+    When the model raises, or returns something unusable, only the rows that
+    fail on their own fail (`hibachi._autoregressive.isolation`).
     """
     inputs = scheduler.model_inputs()
-    try:
-        with scheduler.backend.inference_context():
-            output: Any = call(*inputs)
-    except Exception as exc:
-        scheduler.fail(model_error(exc))
-        return
-    try:
-        scheduler.complete(output)
-    except ModelError as error:
-        scheduler.fail(error)
+    size = scheduler.layout.step_size(len(scheduler.rows))
+    column, failed = attempt(scheduler, call, inputs, size)
+    if failed is None:
+        scheduler.apply(column)
+    else:
+        isolate(scheduler, call, size, failed)

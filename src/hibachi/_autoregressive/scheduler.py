@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,18 +120,37 @@ class Scheduler:
 
     def complete(self, output: Any) -> None:
         """Apply the model's output for the rows of this step."""
+        self.apply(self.check_output(output, self.layout.step_size(len(self.rows))))
+
+    def subset_inputs(self, positions: list[int]) -> tuple[Any, ...]:
+        """The model's arguments for this step's rows at ``positions`` only (to retry them)."""
+        return self.layout.subset_inputs(len(self.rows), positions)
+
+    def apply(self, column: Any, failures: Mapping[int, BaseException] | None = None) -> None:
+        """Apply checked tokens (storage, one per row of the step) for the rows of this step.
+
+        ``failures`` maps positions in the step to the error that ends their
+        row: those rows get no token (their entry in ``column`` is ignored).
+        """
         n = len(self.rows)
-        column = self._check_output(output, self.layout.step_size(n))
+        ended = self._failed_rows(failures, n) if failures else {}
         self._count_step(n)
         rows, column = self.layout.record(column, n)
         if rows is not None and not rows.size:
+            if ended:
+                self.counters.failed += len(ended)
+                self._end_rows(ended)
             return  # every row of the step is still taking its prompt in
         index = slice(0, n) if rows is None else rows
         stopped = self.backend.rows_equal(column, self.stop_token)
         self.remaining[index] -= 1
         done = stopped | (self.remaining[index] <= 0)
-        requests = self.rows if rows is None else [self.rows[i] for i in rows]
         tokens = self.backend.unbind(self.backend.to_user(column))
+        if ended:
+            emitted = range(n) if rows is None else rows.tolist()
+            self._apply_with_failures(emitted, tokens, done, ended)
+            return
+        requests = self.rows if rows is None else [self.rows[i] for i in rows]
         for request, token in zip(requests, tokens, strict=True):
             request.sink.put(token)
         self.counters.tokens += len(requests)
@@ -139,6 +158,31 @@ class Scheduler:
         if finished.size:
             self._remove((finished if rows is None else rows[finished]).tolist(), None)
             self.counters.finished += finished.size
+
+    def _apply_with_failures(
+        self,
+        emitted: Iterable[int],
+        tokens: Sequence[Any],
+        done: np.ndarray[Any, np.dtype[np.bool_]],
+        ended: dict[int, BaseException | None],
+    ) -> None:
+        failed = len(ended)
+        for i, token, last in zip(emitted, tokens, done.tolist(), strict=True):
+            if i in ended:
+                continue
+            self.rows[i].sink.put(token)
+            self.counters.tokens += 1
+            if last:
+                ended[i] = None
+        self.counters.failed += failed
+        self.counters.finished += len(ended) - failed
+        self._end_rows(ended)
+
+    def _failed_rows(
+        self, failures: Mapping[int, BaseException], n: int
+    ) -> dict[int, BaseException | None]:
+        members = self.layout.step_rows(n)
+        return {members[position]: error for position, error in failures.items()}
 
     def fail(self, error: BaseException) -> None:
         """The model failed this step: every row in it gets a ModelError."""
@@ -237,8 +281,12 @@ class Scheduler:
             heapq.heapify(self._deadlines)
 
     def _remove(self, indices: list[int], error: BaseException | None) -> None:
-        for i in sorted(indices, reverse=True):
-            request = self.rows[i]
+        self._end_rows(dict.fromkeys(indices, error))
+
+    def _end_rows(self, ended: Mapping[int, BaseException | None]) -> None:
+        """Remove rows ``ended`` and end their callers, each with its error (None: done)."""
+        for i in sorted(ended, reverse=True):
+            request, error = self.rows[i], ended[i]
             self._remove_row(i)  # first, so the row's slot is released before its caller hears
             request.finish(_copy_error(error) if error is not None else None)
         self.layout.settle(len(self.rows))
@@ -260,7 +308,8 @@ class Scheduler:
         c.cells += cells
         c.padding_cells += padding
 
-    def _check_output(self, output: Any, n: int) -> Any:
+    def check_output(self, output: Any, n: int) -> Any:
+        """The model's ``output`` for ``n`` rows as storage tokens, or ModelError."""
         backend, pad = self.backend, self.padding_token
         if not backend.is_array(output):
             raise ModelError(
