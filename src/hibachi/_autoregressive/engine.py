@@ -14,7 +14,7 @@ from .._core.engine_thread import EngineThread
 from .._core.model import ModelRunner
 from .._exceptions import BatcherClosed, HibachiError
 from .isolation import attempt, isolate
-from .scheduler import Scheduler
+from .scheduler import Scheduler, copy_error
 
 __all__ = ["Engine", "run_step"]
 
@@ -34,6 +34,10 @@ class Engine(EngineThread):
 
     def _flush(self) -> None:
         self.channels.flush()
+
+    def _abandon(self, error: BaseException) -> None:
+        for request in list(self.scheduler.rows) + self.queue.snapshot():
+            request.abandon(copy_error(error))
 
     def _loop(self) -> None:
         scheduler, queue = self.scheduler, self.scheduler.queue

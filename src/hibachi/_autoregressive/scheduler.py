@@ -35,7 +35,7 @@ from .buffer import SequenceBuffer
 from .layout import Layout
 from .request import Request
 
-__all__ = ["Counters", "Scheduler"]
+__all__ = ["Counters", "Scheduler", "copy_error"]
 
 
 @dataclass
@@ -204,7 +204,7 @@ class Scheduler:
                 request.finish()
             else:
                 self.counters.failed += 1
-                request.finish(_copy_error(error))
+                request.finish(copy_error(error))
 
     # -- internals ----------------------------------------------------------------
 
@@ -288,7 +288,7 @@ class Scheduler:
         for i in sorted(ended, reverse=True):
             request, error = self.rows[i], ended[i]
             self._remove_row(i)  # first, so the row's slot is released before its caller hears
-            request.finish(_copy_error(error) if error is not None else None)
+            request.finish(copy_error(error) if error is not None else None)
         self.layout.settle(len(self.rows))
 
     def _remove_row(self, i: int) -> None:
@@ -329,7 +329,7 @@ class Scheduler:
         return backend.to_storage(output, pad)
 
 
-def _copy_error(error: BaseException) -> BaseException:
+def copy_error(error: BaseException) -> BaseException:
     """A fresh instance per caller, so tracebacks of concurrent raises don't mix."""
     try:
         copy = type(error)(*error.args)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, final
 
 from .._core.delivery import END, AsyncSink, Failure, ThreadSink
+from . import caller_deadline
 from .request import Request
 
 __all__ = ["TokenStream"]
@@ -23,7 +25,7 @@ class TokenStream:
     ``BatcherClosed``) are raised from the iteration.
     """
 
-    __slots__ = ("_done", "_notify", "_request", "_sink")
+    __slots__ = ("_done", "_notify", "_request", "_sink", "_timer")
 
     def __init__(
         self, request: Request, sink: AsyncSink | ThreadSink, notify: Callable[[], None]
@@ -32,6 +34,10 @@ class TokenStream:
         self._sink = sink
         self._notify = notify
         self._done = False
+        # the deadline, kept on this side too: it fires even while the model is stuck
+        self._timer = (
+            caller_deadline.arm(request, sink, notify) if isinstance(sink, AsyncSink) else None
+        )
 
     @property
     def id(self) -> int:
@@ -95,7 +101,12 @@ class TokenStream:
         sink = self._sink
         if not isinstance(sink, ThreadSink):
             raise TypeError("this stream was created in an event loop: iterate it with `async for`")
-        return self._unwrap(sink.get(), StopIteration)
+        try:
+            item = sink.get(caller_deadline.seconds_left(self._request))
+        except queue.Empty:
+            self._done = True
+            raise caller_deadline.expire(self._request, self._notify) from None
+        return self._unwrap(item, StopIteration)
 
     def __enter__(self) -> TokenStream:
         return self
@@ -105,12 +116,18 @@ class TokenStream:
 
     def _unwrap(self, item: Any, stop: type[Exception]) -> Any:
         if item is END:
-            self._done = True
+            self._end()
             raise stop
         if isinstance(item, Failure):
-            self._done = True
+            self._end()
             raise item.error
         return item
+
+    def _end(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _Loop:
