@@ -11,6 +11,7 @@ when the step returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ from .._core.delivery import AsyncSink, Failure
 from .._exceptions import Timeout
 from .request import Request
 
-__all__ = ["arm", "expire", "seconds_left"]
+__all__ = ["arm", "disarm", "expire", "seconds_left"]
 
 MESSAGE = "the request was not finished before its deadline"
 
@@ -45,6 +46,23 @@ def arm(
     loop = sink.loop
     delay = request.deadline - time.monotonic()
     return loop.call_at(loop.time() + delay, _fire, request, sink, notify)
+
+
+def disarm(timer: asyncio.TimerHandle, sink: AsyncSink) -> None:
+    """Cancel ``timer`` (from any thread: a stream may be dropped on another one)."""
+    loop = sink.loop
+    if _running_loop() is loop:
+        timer.cancel()
+    else:
+        with contextlib.suppress(RuntimeError):  # a closed loop runs no timers
+            loop.call_soon_threadsafe(timer.cancel)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _fire(request: Request, sink: AsyncSink, notify: Callable[[], None]) -> None:

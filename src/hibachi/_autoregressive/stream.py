@@ -52,7 +52,7 @@ class TokenStream:
     def cancel(self) -> None:
         """Stop generating for this request; the stream ends. Idempotent."""
         if not self._done:
-            self._done = True
+            self._end()
             self._request.cancelled = True
             self._notify()
 
@@ -125,9 +125,9 @@ class TokenStream:
 
     def _end(self) -> None:
         self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        timer, self._timer = self._timer, None
+        if timer is not None and isinstance(self._sink, AsyncSink):
+            caller_deadline.disarm(timer, self._sink)
 
 
 class _Loop:
