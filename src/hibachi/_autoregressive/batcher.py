@@ -10,10 +10,10 @@ import numpy as np
 from .._backends import Backend, backend_of
 from .._core.delivery import Channels
 from .._core.lifecycle import Lifecycle
-from .._core.model import ModelRunner
+from .._core.model import ModelRunner, is_fatal, model_error
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
-from .._exceptions import ConfigurationError, InvalidRequest, ModelError
+from .._exceptions import ConfigurationError, HibachiError, InvalidRequest, ModelError
 from .engine import Engine
 from .incremental import IncrementalModel
 from .layout import Layout
@@ -142,7 +142,14 @@ class AutoregressiveBatcher(Lifecycle):
             if options is not None:
                 raise InvalidRequest("options are passed to an IncrementalModel only")
             return budget
-        granted = self._incremental.check_request(prompt, budget, options)
+        try:
+            granted = self._incremental.check_request(prompt, budget, options)
+        except HibachiError:
+            raise
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise  # the caller's own thread is asked to stop
+            raise model_error(exc) from exc
         if isinstance(granted, bool) or not isinstance(granted, int) or not 1 <= granted <= budget:
             raise ModelError(
                 f"check_request() returned {granted!r}, expected an int in 1 … {budget}"

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
+from .._core.model import is_fatal
 from .._exceptions import ModelError
 from .layout import Emitted, RowIndex
 from .request import Request
@@ -65,6 +66,8 @@ class SlotLayout:
         # slots
         self.free = list(range(rows))
         self.retired: list[tuple[int, BaseException]] = []
+        self._fatal: BaseException | None = None  # from release(), raised at the next settle
+        self._fatal_raised = False
         self._admissions = 0
         # prefill steps are staged here
         self._tokens = backend.full((rows, prefill_chunk, *token_shape), padding)
@@ -110,13 +113,20 @@ class SlotLayout:
         self.prompts[last] = self.options[last] = None
 
     def settle(self, n: int) -> None:
-        pass
+        # A fatal exception from release() (see `is_fatal`) stops the engine, but only
+        # once the rows that left are all ended, so the layout is consistent.
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            self._fatal_raised = True
+            raise fatal
 
     def _free_slot(self, slot: int) -> None:
         try:
             self._release(slot)
-        except Exception as exc:
+        except BaseException as exc:
             self.retired.append((slot, exc))
+            if is_fatal(exc) and not self._fatal_raised:
+                self._fatal = exc
         else:
             heapq.heappush(self.free, slot)
 
