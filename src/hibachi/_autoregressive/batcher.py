@@ -17,13 +17,16 @@ from .._exceptions import ConfigurationError, HibachiError, InvalidRequest, Mode
 from .engine import Engine
 from .incremental import IncrementalModel
 from .layout import Layout
-from .request import Request, check_budget, check_prompt
+from .request import MAX_COUNT, Request, check_budget, check_prompt
 from .scheduler import Scheduler
 from .slots import SlotLayout
 from .stats import AutoregressiveStats
 from .stream import TokenStream
 
-__all__ = ["AutoregressiveBatcher"]
+__all__ = ["MAX_BATCH_SIZE", "AutoregressiveBatcher"]
+
+MAX_BATCH_SIZE = 1 << 16
+"""The most rows a batcher's buffers are built for."""
 
 
 @final
@@ -54,6 +57,12 @@ class AutoregressiveBatcher(Lifecycle):
             width) a step that feeds prompts may hand the model. Such steps
             alternate with the steps of rows that are decoding, so this bounds
             how long a long prompt holds them up.
+        max_prompt_length: the longest prompt ``run`` accepts (in tokens);
+            a longer one is refused with `InvalidRequest`. None: no limit.
+
+    Counts (``max_new_tokens``, ``prefill_chunk``, ``max_prompt_length``) are at
+    most 2**63-1 and ``max_batch_size`` at most 65536; a larger value is refused
+    with `ConfigurationError` here (or `InvalidRequest` in ``run``).
     """
 
     def __init__(
@@ -67,6 +76,7 @@ class AutoregressiveBatcher(Lifecycle):
         max_new_tokens: int = 1024,
         backend: Backend | None = None,
         prefill_chunk: int = 512,
+        max_prompt_length: int | None = None,
     ) -> None:
         super().__init__()
         if backend is not None and not isinstance(backend, Backend):
@@ -77,11 +87,14 @@ class AutoregressiveBatcher(Lifecycle):
         _check_tokens(self._backend, stop, pad)
         self._padding = pad
         self._device = self._backend.device(self._backend.to_user(pad))
-        self._default_budget = _config(check_budget, max_new_tokens, "max_new_tokens")
-        _config(check_budget, max_batch_size, "max_batch_size")
+        self._default_budget = _config(max_new_tokens, "max_new_tokens")
+        _config(max_batch_size, "max_batch_size", most=MAX_BATCH_SIZE)
         if max_queue_size is not None:
-            _config(check_budget, max_queue_size, "max_queue_size")
-        _config(check_budget, prefill_chunk, "prefill_chunk")
+            _config(max_queue_size, "max_queue_size", most=None)
+        _config(prefill_chunk, "prefill_chunk")
+        self._max_prompt_length = (
+            None if max_prompt_length is None else _config(max_prompt_length, "max_prompt_length")
+        )
         self._incremental = model if isinstance(model, IncrementalModel) else None
         runner = ModelRunner(model if self._incremental is None else self._incremental.step)
         layout: Layout | None = None
@@ -128,7 +141,9 @@ class AutoregressiveBatcher(Lifecycle):
         self._check_open()
         budget = self._default_budget if max_new_tokens is None else check_budget(max_new_tokens)
         seconds = check_timeout(timeout)
-        storage = check_prompt(self._backend, prompt, self._padding, self._device)
+        storage = check_prompt(
+            self._backend, prompt, self._padding, self._device, self._max_prompt_length
+        )
         budget = self._vet(prompt, budget, options)
         sink = self._channels.sink_for_current_context()
         deadline = None if seconds is None else time.monotonic() + seconds
@@ -205,9 +220,9 @@ def _check_tokens(backend: Backend, stop: Any, pad: Any) -> None:
         )
 
 
-def _config(check: Any, value: object, name: str) -> int:
+def _config(value: object, name: str, *, most: int | None = MAX_COUNT) -> int:
+    """A setting that is a count: an int in 1 … ``most`` (None: any), or ConfigurationError."""
     try:
-        result: int = check(value, name)
-    except ValueError as exc:
+        return check_budget(value, name, most=most)
+    except InvalidRequest as exc:
         raise ConfigurationError(str(exc)) from None
-    return result
