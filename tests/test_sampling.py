@@ -1,4 +1,4 @@
-"""Sampling options: every `Sampling` is checked, however it is made; tiny temperatures are greedy."""
+"""Sampling options: every `Sampling` is checked, however made; tiny temperatures act greedy."""
 
 from __future__ import annotations
 
