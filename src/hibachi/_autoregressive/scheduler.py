@@ -277,7 +277,12 @@ class Scheduler:
                 f"the model returned dtype {output.dtype}, which does not cast safely to "
                 f"the tokens' dtype {pad.dtype}"
             )
-        return backend.to_storage(output, pad)
+        try:
+            return backend.to_storage(output, pad)
+        except Exception as exc:
+            raise ModelError(
+                f"the model's output could not be stored: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _copy_error(error: BaseException) -> BaseException:
