@@ -187,6 +187,7 @@ class AutoregressiveBatcher(Lifecycle):
             padding_fraction=c.padding_cells / c.cells if c.cells else 0.0,
             queue_depth=len(s.queue),
             active_rows=len(s.rows),
+            requests_submitted=c.submitted,
         )
 
 

@@ -42,6 +42,7 @@ __all__ = ["Counters", "Scheduler"]
 class Counters:
     """What the scheduler has done so far (read by `stats()`)."""
 
+    submitted: int = 0
     admitted: int = 0
     finished: int = 0
     cancelled: int = 0
@@ -87,8 +88,9 @@ class Scheduler:
     def submit(self, request: Request) -> None:
         """Queue a checked request (QueueFull / BatcherClosed propagate)."""
         self.queue.put(request)
-        if request.deadline is not None:
-            with self._deadline_lock:
+        with self._deadline_lock:
+            self.counters.submitted += 1
+            if request.deadline is not None:
                 heapq.heappush(self._deadlines, (request.deadline, request.id, request))
 
     def note_departure(self) -> None:
