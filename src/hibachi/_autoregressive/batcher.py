@@ -59,10 +59,14 @@ class AutoregressiveBatcher(Lifecycle):
             how long a long prompt holds them up.
         max_prompt_length: the longest prompt ``run`` accepts (in tokens);
             a longer one is refused with `InvalidRequest`. None: no limit.
+        max_unread_tokens: back-pressure. A stream whose caller has left this
+            many tokens unread is ended: after those tokens, its iteration
+            raises `QueueFull`, and its row goes to others. None: no limit.
 
-    Counts (``max_new_tokens``, ``prefill_chunk``, ``max_prompt_length``) are at
-    most 2**63-1 and ``max_batch_size`` at most 65536; a larger value is refused
-    with `ConfigurationError` here (or `InvalidRequest` in ``run``).
+    Counts (``max_new_tokens``, ``prefill_chunk``, ``max_prompt_length``,
+    ``max_unread_tokens``) are at most 2**63-1 and ``max_batch_size`` at most
+    65536; a larger value is refused with `ConfigurationError` here (or
+    `InvalidRequest` in ``run``).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class AutoregressiveBatcher(Lifecycle):
         backend: Backend | None = None,
         prefill_chunk: int = 512,
         max_prompt_length: int | None = None,
+        max_unread_tokens: int | None = 65536,
     ) -> None:
         super().__init__()
         if backend is not None and not isinstance(backend, Backend):
@@ -92,6 +97,9 @@ class AutoregressiveBatcher(Lifecycle):
         if max_queue_size is not None:
             _config(max_queue_size, "max_queue_size", most=None)
         _config(prefill_chunk, "prefill_chunk")
+        unread = (
+            None if max_unread_tokens is None else _config(max_unread_tokens, "max_unread_tokens")
+        )
         self._max_prompt_length = (
             None if max_prompt_length is None else _config(max_prompt_length, "max_prompt_length")
         )
@@ -114,6 +122,7 @@ class AutoregressiveBatcher(Lifecycle):
             max_batch_size=max_batch_size,
             queue=WorkQueue(max_queue_size),
             layout=layout,
+            max_unread_tokens=unread,
         )
         self._channels = Channels()
         self._engine = Engine(self._scheduler, runner, self._channels, "hibachi-ar")

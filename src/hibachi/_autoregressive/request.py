@@ -45,6 +45,8 @@ class Request:
     expired: bool = False
     active: bool = False
     ended: bool = False
+    sent: int = 0  # tokens put in the sink (engine thread)
+    taken: int = 0  # tokens the caller has read (caller's thread)
     id: int = field(default_factory=lambda: next(_ids))
 
     @property

@@ -110,6 +110,7 @@ class TokenStream:
         if isinstance(item, Failure):
             self._done = True
             raise item.error
+        self._request.taken += 1
         return item
 
 
