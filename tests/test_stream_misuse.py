@@ -75,8 +75,8 @@ def test_a_second_task_reading_at_once_is_refused_and_the_first_is_served() -> N
         async with batcher(gate) as b:
             stream = b.run(np.array([1]), max_new_tokens=3)
             first = asyncio.create_task(stream.collect())
-            while not stream._reading.locked():
-                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the first task runs until it waits for a token
+            assert stream._reading.locked()
             with pytest.raises(RuntimeError, match="another task is already reading"):
                 await stream.__anext__()
             gate.open()
