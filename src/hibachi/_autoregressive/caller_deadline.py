@@ -22,12 +22,16 @@ from .request import Request
 __all__ = ["arm", "disarm", "expire", "seconds_left"]
 
 MESSAGE = "the request was not finished before its deadline"
+_FOREVER = 1e9  # seconds (31 years): a deadline further away is no deadline to wait for
 
 
 def seconds_left(request: Request) -> float | None:
     """How long a thread may wait for the request's next token; None: no deadline."""
     deadline = request.deadline
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    return None if left >= _FOREVER else max(0.0, left)
 
 
 def expire(request: Request, notify: Callable[[], None]) -> Timeout:
@@ -41,10 +45,10 @@ def arm(
     request: Request, sink: AsyncSink, notify: Callable[[], None]
 ) -> asyncio.TimerHandle | None:
     """A timer of the sink's loop that ends the stream with `Timeout` at the deadline."""
-    if request.deadline is None:
+    delay = seconds_left(request)
+    if delay is None:
         return None
     loop = sink.loop
-    delay = request.deadline - time.monotonic()
     return loop.call_at(loop.time() + delay, _fire, request, sink, notify)
 
 

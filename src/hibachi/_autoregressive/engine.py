@@ -63,7 +63,8 @@ def run_step(scheduler: Scheduler, call: Callable[..., Any]) -> None:
     """One step after ``schedule()``: the model on this step's inputs, then its output applied.
 
     When the model raises, or returns something unusable, only the rows that
-    fail on their own fail (`hibachi._autoregressive.isolation`).
+    fail on their own fail (`hibachi._autoregressive.isolation`); so it is with a
+    `BaseException`, unless `is_fatal` (then it propagates and stops the engine).
     """
     inputs = scheduler.model_inputs()
     size = scheduler.layout.step_size(len(scheduler.rows))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from .._backends import Backend
 from .._core.queue import WorkQueue
-from .._exceptions import ModelError, Timeout
+from .._exceptions import ModelError, QueueFull, Timeout
 from .buffer import SequenceBuffer
 from .layout import Layout
 from .request import Request
@@ -42,6 +42,7 @@ __all__ = ["Counters", "Scheduler", "copy_error"]
 class Counters:
     """What the scheduler has done so far (read by `stats()`)."""
 
+    submitted: int = 0
     admitted: int = 0
     finished: int = 0
     cancelled: int = 0
@@ -67,8 +68,10 @@ class Scheduler:
         queue: WorkQueue[Request],
         clock: Callable[[], float] = time.monotonic,
         layout: Layout | None = None,
+        max_unread_tokens: int | None = None,
     ) -> None:
         self.backend = backend
+        self.max_unread_tokens = max_unread_tokens
         self.stop_token = stop_token
         self.padding_token = padding_token
         self.max_batch_size = max_batch_size
@@ -87,8 +90,9 @@ class Scheduler:
     def submit(self, request: Request) -> None:
         """Queue a checked request (QueueFull / BatcherClosed propagate)."""
         self.queue.put(request)
-        if request.deadline is not None:
-            with self._deadline_lock:
+        with self._deadline_lock:
+            self.counters.submitted += 1
+            if request.deadline is not None:
                 heapq.heappush(self._deadlines, (request.deadline, request.id, request))
 
     def note_departure(self) -> None:
@@ -133,56 +137,59 @@ class Scheduler:
         row: those rows get no token (their entry in ``column`` is ignored).
         """
         n = len(self.rows)
-        ended = self._failed_rows(failures, n) if failures else {}
+        failed = self._failed_rows(failures, n) if failures else {}
         self._count_step(n)
         rows, column = self.layout.record(column, n)
-        if rows is not None and not rows.size:
-            if ended:
-                self.counters.failed += len(ended)
-                self._end_rows(ended)
-            return  # every row of the step is still taking its prompt in
+        if (
+            rows is not None and not rows.size
+        ):  # every row of the step is still taking its prompt in
+            if failed:
+                self.counters.failed += len(failed)
+                self._end_rows(failed)
+            return
         index = slice(0, n) if rows is None else rows
         stopped = self.backend.rows_equal(column, self.stop_token)
         self.remaining[index] -= 1
         done = stopped | (self.remaining[index] <= 0)
+        members: Sequence[int] = range(n) if rows is None else rows.tolist()
         tokens = self.backend.unbind(self.backend.to_user(column))
-        if ended:
-            emitted = range(n) if rows is None else rows.tolist()
-            self._apply_with_failures(emitted, tokens, done, ended)
-            return
-        requests = self.rows if rows is None else [self.rows[i] for i in rows]
-        for request, token in zip(requests, tokens, strict=True):
-            request.sink.put(token)
-        self.counters.tokens += len(requests)
-        finished = np.flatnonzero(done)
-        if finished.size:
-            self._remove((finished if rows is None else rows[finished]).tolist(), None)
-            self.counters.finished += finished.size
-
-    def _apply_with_failures(
-        self,
-        emitted: Iterable[int],
-        tokens: Sequence[Any],
-        done: np.ndarray[Any, np.dtype[np.bool_]],
-        ended: dict[int, BaseException | None],
-    ) -> None:
-        failed = len(ended)
-        for i, token, last in zip(emitted, tokens, done.tolist(), strict=True):
-            if i in ended:
-                continue
-            self.rows[i].sink.put(token)
-            self.counters.tokens += 1
-            if last:
-                ended[i] = None
-        self.counters.failed += failed
-        self.counters.finished += len(ended) - failed
-        self._end_rows(ended)
+        if failed:
+            kept = [j for j, i in enumerate(members) if i not in failed]
+            members, tokens, done = (
+                [members[j] for j in kept],
+                [tokens[j] for j in kept],
+                done[kept],
+            )
+        requests = self.rows if rows is None and not failed else [self.rows[i] for i in members]
+        overrun = self._deliver(requests, tokens, done)
+        self.counters.tokens += len(requests) - len(overrun)
+        finished = np.flatnonzero(done).tolist()
+        if finished or overrun or failed:
+            ended: dict[int, BaseException | None] = dict(failed)
+            ended.update((members[j], None) for j in finished)
+            ended.update((members[j], _OVERRUN) for j in overrun)
+            self._end_rows(ended)
+            self.counters.finished += len(finished)
+            self.counters.failed += len(overrun) + len(failed)
 
     def _failed_rows(
         self, failures: Mapping[int, BaseException], n: int
     ) -> dict[int, BaseException | None]:
         members = self.layout.step_rows(n)
         return {members[position]: error for position, error in failures.items()}
+
+    def _deliver(self, requests: list[Request], tokens: Sequence[Any], done: Any) -> list[int]:
+        """Send each request its token; return those not sent: their caller has
+        ``max_unread_tokens`` unread already (back-pressure: the request ends)."""
+        limit = self.max_unread_tokens
+        overrun = []
+        for j, (request, token) in enumerate(zip(requests, tokens, strict=True)):
+            if limit is not None and request.sent - request.taken >= limit and not done[j]:
+                overrun.append(j)
+                continue
+            request.sink.put(token)
+            request.sent += 1
+        return overrun
 
     def fail(self, error: BaseException) -> None:
         """The model failed this step: every row in it gets a ModelError."""
@@ -280,8 +287,14 @@ class Scheduler:
             self._deadlines = [entry for entry in self._deadlines if not entry[2].ended]
             heapq.heapify(self._deadlines)
 
-    def _remove(self, indices: list[int], error: BaseException | None) -> None:
-        self._end_rows(dict.fromkeys(indices, error))
+    def _remove(
+        self,
+        indices: list[int],
+        error: BaseException | None,
+        errors: dict[int, BaseException] | None = None,
+    ) -> None:
+        """End rows ``indices`` with ``error`` (None: normally), or with ``errors[row]``."""
+        self._end_rows({i: error if errors is None else errors.get(i, error) for i in indices})
 
     def _end_rows(self, ended: Mapping[int, BaseException | None]) -> None:
         """Remove rows ``ended`` and end their callers, each with its error (None: done)."""
@@ -326,7 +339,17 @@ class Scheduler:
                 f"the model returned dtype {output.dtype}, which does not cast safely to "
                 f"the tokens' dtype {pad.dtype}"
             )
-        return backend.to_storage(output, pad)
+        try:
+            return backend.to_storage(output, pad)
+        except Exception as exc:
+            raise ModelError(
+                f"the model's output could not be stored: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+_OVERRUN = QueueFull(
+    "the stream was not read: it held max_unread_tokens unread tokens, so it was ended"
+)
 
 
 def copy_error(error: BaseException) -> BaseException:
