@@ -31,6 +31,7 @@ class Runnable(Protocol):
     def join(self, timeout: float | None = None) -> bool: ...
 
     def on_own_thread(self) -> bool: ...
+    def finish(self, *, cancel: bool) -> None: ...
 
     def health(self, state: str) -> Health: ...
 
@@ -84,7 +85,9 @@ class Lifecycle:
         """Stop accepting requests and wait until every stream has ended.
 
         By default requests in flight and in the queue run to their end; with
-        ``cancel=True`` they end at once with `BatcherClosed`. Idempotent.
+        ``cancel=True`` they end at once with `BatcherClosed`, and `close`
+        returns even if the model is stuck in a call (a warning and `health`
+        then say the engine thread is still inside the model). Idempotent.
 
         Called from the engine's own thread (inside the model, say), it begins
         the close and returns without waiting: the engine cannot wait for
@@ -93,7 +96,7 @@ class Lifecycle:
         if self._begin_close(cancel):
             if self._engine.on_own_thread():
                 return
-            self._engine.join()
+            self._engine.finish(cancel=cancel)
         self._state = State.CLOSED
 
     async def aclose(self, *, cancel: bool = False) -> None:
@@ -101,7 +104,7 @@ class Lifecycle:
         if self._begin_close(cancel):
             if self._engine.on_own_thread():
                 return
-            await asyncio.to_thread(self._engine.join)
+            await asyncio.to_thread(self._engine.finish, cancel=cancel)
         self._state = State.CLOSED
 
     def __enter__(self) -> Self:

@@ -48,6 +48,12 @@ class FeedforwardEngine(EngineThread):
     def _flush(self) -> None:
         self.outbox.flush()
 
+    def _abandon(self, error: BaseException) -> None:
+        running = self._running
+        items = (running.items if running is not None else []) + self.core.waiting()
+        for item in items + self.queue.snapshot():
+            item.abandon(error)
+
     def _loop(self) -> None:
         core, queue = self.core, self.queue
         while True:
