@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .._backends import Backend, backend_of
 from .._backends._stacking import pad_stack, stack
 from .._exceptions import ModelError
@@ -62,24 +64,45 @@ def assemble(batch: Batch) -> tuple[Any, int, int]:
     return unflatten(layout.structure, iter(leaves)), cells, padding
 
 
-def split(output: Any, batch: Batch, trim: bool) -> list[Any]:
+def split(output: Any, batch: Batch, trim: bool, copy: bool = True) -> list[Any]:
     """One result per item of ``batch``, from the model's batch-major ``output``.
 
     With ``trim``, a result leaf whose first axis has the batch's padded length
-    is cut back to its item's own length. Raises `ModelError` if ``output`` is
-    not an array or a nesting of arrays with one row per item.
+    is cut back to its item's own length. With ``copy``, each result leaf is an
+    array of its own (see `owned`), not a view of ``output``. Raises
+    `ModelError` if ``output`` is not an array or a nesting of arrays with one
+    row per item.
     """
     count = len(batch.items)
     own = batch.layout.backend
+    backends: list[Backend | None]
     if own.is_array(output):
-        structure, columns = LEAF, [_rows(output, count, own)]
+        structure, backends = LEAF, [own]
+        columns = [_rows(output, count, own)]
     else:
         _refuse_one_per_item(output, count, batch.layout.structure)
         structure, leaves = flatten(output, lambda x: _backend_of(x, own) is not None)
-        columns = [_rows(leaf, count, _backend_of(leaf, own)) for leaf in leaves]
+        backends = [_backend_of(leaf, own) for leaf in leaves]
+        columns = [
+            _rows(leaf, count, backend) for leaf, backend in zip(leaves, backends, strict=True)
+        ]
     if trim and batch.length:
         columns = [_trimmed(column, batch) for column in columns]
+    if copy:
+        columns = [[owned(row, b) for row in c] for c, b in zip(columns, backends, strict=True)]
     return _regroup(structure, columns)
+
+
+def owned(row: Any, backend: Backend | None) -> Any:
+    """``row`` as an array that owns its memory: not a view that keeps the whole
+    batch's output alive, and (torch) an ordinary tensor, not an inference one."""
+    if isinstance(row, np.ndarray):
+        return row.copy()
+    if backend is None or backend.name == "jax" or not backend.is_array(row):
+        return row  # a scalar, or a JAX array: immutable, and its rows are copies already
+    if backend.name == "torch":
+        return row.clone()  # outside inference mode: an ordinary tensor
+    return backend.to_user(backend.to_storage(row, row))
 
 
 def _refuse_one_per_item(output: Any, count: int, given: Structure) -> None:

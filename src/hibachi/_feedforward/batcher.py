@@ -65,6 +65,11 @@ class FeedforwardBatcher(Lifecycle):
             `QueueFull`. None for unbounded.
         backend: a `Backend` for a tensor library hibachi does not know; every
             leaf must then be one of its arrays.
+        copy_results: True (the default): each result is an array of its own,
+            and with torch an ordinary tensor (in-place operations and
+            autograd work). False: each result is a view into the model's
+            output for the whole batch, which it keeps alive, and with torch
+            an inference tensor; it saves a copy per result.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class FeedforwardBatcher(Lifecycle):
         max_queue_size: int | None = 65536,
         backend: Backend | None = None,
         max_batch_tokens: int | None = None,
+        copy_results: bool = True,
     ) -> None:
         super().__init__()
         _check_count(max_batch_size, "max_batch_size")
@@ -95,6 +101,7 @@ class FeedforwardBatcher(Lifecycle):
             max_wait=_seconds(max_wait),
             max_batch_tokens=max_batch_tokens,
             trim_output=trim_output,
+            copy_results=bool(copy_results),
         )
         self._inboxes = LoopInboxes(Channels())
         self._engine = FeedforwardEngine(

@@ -80,12 +80,14 @@ class FeedforwardCore:
         max_wait: float = 0.0,
         max_batch_tokens: int | None = None,
         trim_output: bool = False,
+        copy_results: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.room = WaitingRoom(max_batch_size, max_wait)
         self.trim_output = trim_output
+        self.copy_results = copy_results
         self.clock = clock
         self.counters = FeedforwardCounters()
         self.costs: dict[Layout, CostModel] = {}
@@ -135,7 +137,7 @@ class FeedforwardCore:
     def complete(self, batch: Batch, output: Any) -> None:
         """Give each item its slice of ``output``; `ModelError` (nothing delivered) if unusable."""
         try:
-            results = split(output, batch, self.trim_output)
+            results = split(output, batch, self.trim_output, self.copy_results)
         except ModelError:
             raise
         except Exception as exc:  # the output's own methods failed while it was split
