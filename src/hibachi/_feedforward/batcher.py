@@ -137,7 +137,8 @@ class FeedforwardBatcher(Lifecycle):
     def stats(self) -> FeedforwardStats:
         """A snapshot of the batcher's counters."""
         c = self._core.counters
-        waiting = len(self._queue)
+        waiting, held = len(self._queue), len(self._core)
+        ended = c.completed + c.failed + c.cancelled + c.timed_out
         return FeedforwardStats(
             requests_submitted=c.received + waiting,
             requests_completed=c.completed,
@@ -152,7 +153,8 @@ class FeedforwardBatcher(Lifecycle):
             released_waited=c.released_waited,
             released_eager=c.released_eager,
             retried_batches=c.retried_batches,
-            queue_depth=waiting + len(self._core),
+            queue_depth=waiting + held,
+            requests_in_flight=max(0, c.received - ended - held),
         )
 
 

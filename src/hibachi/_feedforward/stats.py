@@ -20,6 +20,21 @@ class FeedforwardStats:
     ``mean_queue_wait`` is in seconds, from ``run()`` to the item's batch
     leaving the queue; ``padding_fraction`` is the share of the cells handed
     to the model that were padding.
+
+    Every request `run()` accepted is counted once in ``requests_submitted``
+    and, at any moment, in exactly one of the others::
+
+        requests_submitted == requests_completed + requests_failed
+                              + requests_cancelled + requests_timed_out
+                              + requests_in_flight + queue_depth
+
+    ``requests_in_flight`` counts requests taken from the queue that have no
+    outcome yet: in the model, or in the halves of a failed batch waiting to be
+    rerun; ``queue_depth`` those still waiting for a batch. A request is
+    counted by what the engine did with it: one whose result was delivered as
+    its caller cancelled is completed, not cancelled. The identity is exact
+    whenever the batcher is idle or closed; a snapshot taken while it works
+    may be off by the requests moving at that instant.
     """
 
     requests_submitted: int
@@ -36,3 +51,4 @@ class FeedforwardStats:
     released_eager: int
     retried_batches: int
     queue_depth: int
+    requests_in_flight: int = 0
