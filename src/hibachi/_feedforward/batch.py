@@ -98,6 +98,8 @@ def owned(row: Any, backend: Backend | None) -> Any:
     batch's output alive, and (torch) an ordinary tensor, not an inference one."""
     if isinstance(row, np.ndarray):
         return row.copy()
+    if isinstance(row, np.generic):
+        return row  # a NumPy scalar is its own copy
     if backend is None or backend.name == "jax" or not backend.is_array(row):
         return row  # a scalar, or a JAX array: immutable, and its rows are copies already
     if backend.name == "torch":

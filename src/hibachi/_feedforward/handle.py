@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import operator
 import threading
 import time
 from collections.abc import Generator
@@ -32,6 +31,7 @@ from .loop_inbox import LoopInbox
 __all__ = ["ResultHandle", "make_handle"]
 
 _Future = asyncio.Future  # what loop.create_future() makes, without its Python frame
+_get_running_loop = asyncio._get_running_loop  # the C function, without get_running_loop's raise
 _PENDING: Any = object()
 _TIMED_OUT = "the request was not answered within its timeout"
 _ITEM_SLOTS = ("arrival", "deadline", "layout", "leaves", "length", "seq")
@@ -135,8 +135,16 @@ class _LoopHandle(ResultHandle):
         self._expired = False
         self._timer: asyncio.TimerHandle | None = None
 
-    # ``await handle`` goes straight to the future's own iterator, with no Python frame
-    __await__ = property(operator.attrgetter("_future.__await__"))
+    @property
+    def __await__(self) -> Any:
+        """``await handle`` goes straight to the future's own iterator, once the
+        running loop is known to be the future's: a future awaited from another
+        loop is refused by that loop's task only after it is marked as awaited,
+        and a later ``await`` in its own loop would then fail."""
+        future = self._future
+        if _get_running_loop() is not future.get_loop():
+            return _refuse_other_loop  # raising here would reach the caller as AttributeError
+        return future.__await__
 
     def result(self, timeout: float | None = None) -> Any:
         future = self._future
@@ -144,6 +152,11 @@ class _LoopHandle(ResultHandle):
             loop = future.get_loop()
             if _running_loop() is loop:
                 raise RuntimeError("result() would block the event loop it waits for: await it")
+            if not loop.is_running():  # nothing would ever settle the future: do not wait
+                raise RuntimeError(
+                    "the event loop this handle was made in is not running: its result "
+                    "arrives only through that loop (await the handle there)"
+                )
             seconds = check_wait(timeout)
             waiting = asyncio.run_coroutine_threadsafe(_settled(future), loop)
             try:
@@ -273,6 +286,13 @@ class _ThreadHandle(ResultHandle):
     def deliver(self, outcome: Any) -> None:
         self._outcome = outcome
         self._event.set()
+
+
+def _refuse_other_loop() -> Generator[Any, None, Any]:
+    raise RuntimeError(
+        "this handle belongs to another event loop: await it in the loop that "
+        "called run(), or call .result() from another thread"
+    )
 
 
 async def _settled(future: asyncio.Future[Any]) -> None:
