@@ -123,7 +123,7 @@ def test_the_autoregressive_engine_crash_path_ends_every_stream(
     def broken(output: Any) -> None:
         raise kind("inside hibachi")
 
-    batcher._scheduler.complete = broken  # type: ignore[method-assign]
+    batcher._scheduler.apply = broken  # type: ignore[method-assign]
     with batcher:
         streams = [batcher.run(np.array([1, 2]), max_new_tokens=5) for _ in range(4)]
         for stream in streams:

@@ -8,7 +8,8 @@ import threading
 from types import TracebackType
 from typing import Protocol, Self
 
-from .._exceptions import BatcherClosed
+from .._exceptions import BatcherClosed, InvalidRequest
+from .flags import as_flag
 from .health import Health
 
 __all__ = ["Lifecycle", "Runnable", "State"]
@@ -93,6 +94,7 @@ class Lifecycle:
         the close and returns without waiting: the engine cannot wait for
         itself. It finishes closing once the model call returns.
         """
+        cancel = as_flag(cancel, "cancel", InvalidRequest)
         if self._begin_close(cancel):
             if self._engine.on_own_thread():
                 return
@@ -101,6 +103,7 @@ class Lifecycle:
 
     async def aclose(self, *, cancel: bool = False) -> None:
         """`close` without blocking the event loop."""
+        cancel = as_flag(cancel, "cancel", InvalidRequest)
         if self._begin_close(cancel):
             if self._engine.on_own_thread():
                 return

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._exceptions import ConfigurationError, ModelError
 
-__all__ = ["ModelRunner", "is_fatal", "model_error"]
+__all__ = ["ModelRunner", "describe", "is_fatal", "model_error"]
 
 
 class ModelRunner:
@@ -61,9 +61,18 @@ def _awaited(awaitable: Any) -> Coroutine[Any, Any, Any]:
 
 def model_error(exc: BaseException) -> ModelError:
     """A ModelError that chains the model's own exception."""
-    error = ModelError(f"the model raised {type(exc).__name__}: {exc}")
+    error = ModelError(f"the model raised {describe(exc)}")
     error.__cause__ = exc
     return error
+
+
+def describe(exc: BaseException) -> str:
+    """``"Type: message"`` for ``exc``, even if its own ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<the exception's message could not be read>"
+    return f"{type(exc).__name__}: {text}"
 
 
 def is_fatal(exc: BaseException) -> bool:

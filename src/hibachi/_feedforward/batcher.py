@@ -9,6 +9,7 @@ from typing import Any, final
 
 from .._backends import Backend
 from .._core.delivery import Channels
+from .._core.flags import as_flag
 from .._core.lifecycle import Lifecycle, State
 from .._core.model import ModelRunner
 from .._core.queue import WorkQueue
@@ -93,6 +94,7 @@ class FeedforwardBatcher(Lifecycle):
                 raise ConfigurationError("max_batch_tokens needs a pad_value: it bounds padding")
         if max_queue_size is not None:
             _check_count(max_queue_size, "max_queue_size")
+        trim_output = as_flag(trim_output, "trim_output", ConfigurationError)
         _check_settings(max_wait, pad_value, trim_output)
         self._inputs = InputChecker(pad_value, backend)
         self._queue: WorkQueue[Item] = WorkQueue(max_queue_size)
@@ -101,7 +103,7 @@ class FeedforwardBatcher(Lifecycle):
             max_wait=_seconds(max_wait),
             max_batch_tokens=max_batch_tokens,
             trim_output=trim_output,
-            copy_results=bool(copy_results),
+            copy_results=as_flag(copy_results, "copy_results", ConfigurationError),
         )
         self._inboxes = LoopInboxes(Channels())
         self._engine = FeedforwardEngine(

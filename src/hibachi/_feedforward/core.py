@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._core.delivery import Failure
+from .._core.model import describe
 from .._exceptions import BatcherClosed, ModelError, Timeout
 from .batch import Batch, assemble, split
 from .cost_model import CostModel
@@ -141,7 +142,9 @@ class FeedforwardCore:
         except ModelError:
             raise
         except Exception as exc:  # the output's own methods failed while it was split
-            raise ModelError(f"the model's output could not be split per item: {exc!r}") from exc
+            raise ModelError(
+                f"the model's output could not be split per item: {describe(exc)}"
+            ) from exc
         for item, result in zip(batch.items, results, strict=True):
             item.deliver(result)
         self.counters.completed += len(results)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.engine_thread import EngineThread
-from .._core.model import ModelRunner, is_fatal, model_error
+from .._core.model import ModelRunner, describe, is_fatal, model_error
 from .._core.queue import WorkQueue
 from .._exceptions import HibachiError, InvalidRequest, ModelError
 from .batch import Batch
@@ -42,7 +42,7 @@ class FeedforwardEngine(EngineThread):
     def _crash(self, exc: BaseException) -> None:
         self._admit()
         running, self._running = self._running, None
-        message = f"hibachi's engine failed: {type(exc).__name__}: {exc}"
+        message = f"hibachi's engine failed: {describe(exc)}"
         self.core.abort(message, cause=exc, running=running)
 
     def _flush(self) -> None:
@@ -111,6 +111,6 @@ class FeedforwardEngine(EngineThread):
 
 
 def _stacking_error(exc: Exception) -> HibachiError:
-    error = InvalidRequest(f"the input could not be stacked: {type(exc).__name__}: {exc}")
+    error = InvalidRequest(f"the input could not be stacked: {describe(exc)}")
     error.__cause__ = exc
     return error

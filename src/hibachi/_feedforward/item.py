@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._backends import Backend, backend_of
-from .._exceptions import ConfigurationError, InvalidRequest
+from .._core.model import describe
+from .._exceptions import ConfigurationError, HibachiError, InvalidRequest
 from .nesting import LEAF, Structure, flatten, leaf_values
 from .pad_fit import check_pad_fits
 
@@ -125,7 +126,18 @@ class InputChecker:
         return x, layout, length
 
     def _describe_any(self, x: Any) -> Described:
-        """`describe` for any input; learns the types of lone arrays for the short path."""
+        """`describe` for any input; learns the types of lone arrays for the short path.
+
+        An input whose own methods raise while it is read is refused with
+        `InvalidRequest`, its exception chained."""
+        try:
+            return self._read(x)
+        except HibachiError:
+            raise
+        except Exception as exc:
+            raise InvalidRequest(f"the input could not be read: {describe(exc)}") from exc
+
+    def _read(self, x: Any) -> Described:
         structure, leaves = flatten(x, _is_array)
         backend = self._backend(leaves)
         pads = self._pads_for(structure)
@@ -220,7 +232,11 @@ def check_pad_value(pad_value: Any) -> None:
         for value in pad_value:
             check_pad_value(value)
         return
-    if getattr(pad_value, "shape", None) == ():  # a NumPy scalar or 0-d array
+    try:
+        scalar = getattr(pad_value, "shape", None) == ()  # a NumPy scalar or 0-d array
+    except Exception:
+        scalar = False
+    if scalar:
         return
     raise ConfigurationError(
         f"pad_value must be a scalar or a nesting of scalars, got {type(pad_value).__name__}"
