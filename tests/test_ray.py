@@ -30,6 +30,10 @@ from hibachi.integrations.ray import ReplicaStats, call, deployment, stream  # n
 # cloudpickle must ship them to the replicas by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
+# Ray starts its processes with fork+exec; JAX, imported by other test modules,
+# warns at every fork of a process it runs threads in.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
 STOP = -1
 POISON = 99  # a prompt ending in POISON makes the model raise
 DEATH = 66  # ... or stop its engine (SystemExit: the engine dies)
