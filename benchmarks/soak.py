@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import sys
+import tracemalloc
 
 from hibachi._bench.soak import KINDS, Settings, Tally, soak
 
@@ -24,6 +25,7 @@ from hibachi._bench.soak import KINDS, Settings, Tally, soak
 def row(t: Tally) -> str:
     rss = t.memory["rss"]
     objects = t.memory["objects"]
+    traced = t.memory["traced"]
     cells = [
         t.kind,
         f"{t.requests:,}",
@@ -37,6 +39,7 @@ def row(t: Tally) -> str:
         f"**{t.hangs}**",
         f"{rss[0] / 2**20:.1f} → {rss[1] / 2**20:.1f}",
         f"{objects[0]:,} → {objects[1]:,}",
+        f"{traced[0] / 2**10:,.0f} → {traced[1] / 2**10:,.0f}" if traced[0] else "-",
         f"{t.percentile(50) * 1e3:.1f} / {t.percentile(99) * 1e3:.1f}",
         f"{t.seconds:.0f}",
     ]
@@ -46,8 +49,8 @@ def row(t: Tally) -> str:
 HEADER = (
     "| batcher | requests | answered | bad, failed | good, failed by a transient fault "
     "| own deadline | cancelled | innocent failed | cross-talk | hangs | RSS MiB start → end "
-    "| GC objects start → end | p50 / p99 ms | s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| GC objects start → end | traced KiB start → end | p50 / p99 ms | s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -57,8 +60,13 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the tallies to this file")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="trace allocations (slower): memory in KiB"
+    )
     args = parser.parse_args()
     settings = Settings(requests=args.requests, seed=args.seed)
+    if args.tracemalloc:
+        tracemalloc.start()
     print(
         f"{args.requests:,} requests per batcher; {settings.loops} event loops x "
         f"{settings.tasks} tasks + {settings.threads} threads; max_batch_size "

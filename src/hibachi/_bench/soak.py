@@ -20,6 +20,7 @@ import os
 import random
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -302,12 +303,14 @@ def make_batcher(kind: str, settings: Settings, faults: models.Faults) -> Any:
     )
 
 
-def memory() -> tuple[int, int]:
-    """Resident memory (bytes) and the objects the garbage collector tracks, after a collection."""
+def memory() -> tuple[int, int, int]:
+    """Resident memory (bytes), the objects the garbage collector tracks, and the bytes
+    `tracemalloc` traces (0 unless it is tracing), after a collection."""
     gc.collect()
     with open("/proc/self/statm") as statm:
         resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return resident, len(gc.get_objects())
+    traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+    return resident, len(gc.get_objects()), traced
 
 
 def soak(kind: str, settings: Settings, progress: Callable[[str], None] | None = None) -> Tally:
@@ -327,10 +330,9 @@ def soak(kind: str, settings: Settings, progress: Callable[[str], None] | None =
             _drive(kind, batcher, rest, tally, settings)
         end_memory = memory()
         batcher.close(cancel=tally.hangs > 0)  # a hung soak must still end
-    tally.memory = {
-        "rss": (start_memory[0], end_memory[0]),
-        "objects": (start_memory[1], end_memory[1]),
-    }
+    names = ("rss", "objects", "traced")
+    pairs = zip(names, start_memory, end_memory, strict=True)
+    tally.memory = {name: (start, end) for name, start, end in pairs}
     tally.transient_faults = faults.raised
     tally.seconds = time.monotonic() - begin
     return tally
