@@ -54,11 +54,16 @@ def generate(lm: LanguageModel, ids: list[int], n: int) -> list[int]:
     return [int(t) for t in out[0, len(ids) :]]
 
 
-def decode(lm: LanguageModel, ids: list[int]) -> str:
-    text: str = lm.tokenizer.decode(
-        ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-    )
-    return text
+def decode(lm: LanguageModel, prompt: list[int], ids: list[int]) -> str:
+    """The text ``ids`` add after ``prompt``."""
+
+    def text(ids: list[int]) -> str:
+        out: str = lm.tokenizer.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return out
+
+    return text(prompt + ids)[len(text(prompt)) :]
 
 
 def test_models_lists_both_models(server: Running) -> None:
@@ -79,7 +84,7 @@ def test_a_greedy_completion_is_generate_s_text(
         else language_model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     )
     expected = generate(language_model, ids, 12)
-    assert done.choices[0].text == decode(language_model, expected)
+    assert done.choices[0].text == decode(language_model, ids, expected)
     assert done.choices[0].finish_reason == "length"
     assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (len(ids), 12)
 
@@ -94,6 +99,11 @@ def test_a_stream_is_the_same_text_in_pieces_then_done(server: Running) -> None:
     )
     assert "".join(p.choices[0].text for p in pieces) == whole.choices[0].text
     assert [p.choices[0].finish_reason for p in pieces][-1] == "length"
+    *_, last = client.completions.create(
+        model=LLM, prompt="hello", max_tokens=10, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    assert last.choices == [] and last.usage.completion_tokens == 10
     with server.open_stream(
         "/v1/completions", {"prompt": "hello", "max_tokens": 3, "stream": True}
     ) as raw:
@@ -147,9 +157,8 @@ def test_chat_uses_the_chat_template(server: Running, language_model: LanguageMo
     ids = language_model.tokenizer("user: hello there\nassistant:", add_special_tokens=False)[
         "input_ids"
     ]
-    assert done.choices[0].message.content == decode(
-        language_model, generate(language_model, ids, 6)
-    )
+    expected = decode(language_model, ids, generate(language_model, ids, 6))
+    assert done.choices[0].message.content == expected
     assert done.choices[0].message.role == "assistant"
     chunks = list(
         client.chat.completions.create(

@@ -53,7 +53,7 @@ class Generation:
         self.completion_tokens = 0
         self._live = live
         self._ticket = Ticket(params.sampling)
-        self._assembler = TextAssembler(engine.tokenizer, params.stop)
+        self._assembler = TextAssembler(engine.tokenizer, params.stop, context=params.prompt)
         self._stream: TokenStream | None = None
         self._interrupted = False
         self._first: float | None = None

@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .._exceptions import Timeout
+from ._chunks import chat_chunks, completion_chunks, usage_of, wants_usage
 from ._engines import EmbeddingEngine
 from ._errors import APIError, ClientGone
 from ._generation import Generation, GenerationParams
@@ -22,15 +22,12 @@ from ._metrics import Reason
 from ._requests import chat_ids, deadline, generation_params, prompt_ids
 from ._schemas import (
     ChatChoice,
-    ChatChunk,
-    ChatChunkChoice,
     ChatCompletion,
     ChatMessage,
     ChatRequest,
     Completion,
     CompletionChoice,
     CompletionRequest,
-    Delta,
     Embedding,
     EmbeddingList,
     EmbeddingRequest,
@@ -68,11 +65,11 @@ async def completions(body: CompletionRequest, request: Request) -> Completion |
     generation = _started(state, params, arrived)
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        return EventStream(_completion_chunks(generation, ident, created))
+        return EventStream(completion_chunks(generation, ident, created, wants_usage(body)))
     text = await until_gone(request, generation.text())
     choice = CompletionChoice(text=text, finish_reason=generation.finish_reason)  # type: ignore[arg-type]
     return Completion(
-        id=ident, created=created, model=engine.name, choices=[choice], usage=_usage(generation)
+        id=ident, created=created, model=engine.name, choices=[choice], usage=usage_of(generation)
     )
 
 
@@ -87,12 +84,12 @@ async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletio
     generation = _started(state, params, arrived)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        return EventStream(_chat_chunks(generation, ident, created))
+        return EventStream(chat_chunks(generation, ident, created, wants_usage(body)))
     text = await until_gone(request, generation.text())
     message = ChatMessage(role="assistant", content=text)
     choice = ChatChoice(message=message, finish_reason=generation.finish_reason)  # type: ignore[arg-type]
     return ChatCompletion(
-        id=ident, created=created, model=engine.name, choices=[choice], usage=_usage(generation)
+        id=ident, created=created, model=engine.name, choices=[choice], usage=usage_of(generation)
     )
 
 
@@ -101,39 +98,6 @@ def _started(state: ServerState, params: GenerationParams, arrived: float) -> Ge
     generation = Generation(state.language, params, arrived=arrived, live=state.live)
     generation.start()
     return generation
-
-
-def _usage(generation: Generation) -> Usage:
-    prompt, completion = generation.prompt_tokens, generation.completion_tokens
-    return Usage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-    )
-
-
-async def _completion_chunks(g: Generation, ident: str, created: int) -> AsyncIterator[str]:
-    model = g.engine.name
-
-    def chunk(text: str, finish: Any = None) -> str:
-        choice = CompletionChoice(text=text, finish_reason=finish)
-        completion = Completion(id=ident, created=created, model=model, choices=[choice])
-        return completion.model_dump_json(exclude={"usage"})
-
-    async for piece in g.pieces():
-        yield chunk(piece)
-    yield chunk("", g.finish_reason)
-
-
-async def _chat_chunks(g: Generation, ident: str, created: int) -> AsyncIterator[str]:
-    model = g.engine.name
-
-    def chunk(delta: Delta, finish: Any = None) -> str:
-        choice = ChatChunkChoice(delta=delta, finish_reason=finish)
-        return ChatChunk(id=ident, created=created, model=model, choices=[choice]).model_dump_json()
-
-    yield chunk(Delta(role="assistant", content=""))
-    async for piece in g.pieces():
-        yield chunk(Delta(content=piece))
-    yield chunk(Delta(), g.finish_reason)
 
 
 @router.post("/v1/embeddings")

@@ -29,6 +29,7 @@ __all__ = [
     "ErrorDetail",
     "ModelCard",
     "ModelList",
+    "StreamOptions",
     "Usage",
 ]
 
@@ -38,6 +39,10 @@ FinishReason = Literal["stop", "length"]
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
 
 
 class _Sampling(_Request):
@@ -51,6 +56,7 @@ class _Sampling(_Request):
     seed: int | None = Field(default=None, ge=0)
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     timeout: float | None = Field(default=None, gt=0)
 
@@ -140,6 +146,7 @@ class ChatChunk(BaseModel):
     created: int
     model: str
     choices: list[ChatChunkChoice]
+    usage: Usage | None = None
 
 
 class Embedding(BaseModel):

@@ -1,28 +1,48 @@
 """`TextAssembler`: a request's token ids turned into text, piece by piece.
 
 Plain code, no I/O: each token id goes in, the text that is now certain comes
-out. Text is held back while it might still be the start of a stop string, or
-ends in an unfinished character (a byte-level tokenizer's partial UTF-8).
+out. Decoding is incremental (as vLLM and TGI do it): each token decodes a
+window of a few ids, never the whole sequence, and the window starts in the
+prompt's last tokens so the first piece gets its leading space right. Text is
+held back while it ends in an unfinished character (a byte-level tokenizer's
+partial UTF-8) or might still be the start of a stop string.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["TextAssembler"]
 
 _PARTIAL = "\ufffd"
+CONTEXT = 5  # prompt tokens decoded with the first generated ones
+
+
+def decoder_of(tokenizer: Any) -> Callable[[list[int]], str]:
+    """``ids → text`` without special tokens; the Rust decoder itself when there is one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return lambda ids: str(backend.decode(ids, skip_special_tokens=True))
+    return lambda ids: str(
+        tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    )
 
 
 class TextAssembler:
     """Decode ``token ids → text`` incrementally, cut at the first stop string."""
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
-        self._tokenizer = tokenizer
+    def __init__(
+        self, tokenizer: Any, stop: Sequence[str] = (), context: Sequence[int] = ()
+    ) -> None:
+        self._decode = decoder_of(tokenizer)
         self._stop = tuple(s for s in stop if s)
-        self._ids: list[int] = []
-        self.text = ""  # what has been released so far
+        self._longest_stop = max((len(s) for s in self._stop), default=0)
+        self._ids = list(context[-CONTEXT:])
+        self._prefix = 0  # the window: ids[_prefix:_read] are decoded already
+        self._read = len(self._ids)
+        self._decoded = ""  # the text of every generated id decoded so far
+        self.text = ""  # what has been released
         self.stopped = False  # a stop string was found: the text ends before it
 
     def add(self, token_id: int) -> str:
@@ -30,50 +50,46 @@ class TextAssembler:
         if self.stopped:
             return ""
         self._ids.append(token_id)
-        decoded = self._decode()
-        cut = self._find_stop(decoded)
-        if cut is not None:
-            self.stopped = True
-            return self._release(decoded[:cut])
-        return self._release(decoded[: len(decoded) - self._held_back(decoded)])
+        window = self._ids[self._prefix :]
+        before = self._decode(self._ids[self._prefix : self._read])
+        after = self._decode(window)
+        if len(after) > len(before) and not after.endswith(_PARTIAL):
+            self._decoded += after[len(before) :]
+            self._prefix, self._read = self._read, len(self._ids)
+        return self._release(final=False)
 
     def finish(self) -> str:
         """The text still held back, once no token will follow."""
         if self.stopped:
             return ""
-        decoded = self._decode()
+        rest = self._decode(self._ids[self._prefix :])
+        before = self._decode(self._ids[self._prefix : self._read])
+        self._decoded += rest[len(before) :].rstrip(_PARTIAL)
+        return self._release(final=True)
+
+    def _release(self, *, final: bool) -> str:
+        decoded = self._decoded
         cut = self._find_stop(decoded)
         if cut is not None:
             self.stopped = True
-            decoded = decoded[:cut]
-        return self._release(decoded.rstrip(_PARTIAL))
-
-    def _decode(self) -> str:
-        text: str = self._tokenizer.decode(
-            self._ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        return text
+            end = cut
+        else:
+            end = len(decoded) if final else len(decoded) - self._held_back(decoded)
+        if end <= len(self.text):
+            return ""
+        piece = decoded[len(self.text) : end]
+        self.text = decoded[:end]
+        return piece
 
     def _find_stop(self, decoded: str) -> int | None:
-        start = max(0, len(self.text) - max((len(s) for s in self._stop), default=0))
+        start = max(0, len(self.text) - self._longest_stop)
         found = [i for i in (decoded.find(s, start) for s in self._stop) if i >= 0]
         return min(found) if found else None
 
     def _held_back(self, decoded: str) -> int:
-        """How many trailing characters might still change or begin a stop string."""
-        held = len(decoded) - len(decoded.rstrip(_PARTIAL))
-        body = decoded[: len(decoded) - held]
-        for stop in self._stop:
-            for size in range(min(len(stop) - 1, len(body)), 0, -1):
-                if body.endswith(stop[:size]):
-                    held = max(held, len(decoded) - len(body) + size)
-                    break
-        return held
-
-    def _release(self, upto: str) -> str:
-        """What ``upto`` adds to the text released; nothing if decoding went back on it."""
-        if len(upto) <= len(self.text) or not upto.startswith(self.text):
-            return ""
-        piece = upto[len(self.text) :]
-        self.text = upto
-        return piece
+        """How many trailing characters might begin a stop string."""
+        for size in range(min(self._longest_stop - 1, len(decoded)), 0, -1):
+            tail = decoded[-size:]
+            if any(s.startswith(tail) for s in self._stop):
+                return size
+        return 0
