@@ -46,6 +46,8 @@ class Run:
     tokens: int
     errors: int
     seconds: float
+    cpu: float = 0.0  # CPU seconds of this process (the client, over HTTP)
+    server_cpu: float = 0.0  # CPU seconds of the server process (HTTP only)
 
     @property
     def tokens_per_s(self) -> float:
@@ -84,6 +86,8 @@ def serve_child(args: argparse.Namespace) -> None:
     from hibachi.serve import create_app, default_embedding_model, run
 
     torch.set_num_threads(args.threads)
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     app = create_app(build_model(args), default_embedding_model(), settings=settings(args))
     run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
@@ -114,7 +118,7 @@ def _listening(port: int) -> bool:
 # -- generation ---------------------------------------------------------------------
 
 
-async def over_http(url: str, requests: list[Request], deadline: float) -> Run:
+async def over_http(url: str, server: int, requests: list[Request], deadline: float) -> Run:
     import openai
 
     client = openai.AsyncOpenAI(
@@ -137,15 +141,24 @@ async def over_http(url: str, requests: list[Request], deadline: float) -> Run:
         return tokens
 
     await one(requests[0])  # warm the connection pool and the server up
-    start = time.perf_counter()
+    start, cpu, server_cpu = time.perf_counter(), time.process_time(), cpu_seconds(server)
     async with asyncio.timeout(deadline):
         results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
     seconds = time.perf_counter() - start
+    cpu, server_cpu = time.process_time() - cpu, cpu_seconds(server) - server_cpu
     await client.close()
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         print(f"  first error: {errors[0]!r}")
-    return Run(sum(r for r in results if isinstance(r, int)), len(errors), seconds)
+    tokens = sum(r for r in results if isinstance(r, int))
+    return Run(tokens, len(errors), seconds, cpu, server_cpu)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process ``pid`` has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def in_process(model: object, args: argparse.Namespace, requests: list[Request]) -> Run:
@@ -168,11 +181,11 @@ async def in_process(model: object, args: argparse.Namespace, requests: list[Req
 
     async with batcher:
         await one(requests[0])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         async with asyncio.timeout(args.deadline):
             counts = await asyncio.gather(*(one(r) for r in requests))
-        seconds = time.perf_counter() - start
-    return Run(sum(counts), 0, seconds)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Run(sum(counts), 0, seconds, cpu)
 
 
 # -- embeddings ---------------------------------------------------------------------
@@ -217,6 +230,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, each side")
     parser.add_argument("--deadline", type=float, default=300.0, help="seconds per phase")
+    parser.add_argument(
+        "--switch-interval", type=float, default=0.0, help="server's GIL switch interval"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -243,21 +259,29 @@ def main() -> None:
         for _ in range(args.repeat):
             run = asyncio.run(in_process(model, args, requests))
             local = run if local is None or run.tokens_per_s > local.tokens_per_s else local
-            run = asyncio.run(over_http(url, requests, args.deadline))
+            run = asyncio.run(over_http(url, process.pid, requests, args.deadline))
             http = run if http is None or run.tokens_per_s > http.tokens_per_s else http
         assert local is not None and http is not None
-        print(f"in-process batcher : {local.tokens:6d} tokens  {local.tokens_per_s:8.0f} tokens/s")
-        print(
-            f"HTTP (openai client): {http.tokens:6d} tokens  {http.tokens_per_s:8.0f} tokens/s"
-            f"  errors {http.errors}"
-        )
-        print(
-            f"HTTP / in-process  : {http.tokens_per_s / local.tokens_per_s:.2f}x (target >= 0.85)"
-        )
+        report(local, http)
         embeddings(url, args)
     finally:
         process.terminate()
         process.wait(60)
+
+
+def report(local: Run, http: Run) -> None:
+    us = 1e6 / http.tokens
+    print(
+        f"in-process batcher  : {local.tokens:6d} tokens {local.tokens_per_s:8.0f} tokens/s"
+        f"  CPU {local.cpu * 1e6 / local.tokens:5.0f} us/token"
+    )
+    print(
+        f"HTTP, openai client : {http.tokens:6d} tokens {http.tokens_per_s:8.0f} tokens/s"
+        f"  CPU {http.server_cpu * us:5.0f} us/token in the server, "
+        f"{http.cpu * us:5.0f} in the client; errors {http.errors}"
+    )
+    ratio = http.tokens_per_s / local.tokens_per_s
+    print(f"HTTP / in-process   : {ratio:.2f}x tokens/s (target >= 0.85)")
 
 
 def embeddings(url: str, args: argparse.Namespace) -> None:
