@@ -41,7 +41,8 @@ class SequenceBuffer:
         self.rows = rows
         self.lengths = np.zeros(rows, dtype=np.int64)
         self.start = self.end = capacity // 4
-        self._allocate(max(capacity, _MIN_CAPACITY))
+        self._smallest = max(capacity, _MIN_CAPACITY)
+        self._allocate(self._smallest)
 
     @property
     def capacity(self) -> int:
@@ -87,6 +88,7 @@ class SequenceBuffer:
         """Drop leading columns that hold only padding for rows < n."""
         longest = int(self.lengths[:n].max()) if n else 0
         self.start = self.end - longest
+        self._shrink(n)
 
     def padding_cells(self, n: int) -> int:
         """How many cells of the current view of rows < n are padding."""
@@ -140,10 +142,17 @@ class SequenceBuffer:
         self.mask[:n, new_start : self.start] = False
         self.start = new_start
 
-    def _relocate(self, width: int, n: int) -> None:
+    def _shrink(self, n: int) -> None:
+        """Give memory back once the window is far narrower than the buffer (a long row left)."""
+        fitting = max(self._smallest, _next_power_of_two(2 * (self.width + 1)))
+        if self.capacity >= 4 * fitting:
+            self._relocate(self.width, n, fitting)
+
+    def _relocate(self, width: int, n: int, capacity: int | None = None) -> None:
         """Re-lay the window out with room for ``width`` columns and growth on both sides."""
-        needed = 2 * (width + 1)
-        capacity = self.capacity if needed <= self.capacity else _next_power_of_two(needed)
+        if capacity is None:
+            needed = 2 * (width + 1)
+            capacity = self.capacity if needed <= self.capacity else _next_power_of_two(needed)
         old_tokens, old_mask = self.tokens, self.mask
         old = slice(self.start, self.end)
         self._allocate(capacity)

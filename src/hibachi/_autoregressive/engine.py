@@ -11,7 +11,7 @@ from typing import Any
 
 from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
-from .._core.model import ModelRunner, model_error
+from .._core.model import ModelRunner, is_fatal, model_error
 from .._exceptions import BatcherClosed, HibachiError, ModelError
 from .scheduler import Scheduler
 
@@ -57,13 +57,16 @@ class Engine(EngineThread):
 def run_step(scheduler: Scheduler, call: Callable[..., Any]) -> None:
     """One step after ``schedule()``: the model on this step's inputs, then its output applied.
 
-    A model that raises, or returns something unusable, fails only this step's rows.
+    A model that raises, or returns something unusable, fails only this step's rows;
+    so does a `BaseException` unless `is_fatal` (then it propagates and stops the engine).
     """
     inputs = scheduler.model_inputs()
     try:
         with scheduler.backend.inference_context():
             output: Any = call(*inputs)
-    except Exception as exc:
+    except BaseException as exc:
+        if is_fatal(exc):
+            raise
         scheduler.fail(model_error(exc))
         return
     try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from .._backends import Backend
 from .._core.queue import WorkQueue
-from .._exceptions import ModelError, Timeout
+from .._exceptions import ModelError, QueueFull, Timeout
 from .buffer import SequenceBuffer
 from .layout import Layout
 from .request import Request
@@ -42,6 +42,7 @@ __all__ = ["Counters", "Scheduler"]
 class Counters:
     """What the scheduler has done so far (read by `stats()`)."""
 
+    submitted: int = 0
     admitted: int = 0
     finished: int = 0
     cancelled: int = 0
@@ -67,8 +68,10 @@ class Scheduler:
         queue: WorkQueue[Request],
         clock: Callable[[], float] = time.monotonic,
         layout: Layout | None = None,
+        max_unread_tokens: int | None = None,
     ) -> None:
         self.backend = backend
+        self.max_unread_tokens = max_unread_tokens
         self.stop_token = stop_token
         self.padding_token = padding_token
         self.max_batch_size = max_batch_size
@@ -87,8 +90,9 @@ class Scheduler:
     def submit(self, request: Request) -> None:
         """Queue a checked request (QueueFull / BatcherClosed propagate)."""
         self.queue.put(request)
-        if request.deadline is not None:
-            with self._deadline_lock:
+        with self._deadline_lock:
+            self.counters.submitted += 1
+            if request.deadline is not None:
                 heapq.heappush(self._deadlines, (request.deadline, request.id, request))
 
     def note_departure(self) -> None:
@@ -132,13 +136,30 @@ class Scheduler:
         done = stopped | (self.remaining[index] <= 0)
         requests = self.rows if rows is None else [self.rows[i] for i in rows]
         tokens = self.backend.unbind(self.backend.to_user(column))
-        for request, token in zip(requests, tokens, strict=True):
-            request.sink.put(token)
-        self.counters.tokens += len(requests)
+        overrun = self._deliver(requests, tokens, done)
+        self.counters.tokens += len(requests) - len(overrun)
         finished = np.flatnonzero(done)
-        if finished.size:
-            self._remove((finished if rows is None else rows[finished]).tolist(), None)
+        if finished.size or overrun:
+            leaving = (finished if rows is None else rows[finished]).tolist()
+            errors: dict[int, BaseException] = {
+                (j if rows is None else int(rows[j])): _OVERRUN for j in overrun
+            }
+            self._remove(leaving + list(errors), None, errors)
             self.counters.finished += finished.size
+            self.counters.failed += len(errors)
+
+    def _deliver(self, requests: list[Request], tokens: Sequence[Any], done: Any) -> list[int]:
+        """Send each request its token; return those not sent: their caller has
+        ``max_unread_tokens`` unread already (back-pressure: the request ends)."""
+        limit = self.max_unread_tokens
+        overrun = []
+        for j, (request, token) in enumerate(zip(requests, tokens, strict=True)):
+            if limit is not None and request.sent - request.taken >= limit and not done[j]:
+                overrun.append(j)
+                continue
+            request.sink.put(token)
+            request.sent += 1
+        return overrun
 
     def fail(self, error: BaseException) -> None:
         """The model failed this step: every row in it gets a ModelError."""
@@ -236,11 +257,18 @@ class Scheduler:
             self._deadlines = [entry for entry in self._deadlines if not entry[2].ended]
             heapq.heapify(self._deadlines)
 
-    def _remove(self, indices: list[int], error: BaseException | None) -> None:
+    def _remove(
+        self,
+        indices: list[int],
+        error: BaseException | None,
+        errors: dict[int, BaseException] | None = None,
+    ) -> None:
+        """End rows ``indices`` with ``error`` (None: normally), or with ``errors[row]``."""
         for i in sorted(indices, reverse=True):
             request = self.rows[i]
             self._remove_row(i)  # first, so the row's slot is released before its caller hears
-            request.finish(_copy_error(error) if error is not None else None)
+            cause = error if errors is None else errors.get(i, error)
+            request.finish(_copy_error(cause) if cause is not None else None)
         self.layout.settle(len(self.rows))
 
     def _remove_row(self, i: int) -> None:
@@ -277,7 +305,17 @@ class Scheduler:
                 f"the model returned dtype {output.dtype}, which does not cast safely to "
                 f"the tokens' dtype {pad.dtype}"
             )
-        return backend.to_storage(output, pad)
+        try:
+            return backend.to_storage(output, pad)
+        except Exception as exc:
+            raise ModelError(
+                f"the model's output could not be stored: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+_OVERRUN = QueueFull(
+    "the stream was not read: it held max_unread_tokens unread tokens, so it was ended"
+)
 
 
 def _copy_error(error: BaseException) -> BaseException:

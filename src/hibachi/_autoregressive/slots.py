@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
+from .._core.model import is_fatal
 from .._exceptions import ModelError
 from .layout import Emitted, RowIndex
 from .request import Request
@@ -65,10 +66,13 @@ class SlotLayout:
         # slots
         self.free = list(range(rows))
         self.retired: list[tuple[int, BaseException]] = []
+        self._fatal: BaseException | None = None  # from release(), raised at the next settle
+        self._fatal_raised = False
         self._admissions = 0
-        # prefill steps are staged here
-        self._tokens = backend.full((rows, prefill_chunk, *token_shape), padding)
-        self._mask = backend.zeros_bool((rows, prefill_chunk), padding)
+        # prefill steps are staged here, grown to the largest step yet (see `_staging`)
+        self._rows = rows
+        self._tokens = backend.full((0, 0, *token_shape), padding)
+        self._mask = backend.zeros_bool((0, 0), padding)
         self._ones = backend.zeros_bool((rows, 1), padding)
         self._ones[...] = True
         self._prefill_next = True
@@ -110,13 +114,20 @@ class SlotLayout:
         self.prompts[last] = self.options[last] = None
 
     def settle(self, n: int) -> None:
-        pass
+        # A fatal exception from release() (see `is_fatal`) stops the engine, but only
+        # once the rows that left are all ended, so the layout is consistent.
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            self._fatal_raised = True
+            raise fatal
 
     def _free_slot(self, slot: int) -> None:
         try:
             self._release(slot)
-        except Exception as exc:
+        except BaseException as exc:
             self.retired.append((slot, exc))
+            if is_fatal(exc) and not self._fatal_raised:
+                self._fatal = exc
         else:
             heapq.heappush(self.free, slot)
 
@@ -148,12 +159,23 @@ class SlotLayout:
         count, width = _pack(left, self.prefill_chunk)
         rows = waiting[:count]
         chunks = [min(r, width) for r in left[:count]]
+        self._staging(count, width)
         for j, (row, chunk) in enumerate(zip(rows.tolist(), chunks, strict=True)):
             self._stage(j, row, chunk, width)
         self._step = _Step(rows, width=width, chunks=chunks)
         to_user = self._backend.to_user
         tokens, mask = self._tokens[:count, :width], self._mask[:count, :width]
         return to_user(tokens), to_user(mask), self.slots[rows], self._options_of(rows)
+
+    def _staging(self, count: int, width: int) -> None:
+        """Make the staging arrays at least (count, width), growing by doubling."""
+        held_rows, held_width = self._mask.shape
+        if count <= held_rows and width <= held_width:
+            return
+        rows = min(max(held_rows, _doubled(count)), self._rows)
+        width = min(max(held_width, _doubled(width)), self.prefill_chunk)
+        self._tokens = self._backend.full((rows, width, *self._padding.shape), self._padding)
+        self._mask = self._backend.zeros_bool((rows, width), self._padding)
 
     def _stage(self, j: int, row: int, chunk: int, width: int) -> None:
         start = int(self.fed[row])
@@ -219,6 +241,11 @@ class _Step:
 
 
 _DECODE_ALL = _Step(None, width=1, chunks=None)
+
+
+def _doubled(n: int) -> int:
+    """The power of two at least ``n``."""
+    return 1 << (n - 1).bit_length()
 
 
 def _pack(left: list[int], budget: int) -> tuple[int, int]:
