@@ -89,6 +89,16 @@ def serve_child(args: argparse.Namespace) -> None:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     app = create_app(build_model(args), default_embedding_model(), settings=settings(args))
+    if os.environ.get("HIBACHI_PROFILE"):  # where the server's event loop spends its time
+        import cProfile
+
+        cProfile.runctx(
+            "run(app, host='127.0.0.1', port=args.port, log_level='warning', access_log=False)",
+            globals(),
+            {"run": run, "app": app, "args": args},
+            os.environ["HIBACHI_PROFILE"],
+        )
+        return
     run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
