@@ -83,7 +83,7 @@ def test_an_async_model_that_is_cancelled_fails_its_batch_only() -> None:
     async def model(batch: Any) -> Any:
         nonlocal calls
         calls += 1
-        if calls == 1:
+        if calls <= 2:  # an item fails after failing twice alone
             raise asyncio.CancelledError()
         return batch + 1
 

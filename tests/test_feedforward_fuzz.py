@@ -294,7 +294,7 @@ def test_each_exception_kind_leaves_the_batcher_serving(kind: type[BaseException
     def model(batch: Any) -> Any:
         nonlocal calls
         calls += 1
-        if calls == 1:
+        if calls <= 2:  # an item fails after failing twice alone
             raise kind("fuzzed")
         return batch * 2
 
