@@ -12,6 +12,8 @@ from .request import Request
 
 __all__ = ["TokenStream"]
 
+_claiming = threading.Lock()  # makes a thread's check-and-set of ``_reading`` atomic
+
 
 @final
 class TokenStream:
@@ -38,7 +40,7 @@ class TokenStream:
         self._sink = sink
         self._notify = notify
         self._done = False
-        self._reading = threading.Lock()  # held by the one reader waiting for an item
+        self._reading = False  # a reader is waiting for an item
 
     @property
     def id(self) -> int:
@@ -80,23 +82,30 @@ class TokenStream:
         sink = self._sink
         if not isinstance(sink, AsyncSink):
             raise TypeError("this stream was created outside an event loop: iterate it with `for`")
-        if asyncio.get_running_loop() is not sink._channel.loop and not sink._items:
-            # what was delivered can be read anywhere; waiting needs the stream's own loop
+        if sink._items:  # delivered already: no waiting, so nothing to check
+            item = sink._items.popleft()
+        else:
+            item = await self._wait(sink)
+        if loop is not None:
+            loop.armed = True
+        return self._unwrap(item, StopAsyncIteration)
+
+    async def _wait(self, sink: AsyncSink) -> Any:
+        """The next item, for the one task that may wait for it: in the stream's own loop."""
+        if asyncio.get_running_loop() is not sink._channel.loop:
             raise RuntimeError(
                 "this stream belongs to the event loop it was created in: read it there"
             )
-        if not self._reading.acquire(blocking=False):
+        if self._reading:
             raise RuntimeError("another task is already reading this stream")
-        if loop is not None:
-            loop.armed = True
+        self._reading = True
         try:
-            item = await sink.get()
+            return await sink.get()
         except asyncio.CancelledError:
             self.cancel()
             raise
         finally:
-            self._reading.release()
-        return self._unwrap(item, StopAsyncIteration)
+            self._reading = False
 
     async def collect(self) -> list[Any]:
         """All remaining tokens, as a list."""
@@ -122,14 +131,16 @@ class TokenStream:
         sink = self._sink
         if not isinstance(sink, ThreadSink):
             raise TypeError("this stream was created in an event loop: iterate it with `async for`")
-        if not self._reading.acquire(blocking=False):
-            raise RuntimeError("another thread is already reading this stream")
-        if loop is not None:
-            loop.armed = True
+        with _claiming:
+            if self._reading:
+                raise RuntimeError("another thread is already reading this stream")
+            self._reading = True
         try:
             item = sink.get()
         finally:
-            self._reading.release()
+            self._reading = False
+        if loop is not None:
+            loop.armed = True
         return self._unwrap(item, StopIteration)
 
     def __enter__(self) -> TokenStream:
