@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
-from .layout import Emitted
+from .layout import Emitted, gather_rows
 from .request import Request
 
 __all__ = ["SequenceBuffer"]
@@ -33,6 +33,8 @@ _MIN_CAPACITY = 16
 
 class SequenceBuffer:
     """Token and mask storage for up to ``rows`` left-padded sequences."""
+
+    stateful = False
 
     def __init__(self, backend: Backend, padding: Any, rows: int, capacity: int = 64) -> None:
         self._backend = backend
@@ -115,6 +117,17 @@ class SequenceBuffer:
     def inputs(self, n: int) -> tuple[Any, Any]:
         tokens, mask = self.view(n)
         return self._backend.to_user(tokens), self._backend.to_user(mask)
+
+    def subset_inputs(self, n: int, positions: list[int]) -> tuple[Any, Any]:
+        longest = int(self.lengths[positions].max())
+        window = slice(self.end - longest, self.end)
+        shape = (len(positions), longest)
+        backend = self._backend
+        tokens = backend.full(shape + self._token_shape, self._padding)
+        mask = backend.zeros_bool(shape, self._padding)
+        gather_rows(tokens, self.tokens[:, window, ...], positions)
+        gather_rows(mask, self.mask[:, window], positions)
+        return backend.to_user(tokens), backend.to_user(mask)
 
     def step_size(self, n: int) -> int:
         return n

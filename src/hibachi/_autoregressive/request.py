@@ -27,6 +27,8 @@ class Sink(Protocol):
 
     def end(self, error: BaseException | None = None) -> None: ...
 
+    def abandon(self, error: BaseException) -> None: ...
+
 
 @dataclass(eq=False, slots=True)
 class Request:
@@ -59,6 +61,13 @@ class Request:
         if not self.ended:
             self.ended = True
             self.sink.end(error)
+
+    def abandon(self, error: BaseException) -> None:
+        """End the caller's stream now, from a thread other than the engine's (which is
+        stuck in the model); the engine forgets the request when it gets back."""
+        if not self.ended:
+            self.ended = True
+            self.sink.abandon(error)
 
 
 def check_prompt(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ from .buffer import SequenceBuffer
 from .layout import Layout
 from .request import Request
 
-__all__ = ["Counters", "Scheduler"]
+__all__ = ["Counters", "Scheduler", "copy_error"]
 
 
 @dataclass
@@ -124,29 +124,59 @@ class Scheduler:
 
     def complete(self, output: Any) -> None:
         """Apply the model's output for the rows of this step."""
+        self.apply(self.check_output(output, self.layout.step_size(len(self.rows))))
+
+    def subset_inputs(self, positions: list[int]) -> tuple[Any, ...]:
+        """The model's arguments for this step's rows at ``positions`` only (to retry them)."""
+        return self.layout.subset_inputs(len(self.rows), positions)
+
+    def apply(self, column: Any, failures: Mapping[int, BaseException] | None = None) -> None:
+        """Apply checked tokens (storage, one per row of the step) for the rows of this step.
+
+        ``failures`` maps positions in the step to the error that ends their
+        row: those rows get no token (their entry in ``column`` is ignored).
+        """
         n = len(self.rows)
-        column = self._check_output(output, self.layout.step_size(n))
+        failed = self._failed_rows(failures, n) if failures else {}
         self._count_step(n)
         rows, column = self.layout.record(column, n)
-        if rows is not None and not rows.size:
-            return  # every row of the step is still taking its prompt in
+        if (
+            rows is not None and not rows.size
+        ):  # every row of the step is still taking its prompt in
+            if failed:
+                self.counters.failed += len(failed)
+                self._end_rows(failed)
+            return
         index = slice(0, n) if rows is None else rows
         stopped = self.backend.rows_equal(column, self.stop_token)
         self.remaining[index] -= 1
         done = stopped | (self.remaining[index] <= 0)
-        requests = self.rows if rows is None else [self.rows[i] for i in rows]
+        members: Sequence[int] = range(n) if rows is None else rows.tolist()
         tokens = self.backend.unbind(self.backend.to_user(column))
+        if failed:
+            kept = [j for j, i in enumerate(members) if i not in failed]
+            members, tokens, done = (
+                [members[j] for j in kept],
+                [tokens[j] for j in kept],
+                done[kept],
+            )
+        requests = self.rows if rows is None and not failed else [self.rows[i] for i in members]
         overrun = self._deliver(requests, tokens, done)
         self.counters.tokens += len(requests) - len(overrun)
-        finished = np.flatnonzero(done)
-        if finished.size or overrun:
-            leaving = (finished if rows is None else rows[finished]).tolist()
-            errors: dict[int, BaseException] = {
-                (j if rows is None else int(rows[j])): _OVERRUN for j in overrun
-            }
-            self._remove(leaving + list(errors), None, errors)
-            self.counters.finished += finished.size
-            self.counters.failed += len(errors)
+        finished = np.flatnonzero(done).tolist()
+        if finished or overrun or failed:
+            ended: dict[int, BaseException | None] = dict(failed)
+            ended.update((members[j], None) for j in finished)
+            ended.update((members[j], _OVERRUN) for j in overrun)
+            self._end_rows(ended)
+            self.counters.finished += len(finished)
+            self.counters.failed += len(overrun) + len(failed)
+
+    def _failed_rows(
+        self, failures: Mapping[int, BaseException], n: int
+    ) -> dict[int, BaseException | None]:
+        members = self.layout.step_rows(n)
+        return {members[position]: error for position, error in failures.items()}
 
     def _deliver(self, requests: list[Request], tokens: Sequence[Any], done: Any) -> list[int]:
         """Send each request its token; return those not sent: their caller has
@@ -181,7 +211,7 @@ class Scheduler:
                 request.finish()
             else:
                 self.counters.failed += 1
-                request.finish(_copy_error(error))
+                request.finish(copy_error(error))
 
     # -- internals ----------------------------------------------------------------
 
@@ -264,11 +294,14 @@ class Scheduler:
         errors: dict[int, BaseException] | None = None,
     ) -> None:
         """End rows ``indices`` with ``error`` (None: normally), or with ``errors[row]``."""
-        for i in sorted(indices, reverse=True):
-            request = self.rows[i]
+        self._end_rows({i: error if errors is None else errors.get(i, error) for i in indices})
+
+    def _end_rows(self, ended: Mapping[int, BaseException | None]) -> None:
+        """Remove rows ``ended`` and end their callers, each with its error (None: done)."""
+        for i in sorted(ended, reverse=True):
+            request, error = self.rows[i], ended[i]
             self._remove_row(i)  # first, so the row's slot is released before its caller hears
-            cause = error if errors is None else errors.get(i, error)
-            request.finish(_copy_error(cause) if cause is not None else None)
+            request.finish(copy_error(error) if error is not None else None)
         self.layout.settle(len(self.rows))
 
     def _remove_row(self, i: int) -> None:
@@ -288,7 +321,8 @@ class Scheduler:
         c.cells += cells
         c.padding_cells += padding
 
-    def _check_output(self, output: Any, n: int) -> Any:
+    def check_output(self, output: Any, n: int) -> Any:
+        """The model's ``output`` for ``n`` rows as storage tokens, or ModelError."""
         backend, pad = self.backend, self.padding_token
         if not backend.is_array(output):
             raise ModelError(
@@ -318,7 +352,7 @@ _OVERRUN = QueueFull(
 )
 
 
-def _copy_error(error: BaseException) -> BaseException:
+def copy_error(error: BaseException) -> BaseException:
     """A fresh instance per caller, so tracebacks of concurrent raises don't mix."""
     try:
         copy = type(error)(*error.args)

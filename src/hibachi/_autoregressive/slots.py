@@ -32,7 +32,7 @@ import numpy as np
 from .._backends import Backend
 from .._core.model import is_fatal
 from .._exceptions import ModelError
-from .layout import Emitted, RowIndex
+from .layout import Emitted, RowIndex, gather_rows
 from .request import Request
 
 __all__ = ["SlotLayout"]
@@ -40,6 +40,8 @@ __all__ = ["SlotLayout"]
 
 class SlotLayout:
     """Per-row slots, unseen tokens and options for up to ``rows`` active rows."""
+
+    stateful = True
 
     def __init__(
         self,
@@ -188,6 +190,26 @@ class SlotLayout:
     def _options_of(self, rows: RowIndex) -> list[Any]:
         options = self.options
         return [options[i] for i in rows.tolist()]
+
+    def subset_inputs(self, n: int, positions: list[int]) -> tuple[Any, Any, Any, list[Any]]:
+        """(tokens, mask, slots, options) of the step's rows at ``positions``, each as fed alone."""
+        step, backend = self._step, self._backend
+        rows = np.arange(n) if step.rows is None else step.rows
+        chosen = rows[positions]
+        k, shape = len(positions), tuple(self._padding.shape)
+        if step.chunks is None:
+            tokens = backend.full((k, 1, *shape), self._padding)
+            gather_rows(tokens, self.last, chosen.tolist())
+            mask = self._ones[:k]
+        else:
+            width = max(step.chunks[p] for p in positions)
+            columns = slice(step.width - width, step.width)
+            tokens = backend.full((k, width, *shape), self._padding)
+            mask = backend.zeros_bool((k, width), self._padding)
+            gather_rows(tokens, self._tokens[:, columns, ...], positions)
+            gather_rows(mask, self._mask[:, columns], positions)
+        options = [self.options[i] for i in chosen.tolist()]
+        return backend.to_user(tokens), backend.to_user(mask), self.slots[chosen], options
 
     def step_size(self, n: int) -> int:
         rows = self._step.rows

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, final
 
 from .._core.delivery import END, AsyncSink, Failure, ThreadSink
+from . import caller_deadline
 from .request import Request
 
 __all__ = ["TokenStream"]
@@ -31,7 +33,7 @@ class TokenStream:
     pickled (`TypeError`): it is one caller's handle on one request.
     """
 
-    __slots__ = ("_done", "_notify", "_reading", "_request", "_sink")
+    __slots__ = ("_done", "_notify", "_reading", "_request", "_sink", "_timer")
 
     def __init__(
         self, request: Request, sink: AsyncSink | ThreadSink, notify: Callable[[], None]
@@ -41,6 +43,10 @@ class TokenStream:
         self._notify = notify
         self._done = False
         self._reading = False  # a reader is waiting for an item
+        # the deadline, kept on this side too: it fires even while the model is stuck
+        self._timer = (
+            caller_deadline.arm(request, sink, notify) if isinstance(sink, AsyncSink) else None
+        )
 
     @property
     def id(self) -> int:
@@ -55,7 +61,7 @@ class TokenStream:
     def cancel(self) -> None:
         """Stop generating for this request; the stream ends. Idempotent."""
         if not self._done:
-            self._done = True
+            self._end()
             self._request.cancelled = True
             self._notify()
 
@@ -136,7 +142,10 @@ class TokenStream:
                 raise RuntimeError("another thread is already reading this stream")
             self._reading = True
         try:
-            item = sink.get()
+            item = sink.get(caller_deadline.seconds_left(self._request))
+        except queue.Empty:
+            self._done = True
+            raise caller_deadline.expire(self._request, self._notify) from None
         finally:
             self._reading = False
         if loop is not None:
@@ -151,13 +160,19 @@ class TokenStream:
 
     def _unwrap(self, item: Any, stop: type[Exception]) -> Any:
         if item is END:
-            self._done = True
+            self._end()
             raise stop
         if isinstance(item, Failure):
-            self._done = True
+            self._end()
             raise item.error
         self._request.taken += 1
         return item
+
+    def _end(self) -> None:
+        self._done = True
+        timer, self._timer = self._timer, None
+        if timer is not None and isinstance(self._sink, AsyncSink):
+            caller_deadline.disarm(timer, self._sink)
 
 
 class _Loop:

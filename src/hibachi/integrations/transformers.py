@@ -30,6 +30,7 @@ from .._autoregressive.batcher import AutoregressiveBatcher
 from .._autoregressive.incremental import IncrementalModel
 from .._exceptions import ConfigurationError, InvalidRequest
 from ._kv_cache import Plan, SlotCache
+from ._prompt_checks import check_token_ids, vocabulary_size
 from ._sampling import Sampler, Sampling
 
 __all__ = ["CausalLMAdapter", "Sampling", "causal_lm_batcher"]
@@ -93,8 +94,10 @@ class CausalLMAdapter(IncrementalModel):
         self._rows = _Rows(slots)
         self._sampler = Sampler(slots, self.device)
         self._call = _call_arguments(model)
+        self.vocab_size = vocabulary_size(model)
 
     def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
+        check_token_ids(prompt, self.vocab_size)
         length = int(prompt.shape[0])
         if length > self.max_length:
             raise InvalidRequest(
@@ -107,7 +110,8 @@ class CausalLMAdapter(IncrementalModel):
         self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any], options: list[Any]
     ) -> torch.Tensor:
         with torch.inference_mode():
-            for j in np.flatnonzero(self._lengths[slots] == 0).tolist():
+            # a row retried after a step that raised keeps the cache row it got then
+            for j in np.flatnonzero(self._rows.phys[slots] < 0).tolist():
                 self._rows.add(int(slots[j]))
                 self._sampler.start(int(slots[j]), options[j])
             return self._forward(tokens, mask, slots)
@@ -126,7 +130,6 @@ class CausalLMAdapter(IncrementalModel):
         order = np.argsort(self._rows.phys[slots], kind="stable")
         slots, counts = slots[order], counts[order]
         positions = self._plan(slots, counts, width)
-        self._lengths[slots] += counts
         device = self.device
         index = torch.from_numpy(order)
         inputs = {
@@ -137,7 +140,8 @@ class CausalLMAdapter(IncrementalModel):
             **self._call.extra,
         }
         logits = self.model(**inputs).logits[:, -1]
-        picked = self._sampler.pick(logits, slots)
+        picked = self._sampler.pick(logits, slots)  # draws last: a step that raised drew nothing
+        self._lengths[slots] += counts  # committed only now (see IncrementalModel: retries)
         return torch.empty_like(picked).index_copy_(0, index.to(device), picked)
 
     def _plan(
