@@ -298,3 +298,64 @@ def test_arbitrary_settings(kwargs: dict[str, Any], model: Any, cancel: Any) -> 
         b.close(cancel=cancel)
         b.close(cancel=cancel)
     assert b.health().state == "closed"
+
+
+# -- causal_lm_batcher: prompts and sampling options -------------------------------------------
+
+transformers = pytest.importorskip("transformers")
+from hibachi.integrations.transformers import causal_lm_batcher  # noqa: E402
+
+VOCAB, EOS = 32, 3
+
+
+@pytest.fixture(scope="module")
+def tiny_lm() -> Any:
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=8, n_layer=1, n_head=2, n_positions=32,
+        bos_token_id=1, eos_token_id=EOS, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config).double().eval()
+
+
+@pytest.fixture(scope="module")
+def lm_batcher(tiny_lm: Any) -> Iterator[hibachi.AutoregressiveBatcher]:
+    """One batcher for every example: it must keep serving whatever came before."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with causal_lm_batcher(tiny_lm, max_batch_size=2, max_length=16, eos_token_id=EOS) as b:
+        yield b
+    torch.set_num_threads(threads)
+
+
+sampling_options = st.one_of(
+    anything,
+    st.dictionaries(
+        st.sampled_from(["temperature", "top_k", "top_p", "seed", "beam"]),
+        st.one_of(numbers, anything),
+        max_size=4,
+    ),
+)
+token_ids = st.lists(st.integers(-3, VOCAB + 3), min_size=1, max_size=6).map(torch.tensor)
+LM_WITNESS = torch.tensor([7, 8, 9])
+
+
+@settings(FUZZ, max_examples=60)
+@given(prompt=st.one_of(token_ids, anything), options=sampling_options)
+def test_causal_lm_run_with_arbitrary_prompts_and_options(
+    lm_batcher: hibachi.AutoregressiveBatcher, prompt: Any, options: Any
+) -> None:
+    b = lm_batcher
+    expected = outcome(b.run(LM_WITNESS, max_new_tokens=4))
+    try:
+        stream = b.run(prompt, max_new_tokens=4, options=options)
+    except hibachi.HibachiError:
+        stream = None
+    fine = b.run(LM_WITNESS, max_new_tokens=4)
+    if stream is not None:
+        tokens, ending = outcome(stream)
+        check_ending(ending)
+        assert all(0 <= t < VOCAB for t in tokens)
+        del stream
+    assert outcome(fine) == expected
+    assert b.health().ok()
