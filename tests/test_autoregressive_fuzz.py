@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -281,6 +281,7 @@ settings_values = st.one_of(st.integers(-2, 70), anything)
     model=st.one_of(st.just(next_int), anything),
     cancel=anything,
 )
+@example(kwargs={}, model=next_int, cancel=np.array([]))  # found by the fuzz: close() half done
 def test_arbitrary_settings(kwargs: dict[str, Any], model: Any, cancel: Any) -> None:
     options = {"stop_token": np.int64(-1), "padding_token": np.int64(0), **kwargs}
     try:
@@ -295,9 +296,22 @@ def test_arbitrary_settings(kwargs: dict[str, Any], model: Any, cancel: Any) -> 
         else:
             check_ending(outcome(stream)[1])
             del stream
-        b.close(cancel=cancel)
-        b.close(cancel=cancel)
+        close_with(b, cancel)
+        close_with(b, cancel)
     assert b.health().state == "closed"
+
+
+def close_with(b: hibachi.AutoregressiveBatcher, cancel: Any) -> None:
+    """``close(cancel=cancel)``: a value with no truth is refused before anything changes."""
+    try:
+        bool(cancel)
+    except Exception as exc:
+        state = b.health().state
+        with pytest.raises(type(exc)):
+            b.close(cancel=cancel)
+        assert b.health().state == state
+    else:
+        b.close(cancel=cancel)
 
 
 # -- causal_lm_batcher: prompts and sampling options -------------------------------------------
