@@ -11,8 +11,8 @@ every kind, `BaseException`s included):
 - nothing is left behind: no request or stream object outlives the examples.
 
 Examples are derandomized so CI sees the same cases every run, and few enough that
-the file runs in well under a minute; ``HIBACHI_FUZZ_EXPLORE=1`` searches anew with
-many more.
+the file runs in well under a minute; ``HIBACHI_FUZZ_EXPLORE=2000`` searches anew,
+with that many examples.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
 ]
 
-EXPLORE = bool(os.environ.get("HIBACHI_FUZZ_EXPLORE"))  # set it to search anew, at length
+EXPLORE = bool(os.environ.get("HIBACHI_FUZZ_EXPLORE"))  # a number of examples: search anew
 FUZZ = settings(
-    max_examples=2000 if EXPLORE else 100,
+    max_examples=int(os.environ.get("HIBACHI_FUZZ_EXPLORE", "0")) or 100,
     deadline=None,
     derandomize=not EXPLORE,
     database=None,
