@@ -94,3 +94,15 @@ def test_import_hibachi_does_not_import_the_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_serve_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    from hibachi._cli import main
+
+    for argv in (["serve", "--port", "http"], ["serve", "--max-batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "/v1/chat/completions" in capsys.readouterr().out

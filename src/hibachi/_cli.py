@@ -290,12 +290,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import ServeSettings, create_app, run
-    from .serve._models import (
+    from .serve import (
+        ServeSettings,
+        create_app,
         default_embedding_model,
         default_language_model,
         load_embedding_model,
         load_language_model,
+        run,
     )
 
     device = args.device
