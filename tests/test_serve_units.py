@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import pytest
@@ -106,3 +107,24 @@ def test_the_serve_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "/v1/chat/completions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("every", "expected"),
+    [(1, ["a", "b", "c", "d", "e"]), (2, ["a", "bc", "de"]), (3, ["a", "bcd", "e"])],
+)
+def test_a_stream_interval_groups_pieces_but_sends_the_first_at_once(
+    every: int, expected: list[str]
+) -> None:
+    import asyncio
+
+    from hibachi.serve._chunks import grouped
+
+    async def pieces() -> AsyncIterator[str]:
+        for piece in "abcde":
+            yield piece
+
+    async def collect() -> list[str]:
+        return [group async for group in grouped(pieces(), every)]
+
+    assert asyncio.run(collect()) == expected

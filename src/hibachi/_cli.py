@@ -147,6 +147,13 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, how long in-flight requests may finish (10)",
     )
+    serve.add_argument(
+        "--stream-interval",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="stream one chunk per N pieces of text (1); more costs less per token",
+    )
     serve.add_argument("--device", default="cpu", help="where the models run (cpu)")
 
 
@@ -316,6 +323,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue_size=args.max_queue_size,
         max_length=args.max_length,
         shutdown_grace=args.shutdown_grace,
+        stream_interval=args.stream_interval,
     )
     run(create_app(language, embedder, settings=settings), host=args.host, port=args.port)
     return 0
