@@ -8,8 +8,7 @@ import threading
 from types import TracebackType
 from typing import Protocol, Self
 
-from .._exceptions import BatcherClosed, InvalidRequest
-from .flags import as_flag
+from .._exceptions import BatcherClosed
 from .health import Health
 
 __all__ = ["Lifecycle", "Runnable", "State"]
@@ -94,7 +93,7 @@ class Lifecycle:
         the close and returns without waiting: the engine cannot wait for
         itself. It finishes closing once the model call returns.
         """
-        cancel = as_flag(cancel, "cancel", InvalidRequest)
+        cancel = bool(cancel)  # a value with no truth raises here, before anything changes
         if self._begin_close(cancel):
             if self._engine.on_own_thread():
                 return
@@ -103,7 +102,7 @@ class Lifecycle:
 
     async def aclose(self, *, cancel: bool = False) -> None:
         """`close` without blocking the event loop."""
-        cancel = as_flag(cancel, "cancel", InvalidRequest)
+        cancel = bool(cancel)
         if self._begin_close(cancel):
             if self._engine.on_own_thread():
                 return

@@ -69,9 +69,9 @@ def model_error(exc: BaseException) -> ModelError:
 def describe(exc: BaseException) -> str:
     """``"Type: message"`` for ``exc``, even if its own ``__str__`` raises."""
     try:
-        text = str(exc)
-    except Exception:
-        text = "<the exception's message could not be read>"
+        text = str(exc)[:1000]
+    except Exception:  # an exception whose __str__ raises must not take the engine down
+        text = "(its message could not be read)"
     return f"{type(exc).__name__}: {text}"
 
 
