@@ -94,6 +94,7 @@ class Driver:
         max_wait: float = 0.0,
         pad_value: Any = None,
         trim_output: bool = False,
+        max_batch_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.clock = FakeClock()
@@ -101,6 +102,7 @@ class Driver:
         self.core = FeedforwardCore(
             max_batch_size=max_batch_size,
             max_wait=max_wait,
+            max_batch_tokens=max_batch_tokens,
             trim_output=trim_output,
             clock=self.clock,
         )

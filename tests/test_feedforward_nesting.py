@@ -8,7 +8,6 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hibachi._feedforward.length_picking import choose_counts
 from hibachi._feedforward.nesting import LEAF, flatten, leaf_values, unflatten
 
 
@@ -62,66 +61,3 @@ def test_pad_values_per_leaf() -> None:
     assert leaf_values(structure, {"ids": 1}) is None
     assert leaf_values(structure, {"ids": 1, "extra": (1, 2, 3)}) is None
     assert leaf_values(structure, [1, 2]) is None
-
-
-def sorted_cut(lengths: list[int], counts: list[int], anchor: int, size: int) -> list[int]:
-    """The reference: sort every item, cut into batches from the shorter or the longer
-    end (whichever pads less; a tie: the shorter), take the anchor's cut, made full."""
-    items = [(n, i) for i, (n, c) in enumerate(zip(lengths, counts, strict=True)) for _ in range(c)]
-    if len(items) <= size:
-        return list(counts)
-
-    def waste(cut: list[tuple[int, int]]) -> int:
-        return len(cut) * max(n for n, _ in cut) - sum(n for n, _ in cut)
-
-    starts_short = list(range(0, len(items), size))
-    starts_long = [0, *range(len(items) % size or size, len(items), size)]
-    ways = []
-    for starts in (starts_short, starts_long):
-        cuts = [items[s:e] for s, e in zip(starts, [*starts[1:], len(items)], strict=True)]
-        ways.append((sum(map(waste, cuts)), starts))
-    starts = min(ways, key=lambda way: way[0])[1]
-    first = sum(counts[:anchor])
-    start = max(s for s in starts if s <= first)
-    end = min([s for s in starts if s > first] + [len(items)])
-    if end - start < size:
-        start, end = (0, size) if start == 0 else (end - size, end)
-    return [sum(1 for _, i in items[start:end] if i == k) for k in range(len(lengths))]
-
-
-@st.composite
-def queues(draw: st.DrawFn) -> tuple[list[int], list[int], int, int]:
-    lengths = sorted(draw(st.sets(st.integers(1, 40), min_size=1, max_size=6)))
-    counts = draw(st.lists(st.integers(1, 5), min_size=len(lengths), max_size=len(lengths)))
-    anchor = draw(st.integers(0, len(lengths) - 1))
-    size = draw(st.integers(1, 8))
-    return lengths, counts, anchor, size
-
-
-@given(queues())
-def test_choose_counts_takes_the_oldest_and_its_cut_of_the_sorted_queue(
-    queue: tuple[list[int], list[int], int, int],
-) -> None:
-    lengths, counts, anchor, size = queue
-    take = choose_counts(lengths, counts, anchor, size)
-    assert sum(take) == min(size, sum(counts))
-    assert all(0 <= t <= c for t, c in zip(take, counts, strict=True)) and take[anchor] >= 1
-    assert take == sorted_cut(lengths, counts, anchor, size)
-
-
-def test_picking_batch_after_batch_pads_as_little_as_a_sorted_loop() -> None:
-    rng = np.random.default_rng(0)
-    arrivals = [int(n) for n in rng.integers(4, 150, size=128)]
-    for size in (8, 32):
-        waiting, picked_waste = list(arrivals), 0
-        while waiting:
-            lengths = sorted(set(waiting))
-            counts = [waiting.count(n) for n in lengths]
-            take = choose_counts(lengths, counts, lengths.index(waiting[0]), size)
-            batch = [n for n, t in zip(lengths, take, strict=True) for _ in range(t)]
-            picked_waste += len(batch) * max(batch) - sum(batch)
-            for n in batch:
-                waiting.remove(n)
-        ordered = sorted(arrivals)
-        cuts = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-        assert picked_waste <= sum(len(c) * max(c) - sum(c) for c in cuts)

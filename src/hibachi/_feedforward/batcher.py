@@ -50,9 +50,15 @@ class FeedforwardBatcher(Lifecycle):
             is not padded), e.g. ``{"input_ids": 0, "attention_mask": 0}``.
             An item's length is the longest first axis of its padded leaves;
             all padded leaves of a batch get the batch's longest length.
-            When more items wait than fit, items of similar length go together.
+            A batch is the oldest waiting item and the items that make the
+            cheapest batch with it, by what batches have cost so far: it may
+            hold fewer, similar-length items, rather than pad many to a long one.
         trim_output: with ``pad_value``, cut each result leaf whose first axis
             has the batch's padded length back to the item's own length.
+        max_batch_tokens: with ``pad_value``, at most this many padded cells
+            (items times padded length) per batch, to bound the model's memory;
+            None (the default) for no bound. An item longer than this on its
+            own goes through the model alone.
         max_queue_size: at most this many items wait; beyond, ``run`` raises
             `QueueFull`. None for unbounded.
         backend: a `Backend` for a tensor library hibachi does not know; every
@@ -69,16 +75,24 @@ class FeedforwardBatcher(Lifecycle):
         trim_output: bool = False,
         max_queue_size: int | None = 65536,
         backend: Backend | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         super().__init__()
         _check_count(max_batch_size, "max_batch_size")
+        if max_batch_tokens is not None:
+            _check_count(max_batch_tokens, "max_batch_tokens")
+            if pad_value is None:
+                raise ConfigurationError("max_batch_tokens needs a pad_value: it bounds padding")
         if max_queue_size is not None:
             _check_count(max_queue_size, "max_queue_size")
         _check_settings(max_wait, pad_value, trim_output)
         self._inputs = InputChecker(pad_value, backend)
         self._queue: WorkQueue[Item] = WorkQueue(max_queue_size)
         self._core = FeedforwardCore(
-            max_batch_size=max_batch_size, max_wait=float(max_wait), trim_output=trim_output
+            max_batch_size=max_batch_size,
+            max_wait=float(max_wait),
+            max_batch_tokens=max_batch_tokens,
+            trim_output=trim_output,
         )
         self._inboxes = LoopInboxes(Channels())
         self._engine = FeedforwardEngine(

@@ -9,7 +9,11 @@ clock and items that record their outcome.
 
 - ``next_batch`` first reruns the halves of a failed batch, then takes the
   next ready group from the `WaitingRoom`, dropping items whose caller left
-  or whose deadline passed: they never reach the model.
+  or whose deadline passed: they never reach the model. Of a group of padded
+  items, it takes the oldest and those that make the cheapest batch with it,
+  by the group's `CostModel` (see `length_picking`).
+- ``inputs`` … ``complete`` is timed on ``clock``, and the time teaches the
+  batch's `CostModel` what a batch of its kind costs.
 - ``fail`` splits a failed batch in two and queues both halves ahead of
   everything else, so that in the end only items that fail on their own get
   the error; every other item gets its result.
@@ -26,10 +30,13 @@ from typing import Any
 from .._core.delivery import Failure
 from .._exceptions import BatcherClosed, ModelError, Timeout
 from .batch import Batch, assemble, split
-from .item import Item
+from .cost_model import CostModel
+from .item import Item, Layout
 from .waiting_room import Group, Release, WaitingRoom
 
 __all__ = ["FeedforwardCore", "FeedforwardCounters"]
+
+_FLAT = CostModel()  # unpadded items: one length, so every batch is as full as it may be
 
 
 @dataclass
@@ -71,15 +78,19 @@ class FeedforwardCore:
         *,
         max_batch_size: int,
         max_wait: float = 0.0,
+        max_batch_tokens: int | None = None,
         trim_output: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.room = WaitingRoom(max_batch_size, max_wait)
         self.trim_output = trim_output
         self.clock = clock
         self.counters = FeedforwardCounters()
+        self.costs: dict[Layout, CostModel] = {}
         self._retries: list[Batch] = []
+        self._started: float | None = None  # when ``inputs`` began on the running batch
 
     def __len__(self) -> int:
         """Items in the waiting room (not counting halves of failed batches)."""
@@ -114,6 +125,8 @@ class FeedforwardCore:
 
     def inputs(self, batch: Batch) -> Any:
         """The model's input for ``batch``: every leaf stacked (and padded) along axis 0."""
+        if batch.length:
+            self._started = self.clock()
         stacked, cells, padding = assemble(batch)
         self.counters.cells += cells
         self.counters.padding_cells += padding
@@ -130,9 +143,18 @@ class FeedforwardCore:
         for item, result in zip(batch.items, results, strict=True):
             item.deliver(result)
         self.counters.completed += len(results)
+        self._learn(batch)
+
+    def cost_of(self, layout: Layout) -> CostModel:
+        """What a batch of ``layout`` costs, as learnt so far."""
+        model = self.costs.get(layout)
+        if model is None:
+            model = self.costs[layout] = CostModel()
+        return model
 
     def fail(self, batch: Batch, error: BaseException) -> None:
         """``batch`` failed with ``error``: rerun its halves next, or fail its one item."""
+        self._started = None
         if len(batch) > 1:
             first, second = batch.halves()
             self._retries += [second, first]
@@ -171,12 +193,25 @@ class FeedforwardCore:
         return None
 
     def _fill(self, group: Group, now: float) -> list[Item]:
-        """Up to a batch of live items from ``group``; departed ones are dropped on the way."""
-        items: list[Item] = []
-        while group.size and len(items) < self.max_batch_size:
-            taken = self.room.take(group, self.max_batch_size - len(items))
-            items += self._live(taken, now)
-        return items
+        """The live items of ``group`` that make its next batch; departed ones are dropped.
+
+        If any taken item had departed, the others go back and the batch is
+        chosen again among those left.
+        """
+        cost = self.cost_of(group.layout) if group.layout.padded else _FLAT
+        while group.size:
+            taken = self.room.take(group, self.max_batch_size, self.max_batch_tokens, cost)
+            items = self._live(taken, now)
+            if len(items) == len(taken):
+                return items
+            self.room.put_back(group, items)
+        return []
+
+    def _learn(self, batch: Batch) -> None:
+        started, self._started = self._started, None
+        if started is not None:
+            seconds = self.clock() - started
+            self.cost_of(batch.layout).observe(len(batch), batch.length, seconds)
 
     def _live(self, items: list[Item], now: float) -> list[Item]:
         """``items`` whose caller still waits; the others are ended and counted."""

@@ -1,87 +1,155 @@
-"""Picking items of similar length for a padded batch.
+"""Picking the items of a padded batch by what the batch will cost.
 
-When more items wait than fit in one batch, the batch is padded to its
-longest item, so which items go together decides how much padding the model
-computes on. The oldest waiting item always goes (no item starves); the rest
-are the items beside it in the best cut of the queue sorted by length: what a
-hand-written loop does with every item up front (sort, then cut into batches),
-so that the batches that follow pad as little as the loop's would.
+A padded batch costs what its longest item makes every item cost, plus the
+price of a call (the `CostModel`). Of the waiting items of one kind, sorted
+by length, the batch is a run of neighbours that holds the oldest waiting
+item (so none starves), chosen to do the most work per second of model time:
+the sum of what its items would cost in ideal batches (full, every item of
+one length) over what this batch costs. So it may take fewer items than fit,
+of similar length, and leave a long item for a batch of longer ones, rather
+than pad every item to it. A batch is never predicted to cost more than its
+items would one call each, and it holds at most ``size`` items and, unless it
+is one item, at most ``max_cells`` padded cells.
+
+For a given longest item, adding the next shorter one helps while its ideal
+cost exceeds the batch's work per second times what it adds (its padded
+row): the items are tried longest first, and the scan stops at the first that
+does not help, since every shorter one helps less.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections.abc import Sequence
 
-__all__ = ["choose_counts"]
+from .cost_model import CostModel
+
+__all__ = ["pick_counts"]
+
+_TIE = 1e-9  # relative: work rates this close are equal, and the bigger batch wins
 
 
-def choose_counts(
-    lengths: Sequence[int], counts: Sequence[int], anchor: int, size: int
+def pick_counts(
+    lengths: Sequence[int],
+    counts: Sequence[int],
+    anchor: int,
+    size: int,
+    max_cells: int | None,
+    cost: CostModel,
 ) -> list[int]:
-    """How many items of each length to put in a batch of ``size``.
+    """How many items of each length to put in the batch.
 
     ``lengths`` are ascending and distinct, ``counts[i]`` items of length
-    ``lengths[i]`` wait, and one of length ``lengths[anchor]`` must go.
-    Sorted by length, the waiting items are cut into batches of ``size``
-    either from the shortest or from the longest, whichever pads less in all;
-    the batch is the cut that holds the anchor's length (its first item, if
-    that length spans two cuts), widened to a full batch if it is the short
-    cut at either end: the rest is cut afresh for the next batch anyway.
-    Returns a count per length.
+    ``lengths[i]`` wait, and the first of length ``lengths[anchor]`` (the
+    oldest waiting item) must go. Returns a count per length.
     """
-    cuts = _Cuts(lengths, counts)
-    if cuts.total <= size:
-        return list(counts)
-    cut_both_ways = [cuts.bounds(size, from_short) for from_short in (True, False)]
-    bounds = min(cut_both_ways, key=lambda cut: cut[0])[1]  # a tie: from the shortest
-    first = cuts.cumulative[anchor]  # where the anchor's length starts in sorted order
-    start = max(b for b in bounds if b <= first)
-    end = min(b for b in bounds if b > first)
-    if end - start < size:
-        start, end = (0, size) if start == 0 else (end - size, end)
-    return cuts.counts_between(start, end)
+    queue = _Sorted(lengths, counts, size, max_cells, cost)
+    best = _Best()
+    first = queue.cumulative[anchor]  # the anchor's place in sorted order
+    for top in range(anchor, len(lengths)):
+        room = queue.room(lengths[top])
+        if top > anchor and queue.cumulative[top] >= first + room:
+            break  # this length and every longer one are out of reach
+        end = min(queue.cumulative[top + 1], first + room)
+        _widen_down(queue, first, end, room, best)
+    return queue.counts_between(best.start, best.end)
 
 
-class _Cuts:
+class _Best:
+    """The best batch found so far, as a run ``[start, end)`` of the sorted queue."""
+
+    def __init__(self) -> None:
+        self.rate = -1.0
+        self.items = 0
+        self.start = self.end = 0
+
+    def offer(self, start: int, end: int, rate: float) -> None:
+        items = end - start
+        better = rate > self.rate * (1 + _TIE)
+        if better or (rate >= self.rate * (1 - _TIE) and items > self.items):
+            self.rate, self.items, self.start, self.end = rate, items, start, end
+
+
+def _widen_down(queue: _Sorted, first: int, end: int, room: int, best: _Best) -> None:
+    """Offer ``[start, end)`` for ``start`` from ``first`` down, while the rate does not fall."""
+    cost, length = queue.cost, queue.length_at(end - 1)
+    work, alone = queue.work(first, end), queue.alone(first, end)
+    start, rate = first, -1.0
+    while True:
+        items = end - start
+        seconds = cost.predict(items, length)
+        new_rate = work / seconds
+        if new_rate < rate * (1 - _TIE):
+            return
+        rate = new_rate
+        if items == 1 or seconds <= alone * (1 + _TIE):  # never worse than one call each
+            best.offer(start, end, rate)
+        if start == 0 or items >= room:
+            return
+        start -= 1
+        below = queue.length_at(start)
+        work += queue.ideal(below)
+        alone += cost.predict(1, below)
+
+
+class _Sorted:
     """The waiting items sorted by length, as prefix sums over the lengths."""
 
-    def __init__(self, lengths: Sequence[int], counts: Sequence[int]) -> None:
-        self.lengths = lengths
-        self.cumulative, self.weighted = [0], [0]
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        counts: Sequence[int],
+        size: int,
+        max_cells: int | None,
+        cost: CostModel,
+    ) -> None:
+        self.lengths, self.size, self.max_cells, self.cost = lengths, size, max_cells, cost
+        self.cumulative: list[int] = [0]
+        self._total, self._ideal = [0.0], [0.0]
         for length, count in zip(lengths, counts, strict=True):
             self.cumulative.append(self.cumulative[-1] + count)
-            self.weighted.append(self.weighted[-1] + count * length)
-        self.total = self.cumulative[-1]
+            self._total.append(self._total[-1] + count * length)
+            self._ideal.append(self._ideal[-1] + count * self.ideal(length))
 
-    def bounds(self, size: int, from_short: bool) -> tuple[int, list[int]]:
-        """Cut positions into batches of ``size``, and the padding they make in all."""
-        if from_short:
-            bounds = [*range(0, self.total, size), self.total]
-        else:
-            bounds = [0, *range(self.total % size or size, self.total + 1, size)]
-        waste = sum(self._waste(s, e) for s, e in itertools.pairwise(bounds))
-        return waste, bounds
+    def room(self, length: int) -> int:
+        """The most items of ``length`` a batch may hold."""
+        if self.max_cells is None or length <= 0:
+            return self.size
+        return max(1, min(self.size, self.max_cells // length))
 
-    def _waste(self, start: int, end: int) -> int:
-        return (end - start) * self._length_at(end - 1) - (self._sum(end) - self._sum(start))
+    def ideal(self, length: int) -> float:
+        """An item's share of a full batch of items of its own length."""
+        items = self.room(length)
+        return self.cost.predict(items, length) / items
+
+    def work(self, start: int, end: int) -> float:
+        """The ideal costs of the items in ``[start, end)``."""
+        return self._prefix(self._ideal, end) - self._prefix(self._ideal, start)
+
+    def alone(self, start: int, end: int) -> float:
+        """What the items in ``[start, end)`` cost one call each."""
+        cells = self._prefix(self._total, end) - self._prefix(self._total, start)
+        return (end - start) * self.cost.fixed + self.cost.per_cell * cells
+
+    def length_at(self, position: int) -> int:
+        return self.lengths[self._bucket(position)]
 
     def _bucket(self, position: int) -> int:
         return bisect.bisect_right(self.cumulative, position) - 1
 
-    def _length_at(self, position: int) -> int:
-        return self.lengths[self._bucket(position)]
-
-    def _sum(self, position: int) -> int:
-        """Total length of the first ``position`` items in sorted order."""
-        if position >= self.total:
-            return self.weighted[-1]
+    def _prefix(self, sums: list[float], position: int) -> float:
+        """``sums`` (per length, cumulative) up to the first ``position`` items in sorted order."""
+        if position >= self.cumulative[-1]:
+            return sums[-1]
         bucket = self._bucket(position)
-        return self.weighted[bucket] + (position - self.cumulative[bucket]) * self.lengths[bucket]
+        per_item = (sums[bucket + 1] - sums[bucket]) / (
+            self.cumulative[bucket + 1] - self.cumulative[bucket]
+        )
+        return sums[bucket] + (position - self.cumulative[bucket]) * per_item
 
     def counts_between(self, start: int, end: int) -> list[int]:
         """Per length, how many of the sorted positions in [start, end) it holds."""
         return [
-            max(0, min(end, hi) - max(start, lo)) for lo, hi in itertools.pairwise(self.cumulative)
+            max(0, min(end, hi) - max(start, lo))
+            for lo, hi in zip(self.cumulative, self.cumulative[1:], strict=False)
         ]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import enum
 from collections import deque
 
+from .cost_model import CostModel
 from .item import Item, Layout
-from .length_picking import choose_counts
+from .length_picking import pick_counts
 
 __all__ = ["Group", "Release", "WaitingRoom"]
 
@@ -51,24 +52,39 @@ class Group:
             return next(iter(self.buckets.values()))[0]
         return min((bucket[0] for bucket in self.buckets.values()), key=_seq)
 
-    def take(self, count: int) -> list[Item]:
-        """``count`` items (or all): the oldest, and others of similar length."""
+    def take(self, count: int, max_cells: int | None, cost: CostModel) -> list[Item]:
+        """Up to ``count`` items: the oldest, and those that make the cheapest batch with it.
+
+        See `pick_counts`; ``max_cells`` bounds items times padded length,
+        unless one item alone is longer.
+        """
         if len(self.buckets) == 1:
-            bucket = next(iter(self.buckets.values()))
-            taken = [bucket.popleft() for _ in range(min(count, len(bucket)))]
+            length, bucket = next(iter(self.buckets.items()))
+            room = count if max_cells is None or length <= 0 else max(1, max_cells // length)
+            taken = [bucket.popleft() for _ in range(min(count, room, len(bucket)))]
         else:
-            taken = self._take_similar(count)
+            taken = self._take_cheapest(count, max_cells, cost)
         self.size -= len(taken)
         for length in [length for length, bucket in self.buckets.items() if not bucket]:
             del self.buckets[length]
         return taken
 
-    def _take_similar(self, count: int) -> list[Item]:
+    def put_back(self, items: list[Item]) -> None:
+        """Return ``items`` just taken (oldest first) to the front of their buckets."""
+        for item in reversed(items):
+            bucket = self.buckets.get(item.length)
+            if bucket is None:
+                bucket = self.buckets[item.length] = deque()
+            bucket.appendleft(item)
+        self.size += len(items)
+
+    def _take_cheapest(self, count: int, max_cells: int | None, cost: CostModel) -> list[Item]:
         lengths = sorted(self.buckets)
         anchor = lengths.index(self.oldest().length)
         counts = [len(self.buckets[length]) for length in lengths]
         taken: list[Item] = []
-        for length, n in zip(lengths, choose_counts(lengths, counts, anchor, count), strict=True):
+        picked = pick_counts(lengths, counts, anchor, count, max_cells, cost)
+        for length, n in zip(lengths, picked, strict=True):
             bucket = self.buckets[length]
             taken.extend(bucket.popleft() for _ in range(n))
         taken.sort(key=_seq)
@@ -137,13 +153,20 @@ class WaitingRoom:
             return Release.WAITED
         return None
 
-    def take(self, group: Group, count: int) -> list[Item]:
+    def take(self, group: Group, count: int, max_cells: int | None, cost: CostModel) -> list[Item]:
         """Remove up to ``count`` items of ``group`` (see `Group.take`)."""
-        taken = group.take(count)
+        taken = group.take(count, max_cells, cost)
         self.size -= len(taken)
         if not group.size:
             del self._groups[group.layout]
         return taken
+
+    def put_back(self, group: Group, items: list[Item]) -> None:
+        """Return ``items``, just taken from ``group``, to their places in line."""
+        if items:
+            group.put_back(items)
+            self._groups.setdefault(group.layout, group)
+            self.size += len(items)
 
     def wait_time(self, now: float) -> float | None:
         """Seconds until some group's wait runs out (0: one is ready); None when empty."""

@@ -1,0 +1,89 @@
+"""What a padded batch costs, learned online from the batches that ran.
+
+The model is ``seconds ≈ fixed + per_cell · cells``, where ``cells`` is the
+batch's items times its padded length: a model call has a price of its own
+(Python, kernel launches, weights read once), and then a price per padded
+position it computes on. Both are refitted after every batch by least squares
+over the last ``window`` batches, then once more without the batches that the
+first fit explains worst (a garbage collection, another process taking the
+core): one slow batch does not teach the batcher that batches are slow.
+
+Before it has seen enough batches of different sizes to tell the two apart,
+the model assumes a call costs as much as ``prior_cells`` cells. Only the
+ratio of the two terms decides which batch is best, so that guess is the only
+thing it needs before it has learnt.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+__all__ = ["CostModel"]
+
+_MIN_POINTS = 4  # batches seen before the fit replaces the prior
+_MIN_SPREAD = 1.25  # the largest batch seen must have this many times the cells of the smallest
+_OUTLIER = 3.0  # residuals beyond this many robust standard deviations are left out
+_ROUNDS = 4  # refits without outliers, at most
+_TINY = 1e-12
+
+
+class CostModel:
+    """Seconds a padded batch of one kind of input costs, as ``fixed + per_cell · cells``."""
+
+    __slots__ = ("_points", "fitted", "fixed", "per_cell")
+
+    def __init__(self, *, window: int = 64, prior_cells: float = 64.0) -> None:
+        self._points: deque[tuple[float, float]] = deque(maxlen=window)
+        self.fixed = prior_cells  # in units of one cell until fitted
+        self.per_cell = 1.0
+        self.fitted = False
+
+    def predict(self, items: int, length: int) -> float:
+        """The cost of ``items`` items padded to ``length``."""
+        return self.fixed + self.per_cell * items * length
+
+    def observe(self, items: int, length: int, seconds: float) -> None:
+        """A batch of ``items`` padded to ``length`` took ``seconds``; refit."""
+        self._points.append((float(items * length), max(seconds, 0.0)))
+        cells = [x for x, _ in self._points]
+        if len(cells) >= _MIN_POINTS and max(cells) >= _MIN_SPREAD * min(cells):
+            self.fixed, self.per_cell = _robust_fit(list(self._points))
+            self.fitted = True
+
+
+def _robust_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """``(fixed, per_cell)``: least squares, refitted without the points it explains worst.
+
+    A point is left out when its residual exceeds `_OUTLIER` robust standard
+    deviations (from the median absolute residual); repeated until the points
+    kept stop changing, a few times at most.
+    """
+    kept = points
+    fixed, per_cell = _fit(kept)
+    for _ in range(_ROUNDS):
+        residuals = [abs(t - fixed - per_cell * x) for x, t in points]
+        limit = _OUTLIER * 1.4826 * statistics.median(residuals)
+        trimmed = [p for p, r in zip(points, residuals, strict=True) if r <= limit]
+        if limit <= 0 or len(trimmed) < _MIN_POINTS or len(trimmed) == len(kept):
+            break
+        kept = trimmed
+        fixed, per_cell = _fit(kept)
+    return fixed, per_cell
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares with both terms kept >= 0 (and not both 0)."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_t = sum(t for _, t in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    sxt = sum((x - mean_x) * (t - mean_t) for x, t in points)
+    per_cell = sxt / sxx if sxx > 0 else 0.0
+    fixed = mean_t - per_cell * mean_x
+    if fixed < 0:  # through the origin instead
+        fixed = 0.0
+        per_cell = sum(x * t for x, t in points) / max(sum(x * x for x, _ in points), _TINY)
+    if per_cell < 0:  # the cells do not matter: a constant
+        fixed, per_cell = mean_t, 0.0
+    return max(fixed, _TINY), max(per_cell, 0.0)
