@@ -14,7 +14,10 @@ import asyncio
 import random
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -22,7 +25,7 @@ pytest.importorskip("transformers")
 import hibachi  # noqa: E402
 from _models import TIMEOUT, run_async  # noqa: E402
 from _zoo_models import EOS, VOCAB, WINDOW, reference, tiny_model  # noqa: E402
-from hibachi.integrations.transformers import causal_lm_batcher  # noqa: E402
+from hibachi.integrations.transformers import CausalLMAdapter, causal_lm_batcher  # noqa: E402
 
 F32 = {"dtype": torch.float32}  # expert kernels (grouped_mm) without a float64 version
 HYBRID = {"layer_types": ["sliding_attention", "full_attention"]}
@@ -172,3 +175,64 @@ def test_refused_architectures_are_refused_when_built(
     model = tiny_model(model_type, **settings)
     with pytest.raises(hibachi.ConfigurationError, match=reason):
         causal_lm_batcher(model, max_batch_size=2, max_length=32, eos_token_id=EOS)
+
+
+@pytest.fixture(scope="module")
+def mistral() -> Any:
+    return tiny_model("mistral")
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 3 * WINDOW), min_size=3, max_size=5),
+    budgets=st.lists(st.integers(1, 2 * WINDOW), min_size=5, max_size=5),
+    chunk=st.integers(1, 24),
+)
+def test_sliding_window_rows_equal_generate_alone(
+    mistral: Any, lengths: list[int], budgets: list[int], chunk: int
+) -> None:
+    """Prompts up to three windows long, any prefill chunk: each row sees only its own window."""
+    jobs = [
+        {
+            "prompt": torch.arange(length) % (VOCAB - 6) + 6,
+            "max_new_tokens": budget,
+            "arrival": 0.0,
+            "quit_after": None,
+        }
+        for length, budget in zip(lengths, budgets, strict=False)
+    ]
+    batcher = causal_lm_batcher(
+        mistral, max_batch_size=2, max_length=64, eos_token_id=None, prefill_chunk=chunk
+    )
+    results = serve(batcher, jobs)
+    for job, got in zip(jobs, results, strict=True):
+        assert got == reference(mistral, job["prompt"], job["max_new_tokens"], None)
+
+
+def test_recurrent_state_is_allocated_once_and_zeroed_on_release() -> None:
+    adapter = CausalLMAdapter(tiny_model("mamba"), slots=2, max_length=32)
+    slots = np.array([0, 1])
+    tokens, mask = torch.tensor([[0, 7, 8], [9, 10, 11]]), torch.tensor([[0, 1, 1], [1, 1, 1]])
+    adapter.step(tokens, mask.bool(), slots, [None, None])
+    states = adapter._states
+    kept = [*states._conv.values(), *states._recurrent.values()]
+    storage = {t.data_ptr() for t in kept}
+    assert len(storage) == len(kept) == 4 and all(t.shape[0] == 2 for t in kept)  # 2 layers
+    adapter.step(torch.tensor([[12], [13]]), torch.ones(2, 1, dtype=torch.bool), slots, [None] * 2)
+    adapter.release(0)
+    for tensor in (*states._conv.values(), *states._recurrent.values()):
+        assert tensor.data_ptr() in storage
+        assert not tensor[0].any() and tensor[1].any()
+
+
+def test_eos_none_ends_requests_by_their_budget_alone(mistral: Any) -> None:
+    prompt = torch.tensor([7, 8, 9])
+    want = reference(mistral, prompt, 20, None)
+    job = {"prompt": prompt, "max_new_tokens": 20, "arrival": 0.0, "quit_after": None}
+
+    def tokens(eos: int | None) -> list[int]:
+        batcher = causal_lm_batcher(mistral, max_batch_size=1, max_length=32, eos_token_id=eos)
+        return serve(batcher, [job])[0]
+
+    assert tokens(None) == want
+    assert tokens(want[2]) == want[: want.index(want[2]) + 1]  # a stop token would end it early
