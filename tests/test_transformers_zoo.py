@@ -72,6 +72,8 @@ SERVED = [
     served("mamba2", num_heads=8, head_dim=8, n_groups=1),
     served("falcon_mamba"),
     served("jamba", attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, **F32),
+    served("olmo_hybrid"),  # linear attention (gated delta rule) beside full attention
+    served("lfm2", layer_types=["conv", "full_attention"]),  # short convolutions
 ]
 
 
@@ -94,7 +96,7 @@ REFUSED = [
     refused("rwkv", "RWKV"),
     refused("falcon_h1", "hybrid"),
     refused("recurrent_gemma", "not been checked"),
-    refused("qwen3_next", "not been checked"),
+    refused("minimax", "not been checked"),
     refused("llama", "attn_implementation", id="llama-flex", attn_implementation="flex_attention"),
 ]
 

@@ -24,6 +24,7 @@ SERVED: frozenset[str] = frozenset(
         "helium", "hrm_text", "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder",
         "jais2", "llama", "modernbert-decoder", "nanochat", "nemotron", "olmo", "olmo2", "olmo3",
         "opt", "persimmon", "phi", "qwen2", "qwen3", "seed_oss", "smollm3", "stablelm",
+        "beam", "git", "mellum",
         # sliding-window attention, on every layer or on some (hybrid)
         "cohere2", "gemma2", "gemma3_text", "gemma4_text", "gemma4_unified_text",
         "granite_swa", "ministral", "ministral3", "mistral", "phi3", "starcoder2", "vaultgemma",
@@ -33,8 +34,12 @@ SERVED: frozenset[str] = frozenset(
         "afmoe", "aria_text", "cohere2_moe", "ernie4_5_moe", "exaone_moe", "flex_olmo",
         "glm4_moe", "gpt_oss", "granitemoe", "granitemoe_swa", "granitemoeshared",
         "hunyuan_v1_moe", "jetmoe", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_moe",
-        # recurrent state (Mamba-style), alone or beside attention
-        "falcon_mamba", "jamba", "mamba", "mamba2",
+        "hy_v3", "kolibri1", "laguna", "mimo_v2_flash", "minimax_m2", "minimax_m3_vl_text",
+        "sarvam_moe", "solar_open",
+        # recurrent state (Mamba-style, short convolutions, linear attention), alone or beside
+        # attention
+        "falcon_mamba", "jamba", "lara_mini", "lfm2", "lfm3", "mamba", "mamba2", "olmo_hybrid",
+        "qwen3_next",
     }
 )  # fmt: skip
 
