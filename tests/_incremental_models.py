@@ -62,6 +62,7 @@ class HistoryModel(hibachi.IncrementalModel):
     slots: int
     fail_on: set[Any] = field(default_factory=set)  # tags whose step raises
     bad_output_on: set[Any] = field(default_factory=set)  # tags whose step returns junk
+    fail_next: int = 0  # the next steps that raise whatever their rows (transient faults)
     release_fails: set[int] = field(default_factory=set)
     events: list[tuple[str, Any]] = field(default_factory=list)  # shared with sinks
     calls: list[StepCall] = field(default_factory=list)
@@ -79,6 +80,9 @@ class HistoryModel(hibachi.IncrementalModel):
         )
         if any(tag in options for tag in self.fail_on):
             raise RuntimeError("boom")
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("a transient fault")
         out = [
             self._feed(slot, tokens[i][mask[i]].tolist()) for i, slot in enumerate(slots.tolist())
         ]

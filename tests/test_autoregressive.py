@@ -415,6 +415,7 @@ def test_stats_of_a_scripted_run(make_batcher: Make) -> None:
             padding_fraction=1 / 8,
             queue_depth=0,
             active_rows=0,
+            requests_submitted=4,
         )
     )
     with pytest.raises(dataclasses.FrozenInstanceError):

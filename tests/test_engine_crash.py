@@ -22,7 +22,7 @@ def test_autoregressive_engine_failure_ends_every_stream(caplog: pytest.LogCaptu
     def broken(output: Any) -> None:
         raise KeyError("a bug inside hibachi")
 
-    batcher._scheduler.complete = broken  # type: ignore[method-assign]
+    batcher._scheduler.apply = broken  # type: ignore[method-assign]
     with batcher:
         streams = [batcher.run(np.array([1, 2]), max_new_tokens=5) for _ in range(4)]
         for stream in streams:

@@ -10,20 +10,23 @@ import numpy as np
 from .._backends import Backend, backend_of
 from .._core.delivery import Channels
 from .._core.lifecycle import Lifecycle
-from .._core.model import ModelRunner
+from .._core.model import ModelRunner, is_fatal, model_error
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
-from .._exceptions import ConfigurationError, InvalidRequest, ModelError
+from .._exceptions import ConfigurationError, HibachiError, InvalidRequest, ModelError
 from .engine import Engine
 from .incremental import IncrementalModel
 from .layout import Layout
-from .request import Request, check_budget, check_prompt
+from .request import MAX_COUNT, Request, check_budget, check_prompt
 from .scheduler import Scheduler
 from .slots import SlotLayout
 from .stats import AutoregressiveStats
 from .stream import TokenStream
 
-__all__ = ["AutoregressiveBatcher"]
+__all__ = ["MAX_BATCH_SIZE", "AutoregressiveBatcher"]
+
+MAX_BATCH_SIZE = 1 << 16
+"""The most rows a batcher's buffers are built for."""
 
 
 @final
@@ -54,6 +57,16 @@ class AutoregressiveBatcher(Lifecycle):
             width) a step that feeds prompts may hand the model. Such steps
             alternate with the steps of rows that are decoding, so this bounds
             how long a long prompt holds them up.
+        max_prompt_length: the longest prompt ``run`` accepts (in tokens);
+            a longer one is refused with `InvalidRequest`. None: no limit.
+        max_unread_tokens: back-pressure. A stream whose caller has left this
+            many tokens unread is ended: after those tokens, its iteration
+            raises `QueueFull`, and its row goes to others. None: no limit.
+
+    Counts (``max_new_tokens``, ``prefill_chunk``, ``max_prompt_length``,
+    ``max_unread_tokens``) are at most 2**63-1 and ``max_batch_size`` at most
+    65536; a larger value is refused with `ConfigurationError` here (or
+    `InvalidRequest` in ``run``).
     """
 
     def __init__(
@@ -67,6 +80,8 @@ class AutoregressiveBatcher(Lifecycle):
         max_new_tokens: int = 1024,
         backend: Backend | None = None,
         prefill_chunk: int = 512,
+        max_prompt_length: int | None = None,
+        max_unread_tokens: int | None = 65536,
     ) -> None:
         super().__init__()
         if backend is not None and not isinstance(backend, Backend):
@@ -77,11 +92,17 @@ class AutoregressiveBatcher(Lifecycle):
         _check_tokens(self._backend, stop, pad)
         self._padding = pad
         self._device = self._backend.device(self._backend.to_user(pad))
-        self._default_budget = _config(check_budget, max_new_tokens, "max_new_tokens")
-        _config(check_budget, max_batch_size, "max_batch_size")
+        self._default_budget = _config(max_new_tokens, "max_new_tokens")
+        _config(max_batch_size, "max_batch_size", most=MAX_BATCH_SIZE)
         if max_queue_size is not None:
-            _config(check_budget, max_queue_size, "max_queue_size")
-        _config(check_budget, prefill_chunk, "prefill_chunk")
+            _config(max_queue_size, "max_queue_size", most=None)
+        _config(prefill_chunk, "prefill_chunk")
+        unread = (
+            None if max_unread_tokens is None else _config(max_unread_tokens, "max_unread_tokens")
+        )
+        self._max_prompt_length = (
+            None if max_prompt_length is None else _config(max_prompt_length, "max_prompt_length")
+        )
         self._incremental = model if isinstance(model, IncrementalModel) else None
         runner = ModelRunner(model if self._incremental is None else self._incremental.step)
         layout: Layout | None = None
@@ -101,6 +122,7 @@ class AutoregressiveBatcher(Lifecycle):
             max_batch_size=max_batch_size,
             queue=WorkQueue(max_queue_size),
             layout=layout,
+            max_unread_tokens=unread,
         )
         self._channels = Channels()
         self._engine = Engine(self._scheduler, runner, self._channels, "hibachi-ar")
@@ -128,7 +150,9 @@ class AutoregressiveBatcher(Lifecycle):
         self._check_open()
         budget = self._default_budget if max_new_tokens is None else check_budget(max_new_tokens)
         seconds = check_timeout(timeout)
-        storage = check_prompt(self._backend, prompt, self._padding, self._device)
+        storage = check_prompt(
+            self._backend, prompt, self._padding, self._device, self._max_prompt_length
+        )
         budget = self._vet(prompt, budget, options)
         sink = self._channels.sink_for_current_context()
         deadline = None if seconds is None else time.monotonic() + seconds
@@ -142,7 +166,14 @@ class AutoregressiveBatcher(Lifecycle):
             if options is not None:
                 raise InvalidRequest("options are passed to an IncrementalModel only")
             return budget
-        granted = self._incremental.check_request(prompt, budget, options)
+        try:
+            granted = self._incremental.check_request(prompt, budget, options)
+        except HibachiError:
+            raise
+        except BaseException as exc:
+            if is_fatal(exc):
+                raise  # the caller's own thread is asked to stop
+            raise model_error(exc) from exc
         if isinstance(granted, bool) or not isinstance(granted, int) or not 1 <= granted <= budget:
             raise ModelError(
                 f"check_request() returned {granted!r}, expected an int in 1 … {budget}"
@@ -165,6 +196,7 @@ class AutoregressiveBatcher(Lifecycle):
             padding_fraction=c.padding_cells / c.cells if c.cells else 0.0,
             queue_depth=len(s.queue),
             active_rows=len(s.rows),
+            requests_submitted=c.submitted,
         )
 
 
@@ -198,9 +230,9 @@ def _check_tokens(backend: Backend, stop: Any, pad: Any) -> None:
         )
 
 
-def _config(check: Any, value: object, name: str) -> int:
+def _config(value: object, name: str, *, most: int | None = MAX_COUNT) -> int:
+    """A setting that is a count: an int in 1 … ``most`` (None: any), or ConfigurationError."""
     try:
-        result: int = check(value, name)
-    except ValueError as exc:
+        return check_budget(value, name, most=most)
+    except InvalidRequest as exc:
         raise ConfigurationError(str(exc)) from None
-    return result

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
-from .layout import Emitted
+from .layout import Emitted, gather_rows
 from .request import Request
 
 __all__ = ["SequenceBuffer"]
@@ -34,6 +34,8 @@ _MIN_CAPACITY = 16
 class SequenceBuffer:
     """Token and mask storage for up to ``rows`` left-padded sequences."""
 
+    stateful = False
+
     def __init__(self, backend: Backend, padding: Any, rows: int, capacity: int = 64) -> None:
         self._backend = backend
         self._padding = padding
@@ -41,7 +43,8 @@ class SequenceBuffer:
         self.rows = rows
         self.lengths = np.zeros(rows, dtype=np.int64)
         self.start = self.end = capacity // 4
-        self._allocate(max(capacity, _MIN_CAPACITY))
+        self._smallest = max(capacity, _MIN_CAPACITY)
+        self._allocate(self._smallest)
 
     @property
     def capacity(self) -> int:
@@ -87,6 +90,7 @@ class SequenceBuffer:
         """Drop leading columns that hold only padding for rows < n."""
         longest = int(self.lengths[:n].max()) if n else 0
         self.start = self.end - longest
+        self._shrink(n)
 
     def padding_cells(self, n: int) -> int:
         """How many cells of the current view of rows < n are padding."""
@@ -114,6 +118,17 @@ class SequenceBuffer:
         tokens, mask = self.view(n)
         return self._backend.to_user(tokens), self._backend.to_user(mask)
 
+    def subset_inputs(self, n: int, positions: list[int]) -> tuple[Any, Any]:
+        longest = int(self.lengths[positions].max())
+        window = slice(self.end - longest, self.end)
+        shape = (len(positions), longest)
+        backend = self._backend
+        tokens = backend.full(shape + self._token_shape, self._padding)
+        mask = backend.zeros_bool(shape, self._padding)
+        gather_rows(tokens, self.tokens[:, window, ...], positions)
+        gather_rows(mask, self.mask[:, window], positions)
+        return backend.to_user(tokens), backend.to_user(mask)
+
     def step_size(self, n: int) -> int:
         return n
 
@@ -140,10 +155,17 @@ class SequenceBuffer:
         self.mask[:n, new_start : self.start] = False
         self.start = new_start
 
-    def _relocate(self, width: int, n: int) -> None:
+    def _shrink(self, n: int) -> None:
+        """Give memory back once the window is far narrower than the buffer (a long row left)."""
+        fitting = max(self._smallest, _next_power_of_two(2 * (self.width + 1)))
+        if self.capacity >= 4 * fitting:
+            self._relocate(self.width, n, fitting)
+
+    def _relocate(self, width: int, n: int, capacity: int | None = None) -> None:
         """Re-lay the window out with room for ``width`` columns and growth on both sides."""
-        needed = 2 * (width + 1)
-        capacity = self.capacity if needed <= self.capacity else _next_power_of_two(needed)
+        if capacity is None:
+            needed = 2 * (width + 1)
+            capacity = self.capacity if needed <= self.capacity else _next_power_of_two(needed)
         old_tokens, old_mask = self.tokens, self.mask
         old = slice(self.start, self.end)
         self._allocate(capacity)

@@ -11,9 +11,10 @@ from typing import Any
 
 from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
-from .._core.model import ModelRunner, model_error
-from .._exceptions import BatcherClosed, HibachiError, ModelError
-from .scheduler import Scheduler
+from .._core.model import ModelRunner
+from .._exceptions import BatcherClosed, HibachiError
+from .isolation import attempt, isolate
+from .scheduler import Scheduler, copy_error
 
 __all__ = ["Engine", "run_step"]
 
@@ -33,6 +34,10 @@ class Engine(EngineThread):
 
     def _flush(self) -> None:
         self.channels.flush()
+
+    def _abandon(self, error: BaseException) -> None:
+        for request in list(self.scheduler.rows) + self.queue.snapshot():
+            request.abandon(copy_error(error))
 
     def _loop(self) -> None:
         scheduler, queue = self.scheduler, self.scheduler.queue
@@ -57,16 +62,14 @@ class Engine(EngineThread):
 def run_step(scheduler: Scheduler, call: Callable[..., Any]) -> None:
     """One step after ``schedule()``: the model on this step's inputs, then its output applied.
 
-    A model that raises, or returns something unusable, fails only this step's rows.
+    When the model raises, or returns something unusable, only the rows that
+    fail on their own fail (`hibachi._autoregressive.isolation`); so it is with a
+    `BaseException`, unless `is_fatal` (then it propagates and stops the engine).
     """
     inputs = scheduler.model_inputs()
-    try:
-        with scheduler.backend.inference_context():
-            output: Any = call(*inputs)
-    except Exception as exc:
-        scheduler.fail(model_error(exc))
-        return
-    try:
-        scheduler.complete(output)
-    except ModelError as error:
-        scheduler.fail(error)
+    size = scheduler.layout.step_size(len(scheduler.rows))
+    column, failed = attempt(scheduler, call, inputs, size)
+    if failed is None:
+        scheduler.apply(column)
+    else:
+        isolate(scheduler, call, size, failed)

@@ -24,6 +24,16 @@ class IncrementalModel(abc.ABC):
 
     Every method but `check_request` is called from the batcher's engine thread,
     one call at a time; `step` and `release` may be ``async``.
+
+    **A step that raises changes nothing.** When `step` raises, the batcher
+    retries it on parts of its rows (halves, then single rows) to find the
+    rows that fail on their own: only those end, with `ModelError`; the others
+    get the token of the retry they succeed in. So a step that raises must
+    leave every row's state as it was before the call: commit per-row state
+    (lengths, cache entries that later steps read, sampler draws) only once the
+    step returns, or undo it before raising. A step that *returns* is taken as
+    committed, even if its output is unusable (wrong shape or dtype): its rows
+    then fail and are not retried.
     """
 
     @abc.abstractmethod

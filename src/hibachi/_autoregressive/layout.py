@@ -12,6 +12,10 @@ model and reads back what the model produced. There are two:
 
 Rows are the scheduler's: 0 … n-1 are active, and a row that leaves is replaced
 by the last one (``leave``), so both sides stay dense.
+
+When a step fails, the scheduler retries it on subsets of its rows to find the
+rows that fail on their own (`hibachi._autoregressive.isolation`): a layout
+gives the inputs of the same step for some of its rows (``subset_inputs``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from .request import Request
 
-__all__ = ["Emitted", "Layout", "RowIndex"]
+__all__ = ["Emitted", "Layout", "RowIndex", "gather_rows"]
 
 RowIndex: TypeAlias = np.ndarray[Any, np.dtype[np.intp]]
 
@@ -31,7 +35,14 @@ Emitted: TypeAlias = tuple[RowIndex | None, Any]
 
 
 class Layout(Protocol):
-    """What the scheduler needs from a layout. Every call comes from the engine thread."""
+    """What the scheduler needs from a layout. Every call comes from the engine thread.
+
+    ``stateful`` says whether the model keeps per-row state: a call that
+    returned (even unusable output) may then have committed it, so only a
+    call that raised is retried.
+    """
+
+    stateful: bool
 
     def room(self, n: int) -> int:
         """How many more requests can be admitted while rows < n are active."""
@@ -57,6 +68,14 @@ class Layout(Protocol):
         """The model's arguments for a step over the active rows < n; fixes the step's rows."""
         ...
 
+    def subset_inputs(self, n: int, positions: list[int]) -> tuple[Any, ...]:
+        """The model's arguments for this step's rows at ``positions`` (of ``step_size``) only.
+
+        Fresh arrays, as the rows would be given in a step of their own; the
+        step itself (its rows, what ``record`` expects) does not change.
+        """
+        ...
+
     def step_size(self, n: int) -> int:
         """How many rows the model gets (and returns tokens for) this step."""
         ...
@@ -72,3 +91,10 @@ class Layout(Protocol):
     def record(self, column: Any, n: int) -> Emitted:
         """Take the step's output (``step_size`` tokens); say which rows got a new token."""
         ...
+
+
+def gather_rows(out: Any, source: Any, positions: list[int]) -> Any:
+    """``out[i] = source[positions[i]]`` with basic indexing only (any backend); ``out``."""
+    for i, position in enumerate(positions):
+        out[i, ...] = source[position, ...]
+    return out

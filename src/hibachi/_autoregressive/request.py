@@ -9,7 +9,10 @@ from typing import Any, Protocol
 from .._backends import Backend
 from .._exceptions import InvalidRequest
 
-__all__ = ["Request", "Sink", "check_budget", "check_prompt"]
+__all__ = ["MAX_COUNT", "Request", "Sink", "check_budget", "check_prompt", "describe"]
+
+MAX_COUNT = 2**63 - 1
+"""The largest count the engine's int64 bookkeeping holds (budgets, prompt lengths, chunks)."""
 
 _ids = itertools.count()
 
@@ -23,6 +26,8 @@ class Sink(Protocol):
     def put(self, item: Any) -> None: ...
 
     def end(self, error: BaseException | None = None) -> None: ...
+
+    def abandon(self, error: BaseException) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -42,6 +47,8 @@ class Request:
     expired: bool = False
     active: bool = False
     ended: bool = False
+    sent: int = 0  # tokens put in the sink (engine thread)
+    taken: int = 0  # tokens the caller has read (caller's thread)
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
@@ -55,8 +62,17 @@ class Request:
             self.ended = True
             self.sink.end(error)
 
+    def abandon(self, error: BaseException) -> None:
+        """End the caller's stream now, from a thread other than the engine's (which is
+        stuck in the model); the engine forgets the request when it gets back."""
+        if not self.ended:
+            self.ended = True
+            self.sink.abandon(error)
 
-def check_prompt(backend: Backend, prompt: object, padding: Any, device: Any) -> Any:
+
+def check_prompt(
+    backend: Backend, prompt: object, padding: Any, device: Any, max_length: int | None = None
+) -> Any:
     """The prompt as a fresh storage array, or InvalidRequest saying what is wrong."""
     if not backend.is_array(prompt):
         raise InvalidRequest(
@@ -72,6 +88,10 @@ def check_prompt(backend: Backend, prompt: object, padding: Any, device: Any) ->
         )
     if arr.shape[0] < 1:
         raise InvalidRequest("the prompt is empty: it needs at least one token")
+    if max_length is not None and arr.shape[0] > max_length:
+        raise InvalidRequest(
+            f"the prompt has {arr.shape[0]} tokens, more than max_prompt_length={max_length}"
+        )
     if not backend.can_cast(arr.dtype, padding.dtype):
         raise InvalidRequest(
             f"the prompt's dtype {arr.dtype} cannot be cast safely to the padding "
@@ -84,10 +104,21 @@ def check_prompt(backend: Backend, prompt: object, padding: Any, device: Any) ->
     return backend.to_storage(arr, padding)
 
 
-def check_budget(max_new_tokens: object, name: str = "max_new_tokens") -> int:
-    """A positive int, or InvalidRequest."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-        raise InvalidRequest(f"{name} must be an int, got {type(max_new_tokens).__name__}")
-    if max_new_tokens < 1:
-        raise InvalidRequest(f"{name} must be at least 1, got {max_new_tokens}")
-    return max_new_tokens
+def check_budget(
+    value: object, name: str = "max_new_tokens", *, most: int | None = MAX_COUNT
+) -> int:
+    """An int in 1 … ``most`` (None: no upper limit), or InvalidRequest."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise InvalidRequest(f"{name} must be at least 1, got {describe(value)}")
+    if most is not None and value > most:
+        raise InvalidRequest(f"{name} must be at most {most}, got {describe(value)}")
+    return int(value)  # an int subclass becomes a plain int
+
+
+def describe(value: int) -> str:
+    """``value`` for a message: in full unless it is too long to print (or to convert)."""
+    if abs(value) < 10**30:
+        return str(value)
+    return f"{'-' if value < 0 else ''}an int of {value.bit_length()} bits"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,18 +30,19 @@ import numpy as np
 
 from .._backends import Backend
 from .._core.queue import WorkQueue
-from .._exceptions import ModelError, Timeout
+from .._exceptions import ModelError, QueueFull, Timeout
 from .buffer import SequenceBuffer
 from .layout import Layout
 from .request import Request
 
-__all__ = ["Counters", "Scheduler"]
+__all__ = ["Counters", "Scheduler", "copy_error"]
 
 
 @dataclass
 class Counters:
     """What the scheduler has done so far (read by `stats()`)."""
 
+    submitted: int = 0
     admitted: int = 0
     finished: int = 0
     cancelled: int = 0
@@ -67,8 +68,10 @@ class Scheduler:
         queue: WorkQueue[Request],
         clock: Callable[[], float] = time.monotonic,
         layout: Layout | None = None,
+        max_unread_tokens: int | None = None,
     ) -> None:
         self.backend = backend
+        self.max_unread_tokens = max_unread_tokens
         self.stop_token = stop_token
         self.padding_token = padding_token
         self.max_batch_size = max_batch_size
@@ -87,8 +90,9 @@ class Scheduler:
     def submit(self, request: Request) -> None:
         """Queue a checked request (QueueFull / BatcherClosed propagate)."""
         self.queue.put(request)
-        if request.deadline is not None:
-            with self._deadline_lock:
+        with self._deadline_lock:
+            self.counters.submitted += 1
+            if request.deadline is not None:
                 heapq.heappush(self._deadlines, (request.deadline, request.id, request))
 
     def note_departure(self) -> None:
@@ -120,25 +124,72 @@ class Scheduler:
 
     def complete(self, output: Any) -> None:
         """Apply the model's output for the rows of this step."""
+        self.apply(self.check_output(output, self.layout.step_size(len(self.rows))))
+
+    def subset_inputs(self, positions: list[int]) -> tuple[Any, ...]:
+        """The model's arguments for this step's rows at ``positions`` only (to retry them)."""
+        return self.layout.subset_inputs(len(self.rows), positions)
+
+    def apply(self, column: Any, failures: Mapping[int, BaseException] | None = None) -> None:
+        """Apply checked tokens (storage, one per row of the step) for the rows of this step.
+
+        ``failures`` maps positions in the step to the error that ends their
+        row: those rows get no token (their entry in ``column`` is ignored).
+        """
         n = len(self.rows)
-        column = self._check_output(output, self.layout.step_size(n))
+        failed = self._failed_rows(failures, n) if failures else {}
         self._count_step(n)
         rows, column = self.layout.record(column, n)
-        if rows is not None and not rows.size:
-            return  # every row of the step is still taking its prompt in
+        if (
+            rows is not None and not rows.size
+        ):  # every row of the step is still taking its prompt in
+            if failed:
+                self.counters.failed += len(failed)
+                self._end_rows(failed)
+            return
         index = slice(0, n) if rows is None else rows
         stopped = self.backend.rows_equal(column, self.stop_token)
         self.remaining[index] -= 1
         done = stopped | (self.remaining[index] <= 0)
-        requests = self.rows if rows is None else [self.rows[i] for i in rows]
+        members: Sequence[int] = range(n) if rows is None else rows.tolist()
         tokens = self.backend.unbind(self.backend.to_user(column))
-        for request, token in zip(requests, tokens, strict=True):
+        if failed:
+            kept = [j for j, i in enumerate(members) if i not in failed]
+            members, tokens, done = (
+                [members[j] for j in kept],
+                [tokens[j] for j in kept],
+                done[kept],
+            )
+        requests = self.rows if rows is None and not failed else [self.rows[i] for i in members]
+        overrun = self._deliver(requests, tokens, done)
+        self.counters.tokens += len(requests) - len(overrun)
+        finished = np.flatnonzero(done).tolist()
+        if finished or overrun or failed:
+            ended: dict[int, BaseException | None] = dict(failed)
+            ended.update((members[j], None) for j in finished)
+            ended.update((members[j], _OVERRUN) for j in overrun)
+            self._end_rows(ended)
+            self.counters.finished += len(finished)
+            self.counters.failed += len(overrun) + len(failed)
+
+    def _failed_rows(
+        self, failures: Mapping[int, BaseException], n: int
+    ) -> dict[int, BaseException | None]:
+        members = self.layout.step_rows(n)
+        return {members[position]: error for position, error in failures.items()}
+
+    def _deliver(self, requests: list[Request], tokens: Sequence[Any], done: Any) -> list[int]:
+        """Send each request its token; return those not sent: their caller has
+        ``max_unread_tokens`` unread already (back-pressure: the request ends)."""
+        limit = self.max_unread_tokens
+        overrun = []
+        for j, (request, token) in enumerate(zip(requests, tokens, strict=True)):
+            if limit is not None and request.sent - request.taken >= limit and not done[j]:
+                overrun.append(j)
+                continue
             request.sink.put(token)
-        self.counters.tokens += len(requests)
-        finished = np.flatnonzero(done)
-        if finished.size:
-            self._remove((finished if rows is None else rows[finished]).tolist(), None)
-            self.counters.finished += finished.size
+            request.sent += 1
+        return overrun
 
     def fail(self, error: BaseException) -> None:
         """The model failed this step: every row in it gets a ModelError."""
@@ -160,7 +211,7 @@ class Scheduler:
                 request.finish()
             else:
                 self.counters.failed += 1
-                request.finish(_copy_error(error))
+                request.finish(copy_error(error))
 
     # -- internals ----------------------------------------------------------------
 
@@ -236,11 +287,21 @@ class Scheduler:
             self._deadlines = [entry for entry in self._deadlines if not entry[2].ended]
             heapq.heapify(self._deadlines)
 
-    def _remove(self, indices: list[int], error: BaseException | None) -> None:
-        for i in sorted(indices, reverse=True):
-            request = self.rows[i]
+    def _remove(
+        self,
+        indices: list[int],
+        error: BaseException | None,
+        errors: dict[int, BaseException] | None = None,
+    ) -> None:
+        """End rows ``indices`` with ``error`` (None: normally), or with ``errors[row]``."""
+        self._end_rows({i: error if errors is None else errors.get(i, error) for i in indices})
+
+    def _end_rows(self, ended: Mapping[int, BaseException | None]) -> None:
+        """Remove rows ``ended`` and end their callers, each with its error (None: done)."""
+        for i in sorted(ended, reverse=True):
+            request, error = self.rows[i], ended[i]
             self._remove_row(i)  # first, so the row's slot is released before its caller hears
-            request.finish(_copy_error(error) if error is not None else None)
+            request.finish(copy_error(error) if error is not None else None)
         self.layout.settle(len(self.rows))
 
     def _remove_row(self, i: int) -> None:
@@ -260,7 +321,8 @@ class Scheduler:
         c.cells += cells
         c.padding_cells += padding
 
-    def _check_output(self, output: Any, n: int) -> Any:
+    def check_output(self, output: Any, n: int) -> Any:
+        """The model's ``output`` for ``n`` rows as storage tokens, or ModelError."""
         backend, pad = self.backend, self.padding_token
         if not backend.is_array(output):
             raise ModelError(
@@ -277,10 +339,20 @@ class Scheduler:
                 f"the model returned dtype {output.dtype}, which does not cast safely to "
                 f"the tokens' dtype {pad.dtype}"
             )
-        return backend.to_storage(output, pad)
+        try:
+            return backend.to_storage(output, pad)
+        except Exception as exc:
+            raise ModelError(
+                f"the model's output could not be stored: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
-def _copy_error(error: BaseException) -> BaseException:
+_OVERRUN = QueueFull(
+    "the stream was not read: it held max_unread_tokens unread tokens, so it was ended"
+)
+
+
+def copy_error(error: BaseException) -> BaseException:
     """A fresh instance per caller, so tracebacks of concurrent raises don't mix."""
     try:
         copy = type(error)(*error.args)

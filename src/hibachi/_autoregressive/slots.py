@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
+from .._core.model import is_fatal
 from .._exceptions import ModelError
-from .layout import Emitted, RowIndex
+from .layout import Emitted, RowIndex, gather_rows
 from .request import Request
 
 __all__ = ["SlotLayout"]
@@ -39,6 +40,8 @@ __all__ = ["SlotLayout"]
 
 class SlotLayout:
     """Per-row slots, unseen tokens and options for up to ``rows`` active rows."""
+
+    stateful = True
 
     def __init__(
         self,
@@ -65,10 +68,13 @@ class SlotLayout:
         # slots
         self.free = list(range(rows))
         self.retired: list[tuple[int, BaseException]] = []
+        self._fatal: BaseException | None = None  # from release(), raised at the next settle
+        self._fatal_raised = False
         self._admissions = 0
-        # prefill steps are staged here
-        self._tokens = backend.full((rows, prefill_chunk, *token_shape), padding)
-        self._mask = backend.zeros_bool((rows, prefill_chunk), padding)
+        # prefill steps are staged here, grown to the largest step yet (see `_staging`)
+        self._rows = rows
+        self._tokens = backend.full((0, 0, *token_shape), padding)
+        self._mask = backend.zeros_bool((0, 0), padding)
         self._ones = backend.zeros_bool((rows, 1), padding)
         self._ones[...] = True
         self._prefill_next = True
@@ -110,13 +116,20 @@ class SlotLayout:
         self.prompts[last] = self.options[last] = None
 
     def settle(self, n: int) -> None:
-        pass
+        # A fatal exception from release() (see `is_fatal`) stops the engine, but only
+        # once the rows that left are all ended, so the layout is consistent.
+        fatal, self._fatal = self._fatal, None
+        if fatal is not None:
+            self._fatal_raised = True
+            raise fatal
 
     def _free_slot(self, slot: int) -> None:
         try:
             self._release(slot)
-        except Exception as exc:
+        except BaseException as exc:
             self.retired.append((slot, exc))
+            if is_fatal(exc) and not self._fatal_raised:
+                self._fatal = exc
         else:
             heapq.heappush(self.free, slot)
 
@@ -148,12 +161,23 @@ class SlotLayout:
         count, width = _pack(left, self.prefill_chunk)
         rows = waiting[:count]
         chunks = [min(r, width) for r in left[:count]]
+        self._staging(count, width)
         for j, (row, chunk) in enumerate(zip(rows.tolist(), chunks, strict=True)):
             self._stage(j, row, chunk, width)
         self._step = _Step(rows, width=width, chunks=chunks)
         to_user = self._backend.to_user
         tokens, mask = self._tokens[:count, :width], self._mask[:count, :width]
         return to_user(tokens), to_user(mask), self.slots[rows], self._options_of(rows)
+
+    def _staging(self, count: int, width: int) -> None:
+        """Make the staging arrays at least (count, width), growing by doubling."""
+        held_rows, held_width = self._mask.shape
+        if count <= held_rows and width <= held_width:
+            return
+        rows = min(max(held_rows, _doubled(count)), self._rows)
+        width = min(max(held_width, _doubled(width)), self.prefill_chunk)
+        self._tokens = self._backend.full((rows, width, *self._padding.shape), self._padding)
+        self._mask = self._backend.zeros_bool((rows, width), self._padding)
 
     def _stage(self, j: int, row: int, chunk: int, width: int) -> None:
         start = int(self.fed[row])
@@ -166,6 +190,26 @@ class SlotLayout:
     def _options_of(self, rows: RowIndex) -> list[Any]:
         options = self.options
         return [options[i] for i in rows.tolist()]
+
+    def subset_inputs(self, n: int, positions: list[int]) -> tuple[Any, Any, Any, list[Any]]:
+        """(tokens, mask, slots, options) of the step's rows at ``positions``, each as fed alone."""
+        step, backend = self._step, self._backend
+        rows = np.arange(n) if step.rows is None else step.rows
+        chosen = rows[positions]
+        k, shape = len(positions), tuple(self._padding.shape)
+        if step.chunks is None:
+            tokens = backend.full((k, 1, *shape), self._padding)
+            gather_rows(tokens, self.last, chosen.tolist())
+            mask = self._ones[:k]
+        else:
+            width = max(step.chunks[p] for p in positions)
+            columns = slice(step.width - width, step.width)
+            tokens = backend.full((k, width, *shape), self._padding)
+            mask = backend.zeros_bool((k, width), self._padding)
+            gather_rows(tokens, self._tokens[:, columns, ...], positions)
+            gather_rows(mask, self._mask[:, columns], positions)
+        options = [self.options[i] for i in chosen.tolist()]
+        return backend.to_user(tokens), backend.to_user(mask), self.slots[chosen], options
 
     def step_size(self, n: int) -> int:
         rows = self._step.rows
@@ -219,6 +263,11 @@ class _Step:
 
 
 _DECODE_ALL = _Step(None, width=1, chunks=None)
+
+
+def _doubled(n: int) -> int:
+    """The power of two at least ``n``."""
+    return 1 << (n - 1).bit_length()
 
 
 def _pack(left: list[int], budget: int) -> tuple[int, int]:

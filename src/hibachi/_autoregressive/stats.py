@@ -14,6 +14,15 @@ class AutoregressiveStats:
     ``mean_batch_fill`` is the mean of (rows in the step / max_batch_size);
     ``padding_fraction`` is the share of the cells handed to the model that
     were padding.
+
+    ``requests_submitted`` counts the requests ``run`` accepted;
+    ``requests_admitted`` those that got a row. Every accepted request is in
+    exactly one place, so whenever the batcher is idle (or closed)::
+
+        requests_submitted == requests_finished + requests_cancelled
+            + requests_failed + requests_timed_out + active_rows + queue_depth
+
+    (A snapshot taken while requests move may be off by those in motion.)
     """
 
     requests_admitted: int
@@ -27,3 +36,4 @@ class AutoregressiveStats:
     padding_fraction: float
     queue_depth: int
     active_rows: int
+    requests_submitted: int = 0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, final
 
 from .._core.delivery import END, AsyncSink, Failure, ThreadSink
+from . import caller_deadline
 from .request import Request
 
 __all__ = ["TokenStream"]
@@ -21,9 +24,14 @@ class TokenStream:
     calling `cancel`, or cancelling the task that iterates frees the request's
     row at the batcher's next step. Errors (``ModelError``, ``Timeout``,
     ``BatcherClosed``) are raised from the iteration.
+
+    A stream has one reader at a time: reading it from a second task or thread
+    while a first waits on it, or waiting for it in an event loop other than
+    the one it was created in, raises `RuntimeError` at once. A stream cannot be copied or
+    pickled (`TypeError`): it is one caller's handle on one request.
     """
 
-    __slots__ = ("_done", "_notify", "_request", "_sink")
+    __slots__ = ("_done", "_notify", "_reading", "_request", "_sink", "_timer")
 
     def __init__(
         self, request: Request, sink: AsyncSink | ThreadSink, notify: Callable[[], None]
@@ -32,6 +40,11 @@ class TokenStream:
         self._sink = sink
         self._notify = notify
         self._done = False
+        self._reading = threading.Lock()  # held by the one reader waiting for an item
+        # the deadline, kept on this side too: it fires even while the model is stuck
+        self._timer = (
+            caller_deadline.arm(request, sink, notify) if isinstance(sink, AsyncSink) else None
+        )
 
     @property
     def id(self) -> int:
@@ -46,9 +59,12 @@ class TokenStream:
     def cancel(self) -> None:
         """Stop generating for this request; the stream ends. Idempotent."""
         if not self._done:
-            self._done = True
+            self._end()
             self._request.cancelled = True
             self._notify()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a TokenStream cannot be copied or pickled: it is one caller's handle")
 
     def __del__(self) -> None:
         # An abandoned stream (``break`` out of its loop, a dropped reference)
@@ -61,17 +77,31 @@ class TokenStream:
     def __aiter__(self) -> AsyncIterator[Any]:
         return _Loop(self)
 
-    async def __anext__(self) -> Any:
+    def __anext__(self) -> Awaitable[Any]:
+        return self._anext(None)
+
+    async def _anext(self, loop: _Loop | None) -> Any:
         if self._done:
             raise StopAsyncIteration
         sink = self._sink
         if not isinstance(sink, AsyncSink):
             raise TypeError("this stream was created outside an event loop: iterate it with `for`")
+        if asyncio.get_running_loop() is not sink._channel.loop and not sink._items:
+            # what was delivered can be read anywhere; waiting needs the stream's own loop
+            raise RuntimeError(
+                "this stream belongs to the event loop it was created in: read it there"
+            )
+        if not self._reading.acquire(blocking=False):
+            raise RuntimeError("another task is already reading this stream")
+        if loop is not None:
+            loop.armed = True
         try:
             item = await sink.get()
         except asyncio.CancelledError:
             self.cancel()
             raise
+        finally:
+            self._reading.release()
         return self._unwrap(item, StopAsyncIteration)
 
     async def collect(self) -> list[Any]:
@@ -90,12 +120,26 @@ class TokenStream:
         return _Loop(self)
 
     def __next__(self) -> Any:
+        return self._next(None)
+
+    def _next(self, loop: _Loop | None) -> Any:
         if self._done:
             raise StopIteration
         sink = self._sink
         if not isinstance(sink, ThreadSink):
             raise TypeError("this stream was created in an event loop: iterate it with `async for`")
-        return self._unwrap(sink.get(), StopIteration)
+        if not self._reading.acquire(blocking=False):
+            raise RuntimeError("another thread is already reading this stream")
+        if loop is not None:
+            loop.armed = True
+        try:
+            item = sink.get(caller_deadline.seconds_left(self._request))
+        except queue.Empty:
+            self._done = True
+            raise caller_deadline.expire(self._request, self._notify) from None
+        finally:
+            self._reading.release()
+        return self._unwrap(item, StopIteration)
 
     def __enter__(self) -> TokenStream:
         return self
@@ -105,12 +149,19 @@ class TokenStream:
 
     def _unwrap(self, item: Any, stop: type[Exception]) -> Any:
         if item is END:
-            self._done = True
+            self._end()
             raise stop
         if isinstance(item, Failure):
-            self._done = True
+            self._end()
             raise item.error
+        self._request.taken += 1
         return item
+
+    def _end(self) -> None:
+        self._done = True
+        timer, self._timer = self._timer, None
+        if timer is not None and isinstance(self._sink, AsyncSink):
+            caller_deadline.disarm(timer, self._sink)
 
 
 class _Loop:
@@ -118,26 +169,29 @@ class _Loop:
 
     The loop holds the only reference to it, so leaving the loop early (``break``,
     ``return``, an exception) drops it, and that cancels the stream at once, even
-    while the caller still holds the stream itself. After the stream ended,
-    cancelling does nothing.
+    while the caller still holds the stream itself. A loop whose reads were all
+    refused (another reader, the wrong kind of loop) never read, so dropping it
+    cancels nothing. After the stream ended, cancelling does nothing.
     """
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_stream", "armed")
 
     def __init__(self, stream: TokenStream) -> None:
         self._stream = stream
+        self.armed = False  # set once a read of this loop got past the checks
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
-        return self._stream.__next__()
+        return self._stream._next(self)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
 
     def __anext__(self) -> Awaitable[Any]:
-        return self._stream.__anext__()
+        return self._stream._anext(self)
 
     def __del__(self) -> None:
-        self._stream.cancel()
+        if self.armed:
+            self._stream.cancel()

@@ -143,10 +143,14 @@ class TorchBackend(ArrayAPIBackend):
         return x.device
 
     def can_cast(self, from_dtype: Any, to_dtype: Any) -> bool:
-        return bool(self._torch.can_cast(from_dtype, to_dtype))
+        # torch.can_cast allows narrowing (int64 -> uint8): hibachi needs every value kept.
+        return _torch_can_cast(self._torch, from_dtype, to_dtype)
 
     def to_storage(self, x: Any, like: Any) -> Any:
-        return x.to(device=like.device, dtype=like.dtype, copy=True)
+        # detached: a prompt that requires grad must not make the buffers part of a graph
+        if x.layout != self._torch.strided:
+            x = x.to_dense()
+        return x.detach().to(device=like.device, dtype=like.dtype, copy=True)
 
     def rows_equal(self, rows: Any, token: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
         equal = (rows == token).reshape(rows.shape[0], -1).all(dim=1)
@@ -171,6 +175,30 @@ class TorchBackend(ArrayAPIBackend):
     def inference_context(self) -> contextlib.AbstractContextManager[Any]:
         mode: contextlib.AbstractContextManager[Any] = self._torch.inference_mode()
         return mode
+
+
+def _torch_can_cast(torch: Any, src: Any, dst: Any) -> bool:
+    """Whether every value of torch dtype ``src`` is a value of ``dst``: NumPy's "safe" rule."""
+    if src == dst:
+        return True
+    a, b = _NUMPY_OF.get(str(src)), _NUMPY_OF.get(str(dst))
+    if a is not None and b is not None:
+        return bool(np.can_cast(a, b, casting="safe"))
+    if src == torch.bfloat16:  # float32's exponent, 8 significant bits
+        return dst in (torch.float32, torch.float64, torch.complex64, torch.complex128)
+    if dst == torch.bfloat16:
+        return src in (torch.bool, torch.uint8, torch.int8)
+    return False
+
+
+_NUMPY_OF = {
+    f"torch.{name}": np.dtype(name)
+    for name in (
+        "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+        "float16", "float32", "float64", "complex64", "complex128",
+    )
+}  # fmt: skip
+"""The torch dtypes that have a NumPy twin, by name (``str(torch.int64)``)."""
 
 
 def _to_numpy(x: Any) -> np.ndarray[Any, Any]:

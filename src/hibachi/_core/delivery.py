@@ -15,6 +15,7 @@ Anything with a ``receive(item)`` method (a `Receiver`) can take items from a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -56,6 +57,10 @@ class ThreadSink:
 
     def end(self, error: BaseException | None = None) -> None:
         self._queue.put(END if error is None else Failure(error))
+
+    def abandon(self, error: BaseException) -> None:
+        """End the caller's wait with ``error`` now, from any thread, past the engine."""
+        self._queue.put(Failure(error))
 
     def get(self, timeout: float | None = None) -> Any:
         """The next item; raises `queue.Empty` after ``timeout`` seconds."""
@@ -107,8 +112,17 @@ class AsyncSink:
     def lost(self) -> bool:
         return self._channel.dead
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._channel.loop
+
     def put(self, item: Any) -> None:
         self._channel.pending.append((self, item))
+
+    def abandon(self, error: BaseException) -> None:
+        """End the caller's wait with ``error`` now, from any thread, past the engine."""
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+            self._channel.loop.call_soon_threadsafe(self.receive, Failure(error))
 
     def end(self, error: BaseException | None = None) -> None:
         self.put(END if error is None else Failure(error))

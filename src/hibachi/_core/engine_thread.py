@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from .._exceptions import BatcherClosed
 from .health import Health
 from .model import ModelRunner
 from .queue import WorkQueue
@@ -20,6 +21,8 @@ from .queue import WorkQueue
 __all__ = ["EngineThread"]
 
 _log = logging.getLogger("hibachi")
+
+_CANCEL_GRACE = 0.1  # seconds close(cancel=True) lets a model call run before it stops waiting
 
 
 class EngineThread:
@@ -45,6 +48,29 @@ class EngineThread:
 
     def join(self, timeout: float | None = None) -> bool:
         return self.stopped.wait(timeout)
+
+    def finish(self, *, cancel: bool) -> None:
+        """Wait for the thread to end, after `stop`.
+
+        With ``cancel``, a model call that does not return is not waited for:
+        every caller is ended with `BatcherClosed` from this thread, a warning
+        says the engine thread is still inside the model (so does `health`),
+        and the thread ends by itself once the call returns.
+        """
+        if not cancel:
+            self.stopped.wait()
+            return
+        while not self.stopped.wait(_CANCEL_GRACE):
+            since = self.runner.busy_since
+            if since is not None:
+                self._abandon(BatcherClosed("the batcher was closed before the request finished"))
+                _log.warning(
+                    "%s is still inside the model (for %.1f s); its callers were ended "
+                    "with BatcherClosed; the thread ends when the model returns",
+                    self._thread.name,
+                    time.monotonic() - since,
+                )
+                return
 
     def health(self, state: str) -> Health:
         """The engine's side of `Health`, for a batcher in lifecycle ``state``."""
@@ -82,4 +108,12 @@ class EngineThread:
 
     def _flush(self) -> None:
         """Deliver whatever results are still pending."""
+        raise NotImplementedError
+
+    def _abandon(self, error: BaseException) -> None:
+        """End every caller with ``error`` from another thread: this one is stuck in the model.
+
+        Only sets flags and hands errors to callers: the thread's own structures
+        are left for it to clean up when the model returns.
+        """
         raise NotImplementedError

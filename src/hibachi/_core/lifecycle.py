@@ -30,6 +30,8 @@ class Runnable(Protocol):
 
     def join(self, timeout: float | None = None) -> bool: ...
 
+    def finish(self, *, cancel: bool) -> None: ...
+
     def health(self, state: str) -> Health: ...
 
 
@@ -82,16 +84,18 @@ class Lifecycle:
         """Stop accepting requests and wait until every stream has ended.
 
         By default requests in flight and in the queue run to their end; with
-        ``cancel=True`` they end at once with `BatcherClosed`. Idempotent.
+        ``cancel=True`` they end at once with `BatcherClosed`, and `close`
+        returns even if the model is stuck in a call (a warning and `health`
+        then say the engine thread is still inside the model). Idempotent.
         """
         if self._begin_close(cancel):
-            self._engine.join()
+            self._engine.finish(cancel=cancel)
         self._state = State.CLOSED
 
     async def aclose(self, *, cancel: bool = False) -> None:
         """`close` without blocking the event loop."""
         if self._begin_close(cancel):
-            await asyncio.to_thread(self._engine.join)
+            await asyncio.to_thread(self._engine.finish, cancel=cancel)
         self._state = State.CLOSED
 
     def __enter__(self) -> Self:

@@ -95,6 +95,11 @@ class WorkQueue(Generic[T]):
             self._held += count
         return [items.popleft() for _ in range(count)]
 
+    def snapshot(self) -> list[T]:
+        """A copy of what is queued, from any thread, leaving it queued."""
+        with self._lock:
+            return list(self._items)
+
     def release(self, count: int) -> None:
         """``count`` held items have left the waiting room (consumer thread only)."""
         self._held -= count

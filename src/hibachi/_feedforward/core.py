@@ -171,6 +171,12 @@ class FeedforwardCore:
             self.counters.failed += 1
             item.deliver(Failure(BatcherClosed(message)))
 
+    def waiting(self) -> list[Item]:
+        """A copy of the items waiting (retries included), for another thread while
+        the engine is stuck in the model."""
+        retries = [item for batch in list(self._retries) for item in batch.items]
+        return retries + self.room.snapshot()
+
     # -- internals -------------------------------------------------------------------
 
     def _next_retry(self, now: float) -> Batch | None:

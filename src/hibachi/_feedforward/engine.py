@@ -37,6 +37,7 @@ class FeedforwardEngine(EngineThread):
         self.queue: WorkQueue[Item] = queue
         self.core = core
         self.outbox = outbox
+        self._running: Batch | None = None  # the batch in the model now
 
     def _crash(self, exc: BaseException) -> None:
         self._admit()
@@ -44,6 +45,12 @@ class FeedforwardEngine(EngineThread):
 
     def _flush(self) -> None:
         self.outbox.flush()
+
+    def _abandon(self, error: BaseException) -> None:
+        running = self._running
+        items = (running.items if running is not None else []) + self.core.waiting()
+        for item in items + self.queue.snapshot():
+            item.abandon(error)
 
     def _loop(self) -> None:
         core, queue = self.core, self.queue
@@ -76,11 +83,14 @@ class FeedforwardEngine(EngineThread):
             except Exception as exc:
                 core.fail(batch, _stacking_error(exc))
                 return
+            self._running = batch
             try:
                 output: Any = self.runner(inputs)
             except Exception as exc:
                 core.fail(batch, model_error(exc))
                 return
+            finally:
+                self._running = None
         try:
             core.complete(batch, output)
         except ModelError as error:

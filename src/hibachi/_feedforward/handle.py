@@ -82,6 +82,10 @@ class ResultHandle:
         A thread's handle needs no timer: `result` waits until the deadline.
         """
 
+    def abandon(self, error: BaseException) -> None:
+        """Fail with ``error`` now, from any thread (the engine is stuck in the model)."""
+        raise NotImplementedError
+
     # -- as an `Item`, on the engine's thread -------------------------------------------
 
     @property
@@ -172,6 +176,14 @@ class _LoopHandle(ResultHandle):
             self._expired = True
             self._future.set_exception(Timeout(_TIMED_OUT))
 
+    def abandon(self, error: BaseException) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits the future
+            self._future.get_loop().call_soon_threadsafe(self._fail, error)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(error)
+
     # -- as an `Item`, on the engine's thread -------------------------------------------
 
     @property
@@ -244,6 +256,11 @@ class _ThreadHandle(ResultHandle):
         self._cancelled = True
         self._event.set()
         return True
+
+    def abandon(self, error: BaseException) -> None:
+        if not self.done():
+            self._outcome = Failure(error)
+            self._event.set()
 
     # -- as an `Item`, on the engine's thread -------------------------------------------
 

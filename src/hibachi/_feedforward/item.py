@@ -72,6 +72,10 @@ class Item(Protocol):
         """Called once by the core: the result, or a `Failure` (see `hibachi._core.delivery`)."""
         ...
 
+    def abandon(self, error: BaseException) -> None:
+        """Fail with ``error`` now, from a thread other than the engine's (stuck in the model)."""
+        ...
+
 
 Described = tuple[Any, Layout, int]
 

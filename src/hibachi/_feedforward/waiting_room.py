@@ -175,6 +175,13 @@ class WaitingRoom:
         due = min(group.oldest().arrival for group in self._groups.values()) + self.max_wait
         return max(0.0, due - now)
 
+    def snapshot(self) -> list[Item]:
+        """A copy of every waiting item, leaving them waiting."""
+        groups = list(self._groups.values())
+        return [
+            item for group in groups for bucket in list(group.buckets.values()) for item in bucket
+        ]
+
     def drain(self) -> list[Item]:
         """Remove and return every waiting item, oldest first."""
         buckets = [bucket for group in self._groups.values() for bucket in group.buckets.values()]

@@ -56,6 +56,16 @@ class RecurrentSlots:
                 _scatter(self._conv, key, slots, layer.conv_states[state], self.slots)
                 _scatter(self._recurrent, key, slots, layer.recurrent_states[state], self.slots)
 
+    def save(self, slots: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """A copy of ``slots``' states, for `restore`."""
+        kept = [*self._conv.values(), *self._recurrent.values()]
+        return [(tensor, slots, tensor.index_select(0, slots)) for tensor in kept]
+
+    def restore(self, saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """Put back the states `save` copied."""
+        for tensor, slots, rows in saved:
+            tensor.index_copy_(0, slots, rows)
+
     def reset(self, slot: int) -> None:
         """Zero ``slot``'s states: its sequence has ended."""
         for states in (self._conv, self._recurrent):

@@ -10,7 +10,8 @@ gets the same tokens whatever else shares its batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,16 +25,30 @@ __all__ = ["Sampler", "Sampling"]
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one request picks its tokens."""
+    """How one request picks its tokens; built from a request's ``options`` by `parse`.
+
+    Every field is checked when a `Sampling` is made, directly or by `parse`:
+    ``temperature`` is a finite number >= 0 (0, or one too small for float32,
+    means greedy: the most likely token), ``top_k`` an int in 0 … 2**63-1 (0
+    means off), ``top_p`` a number in (0, 1], ``seed`` None or an int in
+    0 … 2**63-1. Anything else raises `InvalidRequest`.
+    """
 
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        put = object.__setattr__  # frozen: the checked values replace the given ones
+        put(self, "temperature", _real("temperature", self.temperature, _at_least_zero, ">= 0"))
+        put(self, "top_k", _count("top_k", self.top_k))
+        put(self, "top_p", _real("top_p", self.top_p, _probability, "in (0, 1]"))
+        put(self, "seed", None if self.seed is None else _count("seed", self.seed))
+
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < _SMALLEST_TEMPERATURE
 
     @classmethod
     def parse(cls, options: object) -> Sampling:
@@ -50,45 +65,59 @@ class Sampling:
         unknown = set(options) - {"temperature", "top_k", "top_p", "seed"}
         if unknown:
             raise InvalidRequest(
-                f"unknown options {sorted(map(str, unknown))}: "
+                f"unknown options {sorted(map(str, unknown))[:8]}: "
                 "expected temperature, top_k, top_p, seed"
             )
-        return cls(
-            temperature=_number(options, "temperature", 0.0, lambda t: t >= 0, ">= 0"),
-            top_k=int(_number(options, "top_k", 0, lambda k: k >= 0, ">= 0", integer=True)),
-            top_p=_number(options, "top_p", 1.0, lambda p: 0 < p <= 1, "in (0, 1]"),
-            seed=_seed(options.get("seed")),
-        )
+        return cls(**options)
+
+
+_SMALLEST_TEMPERATURE = float(np.finfo(np.float32).tiny)
+_MAX_COUNT = 2**63 - 1
+
+
+def _at_least_zero(value: float) -> bool:
+    return value >= 0
+
+
+def _probability(value: float) -> bool:
+    return 0 < value <= 1
+
+
+def _real(name: str, value: object, valid: Callable[[float], bool], rule: str) -> float:
+    number = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_):
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):
+            number = None
+    if number is None or not math.isfinite(number):
+        raise InvalidRequest(f"option {name} must be a finite number, got {_show(value)}")
+    if not valid(number):
+        raise InvalidRequest(f"option {name} must be {rule}, got {_show(value)}")
+    return number
+
+
+def _count(name: str, value: object) -> int:
+    count = None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
+        count = int(value)
+    if count is None or not 0 <= count <= _MAX_COUNT:
+        raise InvalidRequest(f"option {name} must be an int in 0 … 2**63-1, got {_show(value)}")
+    return count
+
+
+def _show(value: object) -> str:
+    """``value`` for a message, short whatever it is."""
+    if isinstance(value, int) and not -(10**30) < value < 10**30:
+        return f"an int of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _GREEDY = Sampling()
-
-
-def _number(
-    options: Mapping[Any, Any],
-    name: str,
-    default: float,
-    valid: Any,
-    rule: str,
-    *,
-    integer: bool = False,
-) -> float:
-    value = options.get(name, default)
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        kind = "an int" if integer else "a number"
-        raise InvalidRequest(f"option {name} must be {kind}, got {value!r}")
-    if not valid(value):
-        raise InvalidRequest(f"option {name} must be {rule}, got {value!r}")
-    return float(value)
-
-
-def _seed(seed: object) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise InvalidRequest(f"option seed must be an int in 0 … 2**63-1, got {seed!r}")
-    return seed
 
 
 class Sampler:
@@ -126,8 +155,12 @@ class Sampler:
     def _sample(self, logits: torch.Tensor, slots: list[int]) -> torch.Tensor:
         settings = [self._settings[s] for s in slots]
         device, vocab = logits.device, logits.shape[-1]
-        temperature = torch.tensor([s.temperature for s in settings], device=device)
-        probs = torch.softmax(logits.double() / temperature[:, None], dim=-1)
+        temperature = torch.tensor(
+            [s.temperature for s in settings], dtype=torch.float64, device=device
+        )
+        scaled = logits.double()
+        scaled = (scaled - scaled.amax(dim=-1, keepdim=True)) / temperature[:, None]
+        probs = torch.softmax(scaled, dim=-1)
         probs, order = probs.sort(dim=-1, descending=True)
         top_k = torch.tensor([s.top_k or vocab for s in settings], device=device)
         top_p = torch.tensor([s.top_p for s in settings], dtype=probs.dtype, device=device)

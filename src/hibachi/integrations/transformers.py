@@ -39,6 +39,7 @@ from .._exceptions import ConfigurationError, InvalidRequest
 from ._alibi import decoder_layers, layer_arguments, scheme_arguments
 from ._architectures import ATTENTION, RECURRENT, serving_plan
 from ._kv_cache import Plan, SlotCache
+from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
 from ._sampling import Sampler, Sampling
 
@@ -110,8 +111,10 @@ class CausalLMAdapter(IncrementalModel):
         self._sampler = Sampler(slots, self.device)
         self._call = _call_arguments(model)
         self._layers = _decoder_layers(model) if self._serving.alibi else []
+        self.vocab_size = vocabulary_size(model)
 
     def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
+        check_token_ids(prompt, self.vocab_size)
         length = int(prompt.shape[0])
         if length > self.max_length:
             raise InvalidRequest(
@@ -124,14 +127,25 @@ class CausalLMAdapter(IncrementalModel):
         self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any], options: list[Any]
     ) -> torch.Tensor:
         with torch.inference_mode():
-            for j in np.flatnonzero(self._lengths[slots] == 0).tolist():
+            # a row retried after a step that raised keeps the cache row it got then
+            for j in np.flatnonzero(self._rows.phys[slots] < 0).tolist():
                 self._rows.add(int(slots[j]))
                 self._sampler.start(int(slots[j]), options[j])
-            if self._serving.recurrent:
-                logits = self._recurrent_step(tokens, mask, slots)
-            else:
-                logits = self._forward(tokens, mask, slots)
-            return self._sampler.pick(logits, slots)
+            lengths = self._lengths[slots]
+            states = self._states.save(_on(slots, self.device))
+            try:
+                if self._serving.recurrent:
+                    logits = self._recurrent_step(tokens, mask, slots)
+                else:
+                    logits = self._forward(tokens, mask, slots)
+                return self._sampler.pick(
+                    logits, slots
+                )  # draws last: a step that raised drew nothing
+            except BaseException:
+                # a step that raised changes nothing (see IncrementalModel: retries)
+                self._lengths[slots] = lengths
+                self._states.restore(states)
+                raise
 
     def release(self, slot: int) -> None:
         with torch.inference_mode():
@@ -178,7 +192,6 @@ class CausalLMAdapter(IncrementalModel):
         order = np.argsort(self._rows.phys[slots], kind="stable")
         slots, counts = slots[order], counts[order]
         positions = self._plan(slots, counts, width)
-        self._lengths[slots] += counts
         device = self.device
         index = torch.from_numpy(order)
         padding = None if (counts == width).all() else _take(mask, index).to(device)
@@ -195,6 +208,7 @@ class CausalLMAdapter(IncrementalModel):
             inputs["position_ids"] = positions
         logits = self._call_model(inputs, masks)[:, -1]
         self._states.store(_on(slots, device), states)
+        self._lengths[slots] += counts  # undone by step() if the step raises (see its retries)
         return torch.empty_like(logits).index_copy_(0, index.to(device), logits)
 
     def _call_model(self, inputs: dict[str, Any], masks: Any) -> torch.Tensor:
