@@ -24,7 +24,7 @@ pytest.importorskip("transformers")
 
 import hibachi  # noqa: E402
 from _models import TIMEOUT, run_async  # noqa: E402
-from _zoo_models import EOS, VOCAB, WINDOW, reference, tiny_model  # noqa: E402
+from _zoo_models import EOS, OVERRIDES, VOCAB, WINDOW, reference, tiny_model  # noqa: E402
 from hibachi.integrations.transformers import CausalLMAdapter, causal_lm_batcher  # noqa: E402
 
 F32 = {"dtype": torch.float32}  # expert kernels (grouped_mm) without a float64 version
@@ -238,3 +238,66 @@ def test_eos_none_ends_requests_by_their_budget_alone(mistral: Any) -> None:
 
     assert tokens(None) == want
     assert tokens(want[2]) == want[: want.index(want[2]) + 1]  # a stop token would end it early
+
+
+@pytest.mark.parametrize(("model_type", "settings"), [served("mamba"), served("jamba", **F32)])
+def test_a_step_that_raised_midway_changes_no_recurrent_state(
+    model_type: str, settings: dict[str, Any]
+) -> None:
+    """Two forward passes raise after the first layer ran (the second midway through a step
+    of one pass per column): the batcher retries the step on its rows, which must then get
+    exactly the tokens they would have got."""
+    settings = {**OVERRIDES.get(model_type, {}), **settings}
+    model = tiny_model(model_type, **settings)
+    jobs = workload(seed=3)
+    wants = [reference(model, job["prompt"], job["max_new_tokens"], None) for job in jobs]
+    calls = iter(range(10**6))
+
+    def fault(module: Any, args: Any) -> None:
+        if next(calls) in (5, 40):
+            raise ConnectionError("a transient fault")
+
+    layers = model.base_model.layers
+    handle = layers[1].register_forward_pre_hook(fault)
+    try:
+        batcher = causal_lm_batcher(
+            model, max_batch_size=3, max_length=40, eos_token_id=None, prefill_chunk=12
+        )
+        results = serve(batcher, jobs)
+    finally:
+        handle.remove()
+    for job, got, want in zip(jobs, results, wants, strict=True):
+        assert got == (want[: len(got)] if job["quit_after"] else want)
+    assert next(calls) > 40  # it did raise, twice
+
+
+def test_a_step_of_several_passes_that_raised_leaves_lengths_and_states_as_they_were() -> None:
+    """A continuing prompt chunk runs one pass per column; the third raises. The rows'
+    lengths and recurrent states must be as before the step, so a retry gives the same."""
+    model = tiny_model("mamba")
+    slots, options = np.array([0, 1]), [None, None]
+    first = (torch.tensor([[0, 7, 8], [9, 10, 11]]), torch.tensor([[0, 1, 1], [1, 1, 1]]).bool())
+    then = (torch.tensor([[12, 13, 14], [15, 16, 17]]), torch.ones(2, 3, dtype=torch.bool))
+    clean = CausalLMAdapter(model, slots=2, max_length=32)
+    clean.step(*first, slots, options)
+    want = clean.step(*then, slots, options)
+
+    adapter = CausalLMAdapter(model, slots=2, max_length=32)
+    adapter.step(*first, slots, options)
+    before = [
+        t.clone() for t in (*adapter._states._conv.values(), *adapter._states._recurrent.values())
+    ]
+    passes = iter(range(100))
+
+    def fault(module: Any, args: Any) -> None:
+        if next(passes) == 2:
+            raise ConnectionError("a transient fault")
+
+    handle = model.base_model.layers[1].register_forward_pre_hook(fault)
+    with pytest.raises(ConnectionError):
+        adapter.step(*then, slots, options)
+    handle.remove()
+    after = [*adapter._states._conv.values(), *adapter._states._recurrent.values()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert adapter._lengths.tolist() == [2, 3]
+    assert torch.equal(adapter.step(*then, slots, options), want)
