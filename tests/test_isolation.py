@@ -271,3 +271,26 @@ def test_every_row_bad_fails_every_row(rows: int) -> None:
     d.run_until_idle()
     check_stateless(sinks, bad)
     assert d.scheduler.counters.failed == rows and not d.scheduler.rows
+
+
+# -- the feedforward batcher: an item alone is tried twice too ---------------------------------
+
+
+def test_a_feedforward_item_that_fails_once_alone_gets_its_result() -> None:
+    calls = []
+
+    def model(batch: Any) -> Any:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise ConnectionError("a transient fault")
+        if (batch < 0).any():
+            raise ValueError("negative")
+        return batch * 2
+
+    with hibachi.FeedforwardBatcher(model, max_batch_size=1) as batcher:
+        assert batcher.run(np.ones(2)).result(timeout=10).tolist() == [2.0, 2.0]
+        with pytest.raises(hibachi.ModelError) as caught:
+            batcher.run(-np.ones(2)).result(timeout=10)
+        assert isinstance(caught.value.__cause__, ValueError)
+    assert calls == [1, 1, 1, 1]
+    assert batcher.stats().retried_batches == 2

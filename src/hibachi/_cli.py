@@ -1,7 +1,8 @@
-"""The ``hibachi`` command: ``hibachi bench`` shows, measured, what batching buys.
+"""The ``hibachi`` command: ``hibachi bench`` shows, measured, what batching buys;
+``hibachi serve`` serves models over an OpenAI-compatible HTTP API.
 
-Nothing heavy is imported here: torch, transformers, rich and matplotlib load
-only once ``hibachi bench`` runs.
+Nothing heavy is imported here: torch, transformers, rich, matplotlib and
+FastAPI load only once ``hibachi bench`` or ``hibachi serve`` runs.
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ exit status: 0 when every method ran or was skipped, 1 when one failed,
 """
 
 
+SERVE_DESCRIPTION = """\
+Serve a language model and an embedding model over HTTP, shaped as OpenAI's API
+(the official openai client works unchanged), with continuous batching.
+
+  GET  /v1/models             POST /v1/completions     POST /v1/chat/completions
+  POST /v1/embeddings         GET  /health             GET  /metrics (Prometheus)
+
+With no --model, a small random-weight Llama (its text through the packaged
+MiniLM tokenizer); with no --embedding-model, the packaged all-MiniLM-L6-v2.
+Nothing is downloaded. A request may carry a deadline: the X-Request-Timeout
+header or a "timeout" field (seconds).
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hibachi`` command line; returns the exit status."""
     parser = _parser()
@@ -58,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "serve":
+        return _serve(args)
     return _bench(args)
 
 
@@ -76,7 +93,61 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _bench_arguments(bench)
+    serve = commands.add_parser(
+        "serve",
+        help="serve models over an OpenAI-compatible HTTP API",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _serve_arguments(serve)
     return parser
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="a local transformers causal LM (model and tokenizer) for /v1/completions and "
+        "/v1/chat/completions (default: a small random-weight Llama)",
+    )
+    serve.add_argument(
+        "--embedding-model",
+        type=Path,
+        metavar="DIR",
+        help="a local sentence encoder for /v1/embeddings (default: the packaged all-MiniLM-L6-v2)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
+    serve.add_argument(
+        "--max-batch-size",
+        type=_positive,
+        default=32,
+        metavar="N",
+        help="rows per generation step, texts per embedding call (32)",
+    )
+    serve.add_argument(
+        "--max-queue-size",
+        type=_positive,
+        default=1024,
+        metavar="N",
+        help="requests waiting per model before 429 (1024)",
+    )
+    serve.add_argument(
+        "--max-length",
+        type=_positive,
+        default=512,
+        metavar="N",
+        help="most tokens (prompt and completion) per sequence (512)",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, how long in-flight requests may finish (10)",
+    )
+    serve.add_argument("--device", default="cpu", help="where the models run (cpu)")
 
 
 def _bench_arguments(bench: argparse.ArgumentParser) -> None:
@@ -133,6 +204,16 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     )
     # For hibachi's own tests: every workload end to end in seconds. Figures are meaningless.
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}")
+    return value
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -206,3 +287,33 @@ def _bench(args: argparse.Namespace) -> int:
         args.markdown.write_text(markdown(report))
         console.print(f"markdown: {args.markdown}")
     return 1 if report.failed else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeSettings, create_app, run
+    from .serve._models import (
+        default_embedding_model,
+        default_language_model,
+        load_embedding_model,
+        load_language_model,
+    )
+
+    device = args.device
+    language = (
+        load_language_model(args.model, device=device)
+        if args.model
+        else default_language_model(device=device)
+    )
+    embedder = (
+        load_embedding_model(args.embedding_model, device=device)
+        if args.embedding_model
+        else default_embedding_model(device=device)
+    )
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size,
+        max_queue_size=args.max_queue_size,
+        max_length=args.max_length,
+        shutdown_grace=args.shutdown_grace,
+    )
+    run(create_app(language, embedder, settings=settings), host=args.host, port=args.port)
+    return 0

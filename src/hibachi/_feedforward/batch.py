@@ -24,12 +24,13 @@ class Batch:
     item's own length gives what the item gets in a batch of its own.
     """
 
-    __slots__ = ("items", "layout", "length")
+    __slots__ = ("items", "layout", "length", "tries")
 
     def __init__(self, items: list[Item], layout: Layout) -> None:
         self.items = items
         self.layout = layout
         self.length = max(item.length for item in items) if layout.padded else 0
+        self.tries = 0  # the model calls this very batch has failed
 
     def __len__(self) -> int:
         return len(self.items)

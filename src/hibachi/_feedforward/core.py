@@ -36,6 +36,8 @@ from .waiting_room import Group, Release, WaitingRoom
 
 __all__ = ["FeedforwardCore", "FeedforwardCounters"]
 
+_TRIES_ALONE = 2  # an item fails only after failing this many times in a batch of its own
+
 _FLAT = CostModel()  # unpadded items: one length, so every batch is as full as it may be
 
 
@@ -153,12 +155,21 @@ class FeedforwardCore:
         return model
 
     def fail(self, batch: Batch, error: BaseException) -> None:
-        """``batch`` failed with ``error``: rerun its halves next, or fail its one item."""
+        """``batch`` failed with ``error``: rerun its halves next, or fail its one item.
+
+        An item fails only after failing twice alone, so that a transient fault
+        (a model that fails once on a good batch) costs nobody their result.
+        """
         self._started = None
         if len(batch) > 1:
             first, second = batch.halves()
             self._retries += [second, first]
             self.counters.retried_batches += 2
+            return
+        batch.tries += 1
+        if batch.tries < _TRIES_ALONE:
+            self._retries.append(batch)
+            self.counters.retried_batches += 1
             return
         self.counters.failed += 1
         batch.items[0].deliver(Failure(error))

@@ -12,7 +12,8 @@ class FeedforwardStats:
     """A snapshot of a `FeedforwardBatcher`'s counters.
 
     ``batches`` counts model calls, the reruns of halves of a failed batch
-    (``retried_batches``) included; ``mean_batch_size`` is items per model call.
+    and of an item that failed alone (``retried_batches``) included;
+    ``mean_batch_size`` is items per model call.
     Each batch taken from the queue was released for one reason:
     ``released_full`` (it filled ``max_batch_size``), ``released_waited``
     (its oldest item had waited ``max_wait``) or ``released_eager`` (nothing

@@ -1,0 +1,32 @@
+"""`ServeSettings`: how the server batches, bounds and ends its requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServeSettings"]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The server's knobs; every one has a default that works.
+
+    Args:
+        max_batch_size: rows per generation step, and texts per embedding call.
+        max_queue_size: requests that may wait per batcher; beyond, 429.
+        max_length: the most tokens (prompt and completion) one sequence holds.
+        default_max_tokens: the completion budget of a request that names none.
+        stuck_after: ``/health`` answers 503 once a model call has run this long.
+        shutdown_grace: seconds in-flight requests get to finish after SIGINT /
+            SIGTERM; the rest then end with an error event.
+        drain_window: seconds of finished requests the drain rate (and so
+            ``Retry-After``) is measured over.
+    """
+
+    max_batch_size: int = 32
+    max_queue_size: int = 1024
+    max_length: int = 512
+    default_max_tokens: int = 16
+    stuck_after: float = 30.0
+    shutdown_grace: float = 10.0
+    drain_window: float = 10.0

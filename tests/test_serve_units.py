@@ -1,0 +1,96 @@
+"""The server's plain parts, without a server: text assembly, drain rate, layering."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import ClassVar
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from hibachi.serve._drain import DrainRate
+from hibachi.serve._text import TextAssembler
+
+
+class Pieces:
+    """A tokenizer whose token i decodes to PIECES[i], concatenated."""
+
+    PIECES: ClassVar[list[str]] = ["he", "llo", " wor", "ld", "!", " \xe2", "\ufffd", " end"]
+
+    def decode(self, ids: list[int], **_: object) -> str:
+        text = "".join(self.PIECES[i] for i in ids)
+        # a byte-level tokenizer shows an unfinished character as U+FFFD until it is complete
+        return text.replace(" \xe2\ufffd", " é").replace(" \xe2", " \ufffd")
+
+
+def assemble(ids: list[int], stop: tuple[str, ...] = ()) -> tuple[list[str], TextAssembler]:
+    assembler = TextAssembler(Pieces(), stop)
+    pieces = [assembler.add(i) for i in ids]
+    pieces.append(assembler.finish())
+    return [p for p in pieces if p], assembler
+
+
+def test_pieces_join_to_the_decoded_text() -> None:
+    pieces, assembler = assemble([0, 1, 2, 3, 4])
+    assert pieces == ["he", "llo", " wor", "ld", "!"]
+    assert assembler.text == "hello world!" and not assembler.stopped
+
+
+def test_an_unfinished_character_is_held_back_until_complete() -> None:
+    pieces, _ = assemble([0, 5, 6, 7])
+    assert pieces == ["he", " é", " end"]  # never the placeholder U+FFFD
+
+
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [
+        pytest.param(("world",), "hello ", id="across-tokens"),
+        pytest.param(("lo w", "!"), "hel", id="first-of-several"),
+        pytest.param(("xyz",), "hello world!", id="absent"),
+    ],
+)
+def test_text_ends_before_the_first_stop_string(stop: tuple[str, ...], expected: str) -> None:
+    pieces, assembler = assemble([0, 1, 2, 3, 4], stop)
+    assert "".join(pieces) == expected
+    assert assembler.stopped == (expected != "hello world!")
+
+
+def test_text_that_may_begin_a_stop_string_waits() -> None:
+    assembler = TextAssembler(Pieces(), ("world",))
+    assert assembler.add(0) == "he"
+    assert assembler.add(1) == "llo"
+    assert assembler.add(2) == " "  # " wor" might be the start of "world"
+    assert assembler.add(3) == ""
+    assert assembler.stopped
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_retry_after_is_the_queue_over_the_drain_rate() -> None:
+    clock = Clock()
+    rate = DrainRate(window=10.0, clock=clock)
+    assert rate.retry_after(0) == 1
+    assert rate.retry_after(5) == 10  # nothing finished within the window: at least that long
+    for _ in range(20):
+        rate.note_finished()  # 2 per second over the window
+    assert rate.retry_after(9) == 5
+    assert rate.retry_after(10_000) == 60
+    clock.now = 11.0
+    assert rate.per_second() == 0.0
+
+
+def test_import_hibachi_does_not_import_the_server() -> None:
+    code = (
+        "import sys, hibachi\n"
+        "print(sorted({'fastapi', 'uvicorn', 'hibachi.serve'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
