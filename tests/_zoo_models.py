@@ -65,6 +65,12 @@ SMALL: dict[str, Any] = {
 # Sizes a family's config checks against each other, or layouts that show its kinds of layer
 OVERRIDES: dict[str, dict[str, Any]] = {
     "mamba2": {"num_heads": 8, "head_dim": 8, "n_groups": 1, "expand": 2},
+    "codegen": {"rotary_dim": 4},
+    "gptj": {"rotary_dim": 4},
+    **{  # multi-head latent attention: as many key/value heads as query heads
+        name: {"num_key_value_heads": 4}
+        for name in ("axk1", "deepseek_v2", "deepseek_v3", "glm4_moe_lite", "minicpm3", "youtu")
+    },
     "gpt_neo": {"num_layers": 2, "attention_types": [[["global", "local"], 1]]},
     "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2},
 }

@@ -67,6 +67,7 @@ SERVED = [
     served("qwen2_moe", **F32),
     served("qwen3_moe", **F32),
     served("olmoe", **F32),
+    served("deepseek_v3", num_key_value_heads=4, **F32),  # and multi-head latent attention
     # recurrent state: Mamba, Mamba 2, and Jamba's Mamba layers beside attention (and experts)
     served("mamba"),
     served("mamba2", num_heads=8, head_dim=8, n_groups=1),

@@ -24,7 +24,9 @@ SERVED: frozenset[str] = frozenset(
         "helium", "hrm_text", "hunyuan_v1_dense", "hyperclovax", "internlm3", "iquestcoder",
         "jais2", "llama", "modernbert-decoder", "nanochat", "nemotron", "olmo", "olmo2", "olmo3",
         "opt", "persimmon", "phi", "qwen2", "qwen3", "seed_oss", "smollm3", "stablelm",
-        "beam", "git", "mellum",
+        "beam", "codegen", "git", "gptj", "mellum",
+        # multi-head latent attention
+        "deepseek_v2", "deepseek_v3", "minicpm3",
         # sliding-window attention, on every layer or on some (hybrid)
         "cohere2", "gemma2", "gemma3_text", "gemma4_text", "gemma4_unified_text",
         "granite_swa", "ministral", "ministral3", "mistral", "phi3", "starcoder2", "vaultgemma",
