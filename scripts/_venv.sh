@@ -7,7 +7,7 @@ ensure_venv() {
     fi
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
         .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
-            -e ".[test,torch,jax,transformers,bench,peers,serve]"
+            -e ".[test,torch,jax,transformers,bench,peers,serve,ray]"
         touch "$stamp"
     fi
 }

@@ -1,0 +1,79 @@
+"""`hibachi.integrations.ray` without a cluster: Serve's defaults for a batcher,
+the replica class driven directly, and Ray kept out of ``import hibachi``."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve")
+
+import hibachi
+from hibachi.integrations._ray_replica import BatcherReplica
+from hibachi.integrations.ray import ReplicaUnhealthy, deployment, serve_options
+
+
+def test_import_hibachi_does_not_import_ray() -> None:
+    code = "import sys, hibachi; sys.exit('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_defaults_fit_the_batch_size() -> None:
+    assert serve_options(8) == {"name": "hibachi", "max_ongoing_requests": 16}
+
+
+def test_autoscaling_targets_a_full_batch_unless_told_otherwise() -> None:
+    scaling = {"min_replicas": 1, "max_replicas": 4}
+    assert serve_options(8, autoscaling_config=scaling)["autoscaling_config"] == {
+        "target_ongoing_requests": 8,
+        **scaling,
+    }
+    assert serve_options(8, num_replicas="auto")["autoscaling_config"] == {
+        "target_ongoing_requests": 8
+    }
+    told = serve_options(8, autoscaling_config={"target_ongoing_requests": 3})
+    assert told["autoscaling_config"] == {"target_ongoing_requests": 3}
+
+
+def test_any_serve_option_overrides_the_defaults() -> None:
+    options = serve_options(8, name="embedder", max_ongoing_requests=3, num_replicas=2)
+    assert options == {"name": "embedder", "max_ongoing_requests": 3, "num_replicas": 2}
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.0, True, None])
+def test_a_bad_batch_size_is_a_configuration_error(size: Any) -> None:
+    with pytest.raises(hibachi.ConfigurationError):
+        serve_options(size)
+
+
+def test_deployment_reads_the_batch_size_from_an_unopened_batcher() -> None:
+    def make() -> hibachi.FeedforwardBatcher:
+        return hibachi.FeedforwardBatcher(lambda x: x, max_batch_size=5)
+
+    app = deployment(make, num_replicas=3)
+    config = app._bound_deployment._deployment_config
+    assert (config.max_ongoing_requests, config.num_replicas) == (10, 3)
+
+
+def test_a_replica_serves_until_closed_then_is_unhealthy() -> None:
+    async def main() -> None:
+        replica = BatcherReplica(lambda: hibachi.FeedforwardBatcher(lambda x: x + 1), 60.0)
+        await replica.check_health()
+        assert (await replica.run(np.array([1]))).tolist() == [2]
+        with pytest.raises(hibachi.InvalidRequest):
+            await replica.run("not an array")
+        replica.__del__()
+        with pytest.raises(ReplicaUnhealthy):
+            await replica.check_health()
+
+    asyncio.run(main())
+
+
+def test_make_batcher_must_return_a_batcher() -> None:
+    with pytest.raises(hibachi.ConfigurationError):
+        BatcherReplica(lambda: "not a batcher", 60.0)  # type: ignore[arg-type, return-value]
