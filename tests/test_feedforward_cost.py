@@ -126,7 +126,7 @@ def test_max_cells_bounds_items_times_length_and_a_longer_item_goes_alone() -> N
 
 @st.composite
 def queues(draw: st.DrawFn) -> tuple[list[int], list[int], int, int, int | None, CostModel]:
-    lengths = sorted(draw(st.sets(st.integers(1, 60), min_size=1, max_size=7)))
+    lengths = sorted(draw(st.sets(st.integers(0, 60), min_size=1, max_size=7)))
     counts = draw(st.lists(st.integers(1, 5), min_size=len(lengths), max_size=len(lengths)))
     anchor = draw(st.integers(0, len(lengths) - 1))
     size = draw(st.integers(1, 12))
@@ -145,7 +145,7 @@ def brute_force_rate(
     first = flat.index(lengths[anchor])
 
     def room(n: int) -> int:
-        return size if max_cells is None else max(1, min(size, max_cells // n))
+        return size if max_cells is None or n == 0 else max(1, min(size, max_cells // n))
 
     best = 0.0
     for start in range(first + 1):
@@ -180,7 +180,9 @@ def test_the_choice_is_a_valid_and_best_run_of_the_sorted_queue(
     seconds = cost.predict(items, longest)
     alone = sum(t * cost.predict(1, n) for n, t in zip(lengths, take, strict=True))
     assert items == 1 or seconds <= alone * (1 + 1e-9), "slower than one call per item"
-    room = [size if max_cells is None else max(1, min(size, max_cells // n)) for n in lengths]
+    room = [
+        size if max_cells is None or n == 0 else max(1, min(size, max_cells // n)) for n in lengths
+    ]
     work = sum(t * cost.predict(r, n) / r for n, t, r in zip(lengths, take, room, strict=True))
     best = brute_force_rate(lengths, counts, anchor, size, max_cells, cost)
     assert work / seconds == pytest.approx(best, rel=1e-6)
@@ -265,7 +267,7 @@ def test_a_departed_item_is_dropped_and_the_batch_chosen_again_without_it() -> N
 
 @settings(max_examples=60, deadline=None)
 @given(
-    rounds=st.lists(st.lists(st.integers(1, 40), max_size=10), min_size=1, max_size=6),
+    rounds=st.lists(st.lists(st.integers(0, 40), max_size=10), min_size=1, max_size=6),
     size=st.integers(1, 8),
     max_tokens=st.none() | st.integers(1, 120),
     cost=st.sampled_from([CPU, GPU]),

@@ -95,13 +95,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    """A local 2-CPU Ray cluster with Serve, its files under /tmp, no dashboard."""
+def cluster() -> Iterator[int]:
+    """A local 2-CPU Ray cluster with Serve, its files under /tmp, no dashboard;
+    the port of Serve's HTTP proxy on 127.0.0.1."""
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-        yield
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield port
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -136,7 +138,7 @@ def arun(main: Awaitable[Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def counting(cluster: None) -> Iterator[Any]:
+def counting(cluster: int) -> Iterator[Any]:
     yield run_app(small(make_counting_batcher, max_batch_size=4), "counting")
     serve.delete("counting")
 
@@ -183,7 +185,7 @@ def test_a_caller_that_leaves_frees_its_row(counting: Any) -> None:
     arun(main())
 
 
-def test_feedforward_through_a_handle_queue_full_crosses_too(cluster: None) -> None:
+def test_feedforward_through_a_handle_queue_full_crosses_too(cluster: int) -> None:
     gate = Gate.remote()
     make = functools.partial(make_doubling_batcher, gate)
     handle = run_app(small(make, max_batch_size=1, max_ongoing_requests=8), "doubling")
@@ -209,7 +211,7 @@ def test_feedforward_through_a_handle_queue_full_crosses_too(cluster: None) -> N
         serve.delete("doubling")
 
 
-def test_a_replica_whose_engine_died_is_replaced(cluster: None) -> None:
+def test_a_replica_whose_engine_died_is_replaced(cluster: int) -> None:
     app = small(make_counting_batcher, max_batch_size=4, health_check_period_s=0.5)
     handle = run_app(app, "fragile")
 
@@ -241,7 +243,7 @@ def make_gated_batcher(gate: Any) -> hibachi.AutoregressiveBatcher:
     )
 
 
-def test_shutdown_drains_the_requests_in_flight(cluster: None) -> None:
+def test_shutdown_drains_the_requests_in_flight(cluster: int) -> None:
     gate = Gate.remote()
     make = functools.partial(make_gated_batcher, gate)
     handle = run_app(small(make, max_batch_size=4, graceful_shutdown_wait_loop_s=0.1), "draining")
@@ -270,3 +272,32 @@ def wait_while_running(name: str) -> None:
 def app_status(name: str) -> str | None:
     app = serve.status().applications.get(name)
     return None if app is None else str(app.status.value)
+
+
+def build_small_app() -> Any:
+    from hibachi.serve import ServeSettings, create_app
+    from hibachi.serve._models import default_language_model
+
+    return create_app(default_language_model(), None, settings=ServeSettings(max_batch_size=4))
+
+
+def test_the_openai_app_serves_through_serves_http_ingress(cluster: int) -> None:
+    openai = pytest.importorskip("openai")
+    from hibachi.integrations._ray_http import http_deployment
+
+    app = http_deployment(
+        build_small_app, max_batch_size=4, num_replicas=1, ray_actor_options={"num_cpus": 0.25}
+    )
+    serve.run(app, name="http", route_prefix="/")
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{cluster}/v1", api_key="unused")
+        model = client.models.list().data[0].id
+        whole = client.completions.create(model=model, prompt="hello", max_tokens=4, temperature=0)
+        chunks = client.completions.create(
+            model=model, prompt="hello", max_tokens=4, temperature=0, stream=True
+        )
+        streamed = "".join(chunk.choices[0].text for chunk in chunks)
+        assert whole.usage is not None and whole.usage.completion_tokens == 4
+        assert streamed == whole.choices[0].text
+    finally:
+        serve.delete("http")

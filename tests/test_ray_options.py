@@ -77,3 +77,18 @@ def test_a_replica_serves_until_closed_then_is_unhealthy() -> None:
 def test_make_batcher_must_return_a_batcher() -> None:
     with pytest.raises(hibachi.ConfigurationError):
         BatcherReplica(lambda: "not a batcher", 60.0)  # type: ignore[arg-type, return-value]
+
+
+def test_the_cli_reads_replicas_and_autoscale_bounds() -> None:
+    from hibachi._cli import _parser
+    from hibachi.integrations._ray_http import scaling_options
+
+    args = _parser().parse_args(["serve", "--autoscale", "1,3", "--ray-address", "auto"])
+    assert (args.autoscale, args.ray_address, args.replicas) == ((1, 3), "auto", None)
+    assert scaling_options(args.replicas, args.autoscale) == {
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3}
+    }
+    assert scaling_options(2, None) == {"num_replicas": 2}
+    for bad in ["3,1", "0,2", "2", "a,b"]:
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["serve", "--autoscale", bad])

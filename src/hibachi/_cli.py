@@ -8,9 +8,11 @@ FastAPI load only once ``hibachi bench`` or ``hibachi serve`` runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from ._bench.settings import WORKLOADS
@@ -148,6 +150,23 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         help="on SIGINT/SIGTERM, how long in-flight requests may finish (10)",
     )
     serve.add_argument("--device", default="cpu", help="where the models run (cpu)")
+    serve.add_argument(
+        "--replicas",
+        type=_positive,
+        metavar="N",
+        help="serve through Ray Serve with N replicas, one batcher each (needs the ray extra)",
+    )
+    serve.add_argument(
+        "--autoscale",
+        type=_bounds,
+        metavar="MIN,MAX",
+        help="serve through Ray Serve, between MIN and MAX replicas as the load asks",
+    )
+    serve.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join this running Ray cluster (default: start a local one)",
+    )
 
 
 def _bench_arguments(bench: argparse.ArgumentParser) -> None:
@@ -290,7 +309,33 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import ServeSettings, create_app, run
+    if args.replicas or args.autoscale or args.ray_address:
+        return _serve_over_ray(args)
+    from .serve import run
+
+    run(_build_app(args), host=args.host, port=args.port)
+    return 0
+
+
+def _serve_over_ray(args: argparse.Namespace) -> int:
+    if args.replicas and args.autoscale:
+        raise SystemExit("hibachi serve: --replicas and --autoscale exclude each other")
+    from .integrations._ray_http import scaling_options, serve_over_ray
+
+    serve_over_ray(
+        functools.partial(_build_app, args),
+        max_batch_size=args.max_batch_size,
+        host=args.host,
+        port=args.port,
+        address=args.ray_address,
+        **scaling_options(args.replicas, args.autoscale),
+    )
+    return 0
+
+
+def _build_app(args: argparse.Namespace) -> Any:
+    """The server's app, its models loaded: in this process, or in each Ray replica."""
+    from .serve import ServeSettings, create_app
     from .serve._models import (
         default_embedding_model,
         default_language_model,
@@ -315,5 +360,15 @@ def _serve(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         shutdown_grace=args.shutdown_grace,
     )
-    run(create_app(language, embedder, settings=settings), host=args.host, port=args.port)
-    return 0
+    return create_app(language, embedder, settings=settings)
+
+
+def _bounds(text: str) -> tuple[int, int]:
+    """``MIN,MAX`` replicas, 1 <= MIN <= MAX."""
+    try:
+        low, high = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX, got {text!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 1 <= MIN <= MAX, got {text!r}")
+    return low, high

@@ -20,6 +20,7 @@ does not help, since every shorter one helps less.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
 
 from .cost_model import CostModel
@@ -43,6 +44,23 @@ def pick_counts(
     ``lengths[i]`` wait, and the first of length ``lengths[anchor]`` (the
     oldest waiting item) must go. Returns a count per length.
     """
+    # only the lengths within ``size`` places of the anchor in sorted order can go with it
+    cumulative = list(itertools.accumulate(counts, initial=0))
+    first = cumulative[anchor]
+    low = bisect.bisect_right(cumulative, max(0, first - size + 1)) - 1
+    high = bisect.bisect_right(cumulative, min(cumulative[-1] - 1, first + size - 1))
+    near = _pick_near(lengths[low:high], counts[low:high], anchor - low, size, max_cells, cost)
+    return [0] * low + near + [0] * (len(lengths) - high)
+
+
+def _pick_near(
+    lengths: Sequence[int],
+    counts: Sequence[int],
+    anchor: int,
+    size: int,
+    max_cells: int | None,
+    cost: CostModel,
+) -> list[int]:
     queue = _Sorted(lengths, counts, size, max_cells, cost)
     best = _Best()
     first = queue.cumulative[anchor]  # the anchor's place in sorted order
@@ -106,10 +124,11 @@ class _Sorted:
         self.lengths, self.size, self.max_cells, self.cost = lengths, size, max_cells, cost
         self.cumulative: list[int] = [0]
         self._total, self._ideal = [0.0], [0.0]
+        cumulative, total, ideal = self.cumulative, self._total, self._ideal
         for length, count in zip(lengths, counts, strict=True):
-            self.cumulative.append(self.cumulative[-1] + count)
-            self._total.append(self._total[-1] + count * length)
-            self._ideal.append(self._ideal[-1] + count * self.ideal(length))
+            cumulative.append(cumulative[-1] + count)
+            total.append(total[-1] + count * length)
+            ideal.append(ideal[-1] + count * self.ideal(length))
 
     def room(self, length: int) -> int:
         """The most items of ``length`` a batch may hold."""
@@ -119,8 +138,7 @@ class _Sorted:
 
     def ideal(self, length: int) -> float:
         """An item's share of a full batch of items of its own length."""
-        items = self.room(length)
-        return self.cost.predict(items, length) / items
+        return self.cost.fixed / self.room(length) + self.cost.per_cell * length
 
     def work(self, start: int, end: int) -> float:
         """The ideal costs of the items in ``[start, end)``."""
