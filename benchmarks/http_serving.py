@@ -74,7 +74,11 @@ def build_model(args: argparse.Namespace) -> object:
 def settings(args: argparse.Namespace) -> object:
     from hibachi.serve import ServeSettings
 
-    return ServeSettings(max_batch_size=args.batch_size, max_queue_size=4 * args.clients)
+    return ServeSettings(
+        max_batch_size=args.batch_size,
+        max_queue_size=4 * args.clients,
+        stream_interval=args.stream_interval,
+    )
 
 
 # -- the server: a child process -------------------------------------------------
@@ -243,6 +247,9 @@ def main() -> None:
     parser.add_argument(
         "--switch-interval", type=float, default=0.0, help="server's GIL switch interval"
     )
+    parser.add_argument(
+        "--stream-interval", type=int, default=1, help="the server's pieces of text per chunk"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -260,7 +267,8 @@ def main() -> None:
     print(
         f"Llama {params:.1f}M params (hidden {args.hidden}, {args.layers} layers), "
         f"{args.clients} streaming clients, prompts {PROMPT_LENGTHS} tokens, budgets {BUDGETS}, "
-        f"batch size {args.batch_size}, {args.threads} torch thread(s) per side, "
+        f"batch size {args.batch_size}, stream interval {args.stream_interval}, "
+        f"{args.threads} torch thread(s) per side, "
         f"best of {args.repeat}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     process, url = start_server(args)

@@ -398,3 +398,35 @@ def test_shutdown_drains_then_ends_the_rest_with_an_error_event(
     ended = app.state.hibachi.metrics.ended
     assert ended.labels(LLM, "shutdown")._value.get() == 1
     assert ended.labels(LLM, "budget")._value.get() == 1
+
+
+class Poisoned(torch.nn.Embedding):
+    """An embedding that raises on one token id: a model that fails mid-service."""
+
+    POISON = 999
+
+    def forward(self, ids: Any) -> Any:
+        if bool((ids == self.POISON).any()):
+            raise RuntimeError("poisoned token")
+        return super().forward(ids)
+
+
+def test_a_model_error_is_a_500_or_a_last_error_event() -> None:
+    lm = default_language_model(seed=1)
+    table = lm.model.get_input_embeddings()
+    poisoned = Poisoned(table.num_embeddings, table.embedding_dim)
+    poisoned.load_state_dict(table.state_dict())
+    lm.model.set_input_embeddings(poisoned)
+    with running(create_app(lm, None)) as served:
+        status, _, answer = served.post("/v1/completions", {"prompt": [5, Poisoned.POISON]})
+        assert status == 500 and answer["error"]["type"] == "server_error"
+        assert "poisoned" not in answer["error"]["message"]  # no internals leak to clients
+        body = {"prompt": [5, Poisoned.POISON], "stream": True}
+        with served.open_stream("/v1/completions", body) as stream:
+            events = list(stream.events())
+        assert stream.status == 200 and json.loads(events[-1])["error"]["type"] == "server_error"
+        with pytest.raises(openai.APIError):
+            list(served.client().completions.create(model=LLM, prompt=[5, 999], stream=True))
+        ok = served.client().completions.create(model=LLM, prompt=[5, 6], max_tokens=4)
+        assert ok.usage.completion_tokens == 4  # the server keeps serving
+        assert served.metric("hibachi_requests_ended_total", model=LLM, reason="failed") == 3

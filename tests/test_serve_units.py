@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import pytest
@@ -94,3 +95,36 @@ def test_import_hibachi_does_not_import_the_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_serve_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    from hibachi._cli import main
+
+    for argv in (["serve", "--port", "http"], ["serve", "--max-batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "/v1/chat/completions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("every", "expected"),
+    [(1, ["a", "b", "c", "d", "e"]), (2, ["a", "bc", "de"]), (3, ["a", "bcd", "e"])],
+)
+def test_a_stream_interval_groups_pieces_but_sends_the_first_at_once(
+    every: int, expected: list[str]
+) -> None:
+    import asyncio
+
+    from hibachi.serve._chunks import grouped
+
+    async def pieces() -> AsyncIterator[str]:
+        for piece in "abcde":
+            yield piece
+
+    async def collect() -> list[str]:
+        return [group async for group in grouped(pieces(), every)]
+
+    assert asyncio.run(collect()) == expected

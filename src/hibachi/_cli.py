@@ -149,6 +149,13 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, how long in-flight requests may finish (10)",
     )
+    serve.add_argument(
+        "--stream-interval",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="stream one chunk per N pieces of text (1); more costs less per token",
+    )
     serve.add_argument("--device", default="cpu", help="where the models run (cpu)")
     serve.add_argument(
         "--replicas",
@@ -335,8 +342,9 @@ def _serve_over_ray(args: argparse.Namespace) -> int:
 
 def _build_app(args: argparse.Namespace) -> Any:
     """The server's app, its models loaded: in this process, or in each Ray replica."""
-    from .serve import ServeSettings, create_app
-    from .serve._models import (
+    from .serve import (
+        ServeSettings,
+        create_app,
         default_embedding_model,
         default_language_model,
         load_embedding_model,
@@ -359,6 +367,7 @@ def _build_app(args: argparse.Namespace) -> Any:
         max_queue_size=args.max_queue_size,
         max_length=args.max_length,
         shutdown_grace=args.shutdown_grace,
+        stream_interval=args.stream_interval,
     )
     return create_app(language, embedder, settings=settings)
 

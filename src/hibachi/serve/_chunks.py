@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -58,7 +59,7 @@ async def completion_chunks(
             id=ident, created=created, model=model, choices=[CompletionChoice(text=_Template._HOLE)]
         )
     )
-    async for piece in g.pieces():
+    async for piece in grouped(g.pieces(), g.engine.stream_interval):
         yield template.fill(piece)
     yield chunk([CompletionChoice(text="", finish_reason=g.finish_reason)])  # type: ignore[arg-type]
     if usage:
@@ -75,11 +76,26 @@ async def chat_chunks(g: Generation, ident: str, created: int, usage: bool) -> A
     hole = ChatChunkChoice(delta=Delta(content=_Template._HOLE))
     template = _Template(ChatChunk(id=ident, created=created, model=model, choices=[hole]))
     yield chunk([ChatChunkChoice(delta=Delta(role="assistant", content=""))])
-    async for piece in g.pieces():
+    async for piece in grouped(g.pieces(), g.engine.stream_interval):
         yield template.fill(piece)
     yield chunk([ChatChunkChoice(delta=Delta(), finish_reason=g.finish_reason)])  # type: ignore[arg-type]
     if usage:
         yield chunk([], usage=usage_of(g))
+
+
+async def grouped(pieces: AsyncIterator[str], every: int) -> AsyncIterator[str]:
+    """``pieces`` joined ``every`` at a time (a token group); the first goes alone, at once."""
+    group: list[str] = []
+    first = True
+    async with contextlib.aclosing(pieces):  # type: ignore[type-var]
+        async for piece in pieces:
+            group.append(piece)
+            if first or len(group) >= every:
+                yield "".join(group)
+                group.clear()
+                first = False
+    if group:
+        yield "".join(group)
 
 
 def wants_usage(body: CompletionRequest | ChatRequest) -> bool:

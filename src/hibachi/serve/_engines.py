@@ -74,6 +74,7 @@ class LanguageEngine:
         self.vocab_size = int(lm.model.get_input_embeddings().num_embeddings)
         self.max_length = settings.max_length
         self.default_max_tokens = settings.default_max_tokens
+        self.stream_interval = settings.stream_interval
         self.metrics = metrics
         self.drain = DrainRate(settings.drain_window)
         fill = metrics.batch_fill.labels(lm.name)

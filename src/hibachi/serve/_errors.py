@@ -11,6 +11,7 @@ the streams' error events both use it::
     Timeout            504   the request's deadline passed
     BatcherClosed      503   the batcher is closing or closed
     ModelError         500   the model failed (logged; the client gets no traceback)
+    ClientGone         499   the client left before its answer (nobody reads it)
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def error_body(exc: BaseException) -> ErrorBody:
 
 
 def _as_api_error(exc: BaseException) -> APIError:
+    if isinstance(exc, ClientGone):  # nobody reads the answer: 499, as nginx logs it
+        return APIError(499, "the client closed its connection", code="client_gone")
     if isinstance(exc, InvalidRequest):
         return APIError(400, str(exc), param=_param_of(exc))
     if isinstance(exc, QueueFull):
