@@ -14,6 +14,8 @@ from .request import Request
 
 __all__ = ["TokenStream"]
 
+_claiming = threading.Lock()  # makes a thread's check-and-set of ``_reading`` atomic
+
 
 @final
 class TokenStream:
@@ -40,7 +42,7 @@ class TokenStream:
         self._sink = sink
         self._notify = notify
         self._done = False
-        self._reading = threading.Lock()  # held by the one reader waiting for an item
+        self._reading = False  # a reader is waiting for an item
         # the deadline, kept on this side too: it fires even while the model is stuck
         self._timer = (
             caller_deadline.arm(request, sink, notify) if isinstance(sink, AsyncSink) else None
@@ -86,23 +88,30 @@ class TokenStream:
         sink = self._sink
         if not isinstance(sink, AsyncSink):
             raise TypeError("this stream was created outside an event loop: iterate it with `for`")
-        if asyncio.get_running_loop() is not sink._channel.loop and not sink._items:
-            # what was delivered can be read anywhere; waiting needs the stream's own loop
+        if sink._items:  # delivered already: no waiting, so nothing to check
+            item = sink._items.popleft()
+        else:
+            item = await self._wait(sink)
+        if loop is not None:
+            loop.armed = True
+        return self._unwrap(item, StopAsyncIteration)
+
+    async def _wait(self, sink: AsyncSink) -> Any:
+        """The next item, for the one task that may wait for it: in the stream's own loop."""
+        if asyncio.get_running_loop() is not sink._channel.loop:
             raise RuntimeError(
                 "this stream belongs to the event loop it was created in: read it there"
             )
-        if not self._reading.acquire(blocking=False):
+        if self._reading:
             raise RuntimeError("another task is already reading this stream")
-        if loop is not None:
-            loop.armed = True
+        self._reading = True
         try:
-            item = await sink.get()
+            return await sink.get()
         except asyncio.CancelledError:
             self.cancel()
             raise
         finally:
-            self._reading.release()
-        return self._unwrap(item, StopAsyncIteration)
+            self._reading = False
 
     async def collect(self) -> list[Any]:
         """All remaining tokens, as a list."""
@@ -128,17 +137,19 @@ class TokenStream:
         sink = self._sink
         if not isinstance(sink, ThreadSink):
             raise TypeError("this stream was created in an event loop: iterate it with `async for`")
-        if not self._reading.acquire(blocking=False):
-            raise RuntimeError("another thread is already reading this stream")
-        if loop is not None:
-            loop.armed = True
+        with _claiming:
+            if self._reading:
+                raise RuntimeError("another thread is already reading this stream")
+            self._reading = True
         try:
             item = sink.get(caller_deadline.seconds_left(self._request))
         except queue.Empty:
             self._done = True
             raise caller_deadline.expire(self._request, self._notify) from None
         finally:
-            self._reading.release()
+            self._reading = False
+        if loop is not None:
+            loop.armed = True
         return self._unwrap(item, StopIteration)
 
     def __enter__(self) -> TokenStream:

@@ -88,12 +88,14 @@ class Lifecycle:
         returns even if the model is stuck in a call (a warning and `health`
         then say the engine thread is still inside the model). Idempotent.
         """
+        cancel = bool(cancel)  # a value with no truth raises here, before anything changes
         if self._begin_close(cancel):
             self._engine.finish(cancel=cancel)
         self._state = State.CLOSED
 
     async def aclose(self, *, cancel: bool = False) -> None:
         """`close` without blocking the event loop."""
+        cancel = bool(cancel)
         if self._begin_close(cancel):
             await asyncio.to_thread(self._engine.finish, cancel=cancel)
         self._state = State.CLOSED

@@ -61,7 +61,11 @@ def _awaited(awaitable: Any) -> Coroutine[Any, Any, Any]:
 
 def model_error(exc: BaseException) -> ModelError:
     """A ModelError that chains the model's own exception."""
-    error = ModelError(f"the model raised {type(exc).__name__}: {exc}")
+    try:
+        message = str(exc)[:1000]
+    except Exception:  # an exception whose __str__ raises must not take the engine down
+        message = "(its message could not be read)"
+    error = ModelError(f"the model raised {type(exc).__name__}: {message}")
     error.__cause__ = exc
     return error
 
