@@ -9,6 +9,9 @@ row is filled with the last one, as hibachi's scheduler does with its rows).
 A step whose rows, sorted, are a contiguous run of physical rows — every decode
 step over all active rows — then reads the cache through a view, with no copy.
 
+Layers that keep no keys and values (recurrent layers, MoE-only layers) hold
+a placeholder that the adapter swaps per forward pass (see `_recurrent`).
+
 Before each forward pass the adapter sets the `Plan`: where each new key goes
 (the last column, ``max_length``, is scratch space for padding tokens, never
 read) and which rows to read back, up to ``kv_length``.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer
 
 __all__ = ["Plan", "SlotCache"]
 
@@ -75,7 +78,9 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
         return self._cache.plan.kv_length, 0
 
     def get_seq_length(self) -> int:
-        return self._cache.plan.kv_length
+        """The tokens seen before this pass (as ``DynamicCache`` says before its update)."""
+        plan = self._cache.plan
+        return plan.kv_length - int(plan.write_columns.shape[1])
 
     def get_max_length(self) -> int:
         return self._cache.max_length
@@ -84,10 +89,12 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
 class SlotCache(Cache):
     """Per-slot keys and values for ``slots`` sequences of up to ``max_length`` tokens."""
 
-    def __init__(self, slots: int, max_length: int, layers: int) -> None:
+    def __init__(self, slots: int, max_length: int, attention: list[bool]) -> None:
+        """``attention``: for each layer, whether it keeps keys and values."""
         self.rows = slots
         self.max_length = max_length
-        super().__init__(layers=[_SlotLayer(self) for _ in range(layers)])
+        layers: list[Any] = [_SlotLayer(self) if kv else DummyLayer() for kv in attention]  # type: ignore[no-untyped-call]
+        super().__init__(layers=layers)
         self.plan = Plan(torch.zeros(0, 1), torch.zeros(0, 1), slice(0, 0), 0)
 
     def move_row(self, src: int, dst: int, length: int) -> None:

@@ -13,9 +13,16 @@ async with causal_lm_batcher(model, max_batch_size=16, max_length=1024,
 The model runs incrementally (see `hibachi.IncrementalModel`) over a key/value
 cache of ``max_batch_size`` slots of ``max_length`` tokens, allocated once and
 reused slot by slot. Prompts and tokens are tensors of token ids on the CPU
-(or the batcher's ``device``), whatever device the model is on. Works with
-causal LMs whose layers all use full attention (GPT-2, Llama, Mistral, Qwen2…)
-with the ``sdpa`` or ``eager`` attention implementation.
+(or the batcher's ``device``), whatever device the model is on.
+
+Exact or refused: a model is served only if its family has been checked to
+give ``model.generate()``'s greedy tokens exactly (full attention, sliding
+windows, ALiBi, mixtures of experts, Mamba-style recurrent layers: see
+``_zoo.SERVED`` and the README's table); any other is refused when the batcher
+is built, with a `ConfigurationError` that says why. Sliding-window layers
+keep the whole sequence in the slot cache and mask the keys outside each
+row's window. Recurrent layers keep one conv and one SSM state per slot.
+Attention must be ``sdpa`` or ``eager``.
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ import torch
 from .._autoregressive.batcher import AutoregressiveBatcher
 from .._autoregressive.incremental import IncrementalModel
 from .._exceptions import ConfigurationError, InvalidRequest
+from ._alibi import decoder_layers, layer_arguments, scheme_arguments
+from ._architectures import ATTENTION, RECURRENT, serving_plan
 from ._kv_cache import Plan, SlotCache
 from ._prompt_checks import check_token_ids, vocabulary_size
+from ._recurrent import RecurrentSlots
 from ._sampling import Sampler, Sampling
 
 __all__ = ["CausalLMAdapter", "Sampling", "causal_lm_batcher"]
@@ -41,7 +51,7 @@ def causal_lm_batcher(
     *,
     max_batch_size: int = 16,
     max_length: int = 1024,
-    eos_token_id: int,
+    eos_token_id: int | None,
     pad_token_id: int | None = None,
     prefill_chunk: int = 512,
     device: Any = "cpu",
@@ -56,8 +66,10 @@ def causal_lm_batcher(
         max_length: the most tokens (prompt and generated) one sequence
             holds. A longer prompt is refused with `InvalidRequest`; a sequence
             that fills its slot ends there.
-        eos_token_id: the token that ends a sequence (yielded last).
-        pad_token_id: fills the left of shorter rows; ``eos_token_id`` if None.
+        eos_token_id: the token that ends a sequence (yielded last), or None:
+            then a sequence ends by its budget (``max_new_tokens``) alone.
+        pad_token_id: fills the left of shorter rows (never seen by the
+            model); ``eos_token_id`` if None, or 0 if that is None too.
         prefill_chunk: the most prompt cells (rows * width) one step feeds.
         device: where prompts and the tokens handed back live (the CPU by
             default, whatever device the model is on).
@@ -66,8 +78,8 @@ def causal_lm_batcher(
     A request's ``options`` is None (greedy) or a mapping with ``temperature``,
     ``top_k``, ``top_p`` and ``seed`` (see `Sampling`).
     """
-    stop = _token_id(eos_token_id, "eos_token_id")
-    pad = stop if pad_token_id is None else _token_id(pad_token_id, "pad_token_id")
+    stop = _NO_TOKEN if eos_token_id is None else _token_id(eos_token_id, "eos_token_id")
+    pad = _token_id(_first_given(pad_token_id, eos_token_id, 0), "pad_token_id")
     adapter = CausalLMAdapter(model, slots=max_batch_size, max_length=max_length)
     return AutoregressiveBatcher(
         adapter,
@@ -85,15 +97,20 @@ class CausalLMAdapter(IncrementalModel):
 
     def __init__(self, model: Any, *, slots: int, max_length: int) -> None:
         _check_model(model, max_length)
+        self._serving = serving_plan(model, max_length)
         self.model = model
         self.max_length = max_length
         self.device = next(model.parameters()).device
         self._dtype = model.dtype
-        self._cache = SlotCache(slots, max_length, model.config.num_hidden_layers)
+        layers = self._serving.layers
+        self._cache = SlotCache(slots, max_length, [kind in ATTENTION for kind in layers])
+        recurrent = [i for i, kind in enumerate(layers) if kind in RECURRENT]
+        self._states = RecurrentSlots(slots, recurrent, self._serving.states_per_layer)
         self._lengths = np.zeros(slots, dtype=np.int64)
         self._rows = _Rows(slots)
         self._sampler = Sampler(slots, self.device)
         self._call = _call_arguments(model)
+        self._layers = _decoder_layers(model) if self._serving.alibi else []
         self.vocab_size = vocabulary_size(model)
 
     def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
@@ -114,7 +131,21 @@ class CausalLMAdapter(IncrementalModel):
             for j in np.flatnonzero(self._rows.phys[slots] < 0).tolist():
                 self._rows.add(int(slots[j]))
                 self._sampler.start(int(slots[j]), options[j])
-            return self._forward(tokens, mask, slots)
+            lengths = self._lengths[slots]
+            states = self._states.save(_on(slots, self.device))
+            try:
+                if self._serving.recurrent:
+                    logits = self._recurrent_step(tokens, mask, slots)
+                else:
+                    logits = self._forward(tokens, mask, slots)
+                return self._sampler.pick(
+                    logits, slots
+                )  # draws last: a step that raised drew nothing
+            except BaseException:
+                # a step that raised changes nothing (see IncrementalModel: retries)
+                self._lengths[slots] = lengths
+                self._states.restore(states)
+                raise
 
     def release(self, slot: int) -> None:
         with torch.inference_mode():
@@ -123,26 +154,69 @@ class CausalLMAdapter(IncrementalModel):
                 src, dst, other = moved
                 self._cache.move_row(src, dst, int(self._lengths[other]))
             self._lengths[slot] = 0
+            self._states.reset(slot)
+
+    def _recurrent_step(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> torch.Tensor:
+        """Fresh rows in one pass (from zero states); the others one column at a time."""
+        fresh = self._lengths[slots] == 0
+        mask = mask.cpu()
+        parts = []
+        if fresh.any():
+            rows = torch.from_numpy(np.flatnonzero(fresh))
+            first = int(mask[rows].any(dim=0).int().argmax())  # drop columns of padding only
+            logits = self._forward(
+                _take(tokens, rows)[:, first:], mask[rows, first:], slots[rows.numpy()]
+            )
+            parts.append((rows, logits))
+        if not fresh.all():
+            rows = torch.from_numpy(np.flatnonzero(~fresh))
+            for column in range(int(mask.shape[1])):
+                real = rows[mask[rows, column]]
+                if len(real):
+                    logits = self._forward(
+                        _take(tokens, real)[:, column : column + 1],
+                        mask[real, column : column + 1],
+                        slots[real.numpy()],
+                    )
+            parts.append((rows, logits))
+        out = logits.new_empty((len(slots), logits.shape[-1]))
+        for rows, part in parts:
+            out[rows.to(out.device)] = part
+        return out
 
     def _forward(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> torch.Tensor:
+        """One forward pass over rows ``slots``; each row's last logits, in the rows' order."""
         width = int(mask.shape[1])
         counts = np.full(len(slots), 1) if width == 1 else mask.sum(dim=1).numpy(force=True)
+        fresh = bool((self._lengths[slots] == 0).all())
         order = np.argsort(self._rows.phys[slots], kind="stable")
         slots, counts = slots[order], counts[order]
         positions = self._plan(slots, counts, width)
         device = self.device
         index = torch.from_numpy(order)
+        padding = None if (counts == width).all() else _take(mask, index).to(device)
+        states = self._states.loaded(_on(slots, device), fresh)
+        for layer, state in states.items():
+            self._cache.layers[layer] = state
+        masks = self._serving.masks(positions, self._cache.plan.kv_length, padding, self._dtype)
         inputs = {
             "input_ids": tokens.index_select(0, index.to(tokens.device)).to(device),
-            "position_ids": positions,
-            "attention_mask": self._mask(positions),
             self._call.cache: self._cache,
             **self._call.extra,
         }
-        logits = self.model(**inputs).logits[:, -1]
-        picked = self._sampler.pick(logits, slots)  # draws last: a step that raised drew nothing
-        self._lengths[slots] += counts  # committed only now (see IncrementalModel: retries)
-        return torch.empty_like(picked).index_copy_(0, index.to(device), picked)
+        if self._call.positions:
+            inputs["position_ids"] = positions
+        logits = self._call_model(inputs, masks)[:, -1]
+        self._states.store(_on(slots, device), states)
+        self._lengths[slots] += counts  # undone by step() if the step raises (see its retries)
+        return torch.empty_like(logits).index_copy_(0, index.to(device), logits)
+
+    def _call_model(self, inputs: dict[str, Any], masks: Any) -> torch.Tensor:
+        scheme = self._serving.alibi
+        if scheme is None:
+            return self.model(**inputs, attention_mask=masks).logits  # type: ignore[no-any-return]
+        with layer_arguments(self._layers, scheme_arguments(scheme, self.model, masks)):
+            return self.model(**inputs, attention_mask=None).logits  # type: ignore[no-any-return]
 
     def _plan(
         self, slots: np.ndarray[Any, Any], counts: np.ndarray[Any, Any], width: int
@@ -166,14 +240,6 @@ class CausalLMAdapter(IncrementalModel):
             kv_length=int((starts + counts).max()),
         )
         return _on(np.maximum(positions, 0), device)
-
-    def _mask(self, positions: torch.Tensor) -> torch.Tensor:
-        """(B, 1, W, kv) additive mask: each token sees its slot's keys up to its own position."""
-        kv = self._cache.plan.kv_length
-        keys = torch.arange(kv, device=positions.device)
-        blocked = keys[None, None, :] > positions[:, :, None]
-        mask = torch.zeros(blocked.shape, dtype=self._dtype, device=positions.device)
-        return mask.masked_fill_(blocked, torch.finfo(self._dtype).min)[:, None]
 
 
 class _Rows:
@@ -207,10 +273,11 @@ class _Rows:
 
 
 class _CallArguments:
-    """How to hand this model the cache, and what else to pass every forward."""
+    """How to hand this model the cache, whether it takes positions, what else to pass."""
 
-    def __init__(self, cache: str, extra: dict[str, Any]) -> None:
+    def __init__(self, cache: str, positions: bool, extra: dict[str, Any]) -> None:
         self.cache = cache
+        self.positions = positions
         self.extra = extra
 
 
@@ -220,7 +287,14 @@ def _call_arguments(model: Any) -> _CallArguments:
     extra: dict[str, Any] = {"use_cache": True}
     if "logits_to_keep" in parameters:
         extra["logits_to_keep"] = 1
-    return _CallArguments(cache, extra)
+    return _CallArguments(cache, "position_ids" in parameters, extra)
+
+
+def _decoder_layers(model: Any) -> list[torch.nn.Module]:
+    try:
+        return decoder_layers(model)
+    except LookupError as exc:
+        raise ConfigurationError(f"cannot serve {type(model).__name__}: {exc}") from exc
 
 
 def _check_model(model: Any, max_length: int) -> None:
@@ -238,10 +312,21 @@ def _check_model(model: Any, max_length: int) -> None:
         )
 
 
+_NO_TOKEN = -1  # the stop token when there is none: no model produces it
+
+
+def _first_given(*values: int | None) -> int:
+    return next(v for v in values if v is not None)
+
+
 def _token_id(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigurationError(f"{name} must be a token id (an int >= 0), got {value!r}")
     return value
+
+
+def _take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return tensor.index_select(0, rows.to(tensor.device))
 
 
 def _on(array: np.ndarray[Any, Any], device: torch.device) -> torch.Tensor:
