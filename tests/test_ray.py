@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -278,7 +279,28 @@ def build_small_app() -> Any:
     from hibachi.serve import ServeSettings, create_app
     from hibachi.serve._models import default_language_model
 
-    return create_app(default_language_model(), None, settings=ServeSettings(max_batch_size=4))
+    settings = ServeSettings(max_batch_size=4, max_length=2048)
+    return create_app(default_language_model(), None, settings=settings)
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """One sample of the app's /metrics, read through Serve's proxy."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    raise AssertionError(f"no {name} {labels} in /metrics")
+
+
+def until_metric(port: int, value: float, name: str, **labels: str) -> float:
+    deadline = time.monotonic() + WAIT
+    while (found := metric(port, name, **labels)) != value and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 
 
 def test_the_openai_app_serves_through_serves_http_ingress(cluster: int) -> None:
@@ -299,5 +321,13 @@ def test_the_openai_app_serves_through_serves_http_ingress(cluster: int) -> None
         streamed = "".join(chunk.choices[0].text for chunk in chunks)
         assert whole.usage is not None and whole.usage.completion_tokens == 4
         assert streamed == whole.choices[0].text
+        left = client.completions.create(
+            model=model, prompt="hello", max_tokens=2000, temperature=0, stream=True
+        )
+        next(iter(left))
+        left.close()  # the client disconnects: the replica's row is freed
+        cancelled = until_metric(cluster, 1, "hibachi_requests_ended_total", reason="cancelled")
+        assert cancelled == 1
+        assert until_metric(cluster, 0, "hibachi_requests_running") == 0
     finally:
         serve.delete("http")

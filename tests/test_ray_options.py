@@ -92,3 +92,24 @@ def test_the_cli_reads_replicas_and_autoscale_bounds() -> None:
     for bad in ["3,1", "0,2", "2", "a,b"]:
         with pytest.raises(SystemExit):
             _parser().parse_args(["serve", "--autoscale", bad])
+
+
+def test_an_http_replica_is_unhealthy_once_a_batcher_of_its_app_is_closed() -> None:
+    from types import SimpleNamespace
+
+    from hibachi.integrations._ray_http import _AppReplica
+
+    batcher = hibachi.FeedforwardBatcher(lambda x: x)
+    engine = SimpleNamespace(name="embedder", batcher=batcher)
+    settings = SimpleNamespace(stuck_after=30.0)
+    state = SimpleNamespace(language=None, embedder=engine, settings=settings)
+    replica = _AppReplica(lambda: SimpleNamespace(state=SimpleNamespace(hibachi=state)))
+    replica.__serve_build_asgi_app__()
+
+    async def main() -> None:
+        with batcher:
+            await replica.check_health()
+        with pytest.raises(ReplicaUnhealthy):
+            await replica.check_health()
+
+    asyncio.run(main())

@@ -16,6 +16,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from ._ray_replica import ReplicaUnhealthy
 from .ray import serve_options
 
 __all__ = ["http_deployment", "serve_over_ray"]
@@ -26,9 +27,24 @@ class _AppReplica:
 
     def __init__(self, build_app: Callable[[], Any]) -> None:
         self._build_app = build_app
+        self._app: Any = None
 
     def __serve_build_asgi_app__(self) -> Any:
-        return self._build_app()
+        self._app = self._build_app()
+        return self._app
+
+    async def check_health(self) -> None:
+        """Serve's health probe: each of the app's batchers must be ``ok`` (as the
+        app's own ``/health`` judges it); an app of another kind always passes."""
+        state = getattr(getattr(self._app, "state", None), "hibachi", None)
+        if state is None:
+            return
+        for engine in (state.language, state.embedder):
+            if engine is None:
+                continue
+            health = engine.batcher.health()
+            if not health.ok(stuck_after=state.settings.stuck_after):
+                raise ReplicaUnhealthy(f"{engine.name}: {health}")
 
 
 def http_deployment(build_app: Callable[[], Any], *, max_batch_size: int, **options: Any) -> Any:
