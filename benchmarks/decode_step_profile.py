@@ -96,7 +96,8 @@ def adapter_pieces(adapter: Any) -> list[tuple[Any, str, str]]:
     return [
         (adapter, "step", "step (CausalLMAdapter.step)"),
         (adapter, "_plan", "  position planning"),
-        (adapter, "_positions", "  position planning"),
+        (getattr(adapter, "_planner", None), "decode", "  position planning"),
+        (getattr(adapter, "_planner", None), "layout", "  position planning"),
         (_architectures.ServingPlan, "masks", "  mask build"),
         (adapter_module, "_masks", "  mask build"),
         (adapter.model, "forward", "  forward (model.forward)"),
@@ -190,15 +191,18 @@ def main() -> None:
     model = build_llama(preset("quick").generation, "cpu", 0)
     rows, length, steps = args.rows, args.length, args.steps
     steps = min(steps, args.max_length - length - 1)
-    print(f"quick preset's Llama, {rows} rows, prompts of {length}, {steps} decode steps, "
-          f"max_length {args.max_length}, {torch.get_num_threads()} thread(s)")
+    print(
+        f"quick preset's Llama, {rows} rows, prompts of {length}, {steps} decode steps, "
+        f"max_length {args.max_length}, {torch.get_num_threads()} thread(s)"
+    )
 
     def static(spans: Spans) -> None:
         cache = transformers.StaticCache(config=model.config, max_cache_len=args.max_length)
         bare_decode(model, cache, rows, length, steps, spans)
 
     def dynamic(spans: Spans) -> None:
-        bare_decode(model, transformers.DynamicCache(config=model.config), rows, length, steps, spans)
+        cache = transformers.DynamicCache(config=model.config)
+        bare_decode(model, cache, rows, length, steps, spans)
 
     adapter = adapter_module.CausalLMAdapter(model, slots=rows, max_length=args.max_length)
 
@@ -207,17 +211,22 @@ def main() -> None:
 
     static_figures = measure(static, bare_pieces(model, defaultdict(float)), steps, args.repeat)
     show("bare forward, StaticCache", static_figures, "whole step")
-    show("bare forward, DynamicCache (generate()'s)",
-         measure(dynamic, bare_pieces(model, defaultdict(float)), steps, args.repeat), "whole step")
+    show(
+        "bare forward, DynamicCache (generate()'s)",
+        measure(dynamic, bare_pieces(model, defaultdict(float)), steps, args.repeat),
+        "whole step",
+    )
     figures = measure(hibachi, adapter_pieces(adapter), steps, args.repeat)
     named = sum(v for k, v in figures.items() if k.startswith("  ") and not k.startswith("    "))
     figures["  rest of step"] = figures["step (CausalLMAdapter.step)"] - named
     show("hibachi CausalLMAdapter.step", figures, "whole step")
     engine = [engine_outside(model, rows, length, steps) for _ in range(args.repeat)]
     per_step = statistics.median(e["engine, outside the step"] for e in engine)
-    print(f"\nhibachi engine: {per_step * 1e6:.1f} µs per step outside CausalLMAdapter.step; "
-          f"{max(e['tokens/s'] for e in engine):,.0f} tokens/s "
-          f"(bare StaticCache forward alone: {rows / static_figures['whole step']:,.0f} tokens/s)")
+    print(
+        f"\nhibachi engine: {per_step * 1e6:.1f} µs per step outside CausalLMAdapter.step; "
+        f"{max(e['tokens/s'] for e in engine):,.0f} tokens/s "
+        f"(bare StaticCache forward alone: {rows / static_figures['whole step']:,.0f} tokens/s)"
+    )
 
 
 if __name__ == "__main__":
