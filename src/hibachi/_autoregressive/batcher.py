@@ -9,14 +9,17 @@ import numpy as np
 
 from .._backends import Backend, backend_of
 from .._core.delivery import Channels
+from .._core.engine_thread import EngineThread
 from .._core.lifecycle import Lifecycle
 from .._core.model import ModelRunner, is_fatal, model_error
+from .._core.pipeline import Pipeline, Stages
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
 from .._exceptions import ConfigurationError, HibachiError, InvalidRequest, ModelError
 from .engine import Engine
 from .incremental import IncrementalModel
 from .layout import Layout
+from .pipelined import PipelinedEngine, group_sizes, merged_counters
 from .request import MAX_COUNT, Request, check_budget, check_prompt
 from .scheduler import Scheduler
 from .slots import SlotLayout
@@ -104,6 +107,29 @@ class AutoregressiveBatcher(Lifecycle):
             None if max_prompt_length is None else _config(max_prompt_length, "max_prompt_length")
         )
         self._incremental = model if isinstance(model, IncrementalModel) else None
+        self._max_batch_size = max_batch_size
+        self._channels = Channels()
+        queue: WorkQueue[Request] = WorkQueue(max_queue_size)
+
+        def scheduler(rows: int, layout: Layout | None = None) -> Scheduler:
+            return Scheduler(
+                self._backend,
+                stop_token=self._backend.to_storage(stop, pad),
+                padding_token=pad,
+                max_batch_size=rows,
+                queue=queue,
+                layout=layout,
+                max_unread_tokens=unread,
+            )
+
+        self._engine: EngineThread
+        if isinstance(model, Pipeline):
+            self._schedulers = [scheduler(n) for n in group_sizes(max_batch_size, model.groups)]
+            stages = Stages(model, "hibachi-ar")
+            self._engine = PipelinedEngine(self._schedulers, stages, self._channels, "hibachi-ar")
+            self._stages: Stages | None = stages
+            return
+        self._stages = None
         runner = ModelRunner(model if self._incremental is None else self._incremental.step)
         layout: Layout | None = None
         if self._incremental is not None:
@@ -115,21 +141,17 @@ class AutoregressiveBatcher(Lifecycle):
                 prefill_chunk=prefill_chunk,
                 release=lambda slot: runner.call(release, slot),
             )
-        self._scheduler = Scheduler(
-            self._backend,
-            stop_token=self._backend.to_storage(stop, pad),
-            padding_token=pad,
-            max_batch_size=max_batch_size,
-            queue=WorkQueue(max_queue_size),
-            layout=layout,
-            max_unread_tokens=unread,
-        )
-        self._channels = Channels()
-        self._engine = Engine(self._scheduler, runner, self._channels, "hibachi-ar")
+        self._schedulers = [scheduler(max_batch_size, layout)]
+        self._engine = Engine(self._schedulers[0], runner, self._channels, "hibachi-ar")
 
     @property
     def max_batch_size(self) -> int:
-        return self._scheduler.max_batch_size
+        return self._max_batch_size
+
+    @property
+    def _scheduler(self) -> Scheduler:
+        """The scheduler that takes requests in (the first group's, with a `Pipeline`)."""
+        return self._schedulers[0]
 
     def run(
         self,
@@ -158,7 +180,11 @@ class AutoregressiveBatcher(Lifecycle):
         deadline = None if seconds is None else time.monotonic() + seconds
         request = Request(storage, budget, sink, deadline=deadline, options=options)
         self._scheduler.submit(request)
-        return TokenStream(request, sink, self._scheduler.note_departure)
+        return TokenStream(request, sink, self._note_departure)
+
+    def _note_departure(self) -> None:
+        for scheduler in self._schedulers:
+            scheduler.note_departure()
 
     def _vet(self, prompt: Any, budget: int, options: Any) -> int:
         """The request's budget, as the incremental model sees it."""
@@ -182,8 +208,9 @@ class AutoregressiveBatcher(Lifecycle):
 
     def stats(self) -> AutoregressiveStats:
         """A snapshot of the batcher's counters."""
-        s = self._scheduler
-        c = s.counters
+        groups = self._schedulers
+        c = merged_counters(groups) if len(groups) > 1 else groups[0].counters
+        capacity = sum(g.counters.steps * g.max_batch_size for g in groups)
         return AutoregressiveStats(
             requests_admitted=c.admitted,
             requests_finished=c.finished,
@@ -192,11 +219,12 @@ class AutoregressiveBatcher(Lifecycle):
             requests_timed_out=c.timed_out,
             steps=c.steps,
             tokens=c.tokens,
-            mean_batch_fill=c.filled_rows / (c.steps * s.max_batch_size) if c.steps else 0.0,
+            mean_batch_fill=c.filled_rows / capacity if capacity else 0.0,
             padding_fraction=c.padding_cells / c.cells if c.cells else 0.0,
-            queue_depth=len(s.queue),
-            active_rows=len(s.rows),
+            queue_depth=len(self._scheduler.queue),
+            active_rows=sum(len(g.rows) for g in groups),
             requests_submitted=c.submitted,
+            stage_busy=() if self._stages is None else self._stages.busy(),
         )
 
 

@@ -12,6 +12,7 @@ from .._core.delivery import Channels
 from .._core.flags import as_flag
 from .._core.lifecycle import Lifecycle, State
 from .._core.model import ModelRunner
+from .._core.pipeline import Pipeline, Stages
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
 from .._exceptions import ConfigurationError
@@ -20,6 +21,7 @@ from .engine import FeedforwardEngine
 from .handle import ResultHandle, make_handle
 from .item import InputChecker, Item
 from .loop_inbox import LoopInboxes
+from .pipelined import PipelinedFeedforwardEngine
 from .stats import FeedforwardStats
 
 __all__ = ["FeedforwardBatcher"]
@@ -106,8 +108,15 @@ class FeedforwardBatcher(Lifecycle):
             copy_results=as_flag(copy_results, "copy_results", ConfigurationError),
         )
         self._inboxes = LoopInboxes(Channels())
-        self._engine = FeedforwardEngine(
-            self._core, self._queue, ModelRunner(model), self._inboxes, "hibachi-ff"
+        self._stages = Stages(model, "hibachi-ff") if isinstance(model, Pipeline) else None
+        self._engine = (
+            FeedforwardEngine(
+                self._core, self._queue, ModelRunner(model), self._inboxes, "hibachi-ff"
+            )
+            if self._stages is None
+            else PipelinedFeedforwardEngine(
+                self._core, self._queue, self._stages, self._inboxes, "hibachi-ff"
+            )
         )
 
     @property
@@ -157,6 +166,7 @@ class FeedforwardBatcher(Lifecycle):
             retried_batches=c.retried_batches,
             queue_depth=waiting + held,
             requests_in_flight=max(0, c.received - ended - held),
+            stage_busy=() if self._stages is None else self._stages.busy(),
         )
 
 
