@@ -15,6 +15,7 @@ from .._core.model import ModelRunner, is_fatal, model_error
 from .._core.pipeline import Pipeline, Stages
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
+from .._core.values import describe_value
 from .._exceptions import ConfigurationError, HibachiError, InvalidRequest, ModelError
 from .engine import Engine
 from .incremental import IncrementalModel
@@ -88,7 +89,9 @@ class AutoregressiveBatcher(Lifecycle):
     ) -> None:
         super().__init__()
         if backend is not None and not isinstance(backend, Backend):
-            raise ConfigurationError(f"backend must implement hibachi.Backend, got {backend!r}")
+            raise ConfigurationError(
+                f"backend must implement hibachi.Backend, got {describe_value(backend)}"
+            )
         self._backend = backend or _backend_for(padding_token)
         pad = _token(self._backend, padding_token, "padding_token")
         stop = _token(self._backend, stop_token, "stop_token")
@@ -202,7 +205,8 @@ class AutoregressiveBatcher(Lifecycle):
             raise model_error(exc) from exc
         if isinstance(granted, bool) or not isinstance(granted, int) or not 1 <= granted <= budget:
             raise ModelError(
-                f"check_request() returned {granted!r}, expected an int in 1 … {budget}"
+                f"check_request() returned {describe_value(granted)}"
+                f", expected an int in 1 … {budget}"
             )
         return granted
 

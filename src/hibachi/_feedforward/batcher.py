@@ -15,6 +15,7 @@ from .._core.model import ModelRunner
 from .._core.pipeline import Pipeline, Stages
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
+from .._core.values import describe_value
 from .._exceptions import ConfigurationError
 from .core import FeedforwardCore
 from .engine import FeedforwardEngine
@@ -177,12 +178,14 @@ def _seconds(max_wait: float) -> float:
 
 def _check_count(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+        raise ConfigurationError(f"{name} must be a positive int, got {describe_value(value)}")
 
 
 def _check_settings(max_wait: object, pad_value: object, trim_output: object) -> None:
     number = isinstance(max_wait, int | float) and not isinstance(max_wait, bool)
     if not number or not 0 <= max_wait <= math.inf:  # type: ignore[operator]
-        raise ConfigurationError(f"max_wait must be a number of seconds >= 0, got {max_wait!r}")
+        raise ConfigurationError(
+            f"max_wait must be a number of seconds >= 0, got {describe_value(max_wait)}"
+        )
     if trim_output and pad_value is None:
         raise ConfigurationError("trim_output needs a pad_value: only padded outputs are trimmed")
