@@ -73,6 +73,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "gpt_neo": {"num_layers": 2, "attention_types": [[["global", "local"], 1]]},
     "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2},
+    # two linear-attention layers alone make generate() itself fail (no attention cache to measure)
+    "qwen3_next": {"layer_types": ["linear_attention", "full_attention"]},
 }
 
 

@@ -83,3 +83,10 @@ def test_max_prompt_length_refuses_longer_prompts_only() -> None:
         with pytest.raises(hibachi.InvalidRequest, match="5 tokens, more than max_prompt_length=4"):
             b.run(np.arange(1, 6))
         assert [int(t) for t in b.run(np.arange(1, 5), max_new_tokens=1)] == [5]
+
+
+@pytest.mark.parametrize("budget", [np.int64(3), np.uint8(3), np.int32(3)])
+def test_numpy_integer_budgets_are_ints(budget: Any) -> None:
+    """A budget read from a NumPy array is an int like any other (as Sampling's are)."""
+    with batcher() as numbers:
+        assert [int(t) for t in numbers.run(np.array([1]), max_new_tokens=budget)] == [2, 3, 4]

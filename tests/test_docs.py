@@ -34,3 +34,11 @@ def test_backends_worked_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
         backends._registered[:] = saved
         backends._by_type.clear()
     assert capsys.readouterr().out.strip() == "[7, 8, 9]"
+
+
+def test_no_merge_conflict_markers_are_left_in_the_sources() -> None:
+    texts = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("*.toml")]
+    texts += [*ROOT.glob("src/**/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py")]
+    marker = re.compile(r"^(<<<<<<< |=======$|>>>>>>> )", re.M)
+    left = [str(path.relative_to(ROOT)) for path in texts if marker.search(path.read_text())]
+    assert left == []

@@ -21,7 +21,25 @@ NO_LIMIT = [
     pytest.param(10**400, id="10**400"),
     pytest.param(threading.TIMEOUT_MAX, id="TIMEOUT_MAX"),
 ]
-NOT_A_TIMEOUT = [math.nan, -1.0, 0, -math.inf, "1", True, 1j]
+
+
+class _HostileRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+NOT_A_TIMEOUT = [
+    math.nan,
+    -1.0,
+    0,
+    -math.inf,
+    "1",
+    True,
+    1j,
+    pytest.param(-(10**5000), id="-10**5000"),
+    pytest.param(_HostileRepr(), id="repr-raises"),
+    pytest.param("x" * 8**6, id="long-str"),
+]
 
 
 @pytest.mark.parametrize("seconds", NO_LIMIT)
@@ -32,8 +50,9 @@ def test_huge_timeouts_mean_no_limit(seconds: Any) -> None:
 
 @pytest.mark.parametrize("seconds", NOT_A_TIMEOUT)
 def test_a_timeout_that_is_no_time_is_refused_at_run(seconds: Any) -> None:
-    with pytest.raises(hibachi.InvalidRequest):
+    with pytest.raises(hibachi.InvalidRequest) as refused:
         check_timeout(seconds)
+    assert len(str(refused.value)) < 200  # the value is described, never printed in full
 
 
 def test_waiting_for_no_time_only_looks() -> None:

@@ -75,6 +75,7 @@ SERVED = [
     served("jamba", attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, **F32),
     served("olmo_hybrid"),  # linear attention (gated delta rule) beside full attention
     served("lfm2", layer_types=["conv", "full_attention"]),  # short convolutions
+    served("qwen3_next", layer_types=["linear_attention", "full_attention"], **F32),
 ]
 
 

@@ -16,6 +16,7 @@ from ._autoregressive.stream import TokenStream as TokenStream
 from ._backends import Backend as Backend
 from ._backends import register_backend as register_backend
 from ._core.health import Health as Health
+from ._core.pipeline import Pipeline as Pipeline
 from ._exceptions import BatcherClosed as BatcherClosed
 from ._exceptions import ConfigurationError as ConfigurationError
 from ._exceptions import HibachiError as HibachiError
@@ -45,6 +46,7 @@ __all__ = [
     "IncrementalModel",
     "InvalidRequest",
     "ModelError",
+    "Pipeline",
     "QueueFull",
     "ResultHandle",
     "Timeout",

@@ -9,14 +9,18 @@ import numpy as np
 
 from .._backends import Backend, backend_of
 from .._core.delivery import Channels
+from .._core.engine_thread import EngineThread
 from .._core.lifecycle import Lifecycle
 from .._core.model import ModelRunner, is_fatal, model_error
+from .._core.pipeline import Pipeline, Stages
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
+from .._core.values import describe_value
 from .._exceptions import ConfigurationError, HibachiError, InvalidRequest, ModelError
 from .engine import Engine
 from .incremental import IncrementalModel
 from .layout import Layout
+from .pipelined import PipelinedEngine, group_sizes, merged_counters
 from .request import MAX_COUNT, Request, check_budget, check_prompt
 from .scheduler import Scheduler
 from .slots import SlotLayout
@@ -85,7 +89,9 @@ class AutoregressiveBatcher(Lifecycle):
     ) -> None:
         super().__init__()
         if backend is not None and not isinstance(backend, Backend):
-            raise ConfigurationError(f"backend must implement hibachi.Backend, got {backend!r}")
+            raise ConfigurationError(
+                f"backend must implement hibachi.Backend, got {describe_value(backend)}"
+            )
         self._backend = backend or _backend_for(padding_token)
         pad = _token(self._backend, padding_token, "padding_token")
         stop = _token(self._backend, stop_token, "stop_token")
@@ -104,6 +110,29 @@ class AutoregressiveBatcher(Lifecycle):
             None if max_prompt_length is None else _config(max_prompt_length, "max_prompt_length")
         )
         self._incremental = model if isinstance(model, IncrementalModel) else None
+        self._max_batch_size = max_batch_size
+        self._channels = Channels()
+        queue: WorkQueue[Request] = WorkQueue(max_queue_size)
+
+        def scheduler(rows: int, layout: Layout | None = None) -> Scheduler:
+            return Scheduler(
+                self._backend,
+                stop_token=self._backend.to_storage(stop, pad),
+                padding_token=pad,
+                max_batch_size=rows,
+                queue=queue,
+                layout=layout,
+                max_unread_tokens=unread,
+            )
+
+        self._engine: EngineThread
+        if isinstance(model, Pipeline):
+            self._schedulers = [scheduler(n) for n in group_sizes(max_batch_size, model.groups)]
+            stages = Stages(model, "hibachi-ar")
+            self._engine = PipelinedEngine(self._schedulers, stages, self._channels, "hibachi-ar")
+            self._stages: Stages | None = stages
+            return
+        self._stages = None
         runner = ModelRunner(model if self._incremental is None else self._incremental.step)
         layout: Layout | None = None
         if self._incremental is not None:
@@ -115,21 +144,17 @@ class AutoregressiveBatcher(Lifecycle):
                 prefill_chunk=prefill_chunk,
                 release=lambda slot: runner.call(release, slot),
             )
-        self._scheduler = Scheduler(
-            self._backend,
-            stop_token=self._backend.to_storage(stop, pad),
-            padding_token=pad,
-            max_batch_size=max_batch_size,
-            queue=WorkQueue(max_queue_size),
-            layout=layout,
-            max_unread_tokens=unread,
-        )
-        self._channels = Channels()
-        self._engine = Engine(self._scheduler, runner, self._channels, "hibachi-ar")
+        self._schedulers = [scheduler(max_batch_size, layout)]
+        self._engine = Engine(self._schedulers[0], runner, self._channels, "hibachi-ar")
 
     @property
     def max_batch_size(self) -> int:
-        return self._scheduler.max_batch_size
+        return self._max_batch_size
+
+    @property
+    def _scheduler(self) -> Scheduler:
+        """The scheduler that takes requests in (the first group's, with a `Pipeline`)."""
+        return self._schedulers[0]
 
     def run(
         self,
@@ -158,7 +183,11 @@ class AutoregressiveBatcher(Lifecycle):
         deadline = None if seconds is None else time.monotonic() + seconds
         request = Request(storage, budget, sink, deadline=deadline, options=options)
         self._scheduler.submit(request)
-        return TokenStream(request, sink, self._scheduler.note_departure)
+        return TokenStream(request, sink, self._note_departure)
+
+    def _note_departure(self) -> None:
+        for scheduler in self._schedulers:
+            scheduler.note_departure()
 
     def _vet(self, prompt: Any, budget: int, options: Any) -> int:
         """The request's budget, as the incremental model sees it."""
@@ -176,14 +205,16 @@ class AutoregressiveBatcher(Lifecycle):
             raise model_error(exc) from exc
         if isinstance(granted, bool) or not isinstance(granted, int) or not 1 <= granted <= budget:
             raise ModelError(
-                f"check_request() returned {granted!r}, expected an int in 1 … {budget}"
+                f"check_request() returned {describe_value(granted)}"
+                f", expected an int in 1 … {budget}"
             )
         return granted
 
     def stats(self) -> AutoregressiveStats:
         """A snapshot of the batcher's counters."""
-        s = self._scheduler
-        c = s.counters
+        groups = self._schedulers
+        c = merged_counters(groups) if len(groups) > 1 else groups[0].counters
+        capacity = sum(g.counters.steps * g.max_batch_size for g in groups)
         return AutoregressiveStats(
             requests_admitted=c.admitted,
             requests_finished=c.finished,
@@ -192,11 +223,12 @@ class AutoregressiveBatcher(Lifecycle):
             requests_timed_out=c.timed_out,
             steps=c.steps,
             tokens=c.tokens,
-            mean_batch_fill=c.filled_rows / (c.steps * s.max_batch_size) if c.steps else 0.0,
+            mean_batch_fill=c.filled_rows / capacity if capacity else 0.0,
             padding_fraction=c.padding_cells / c.cells if c.cells else 0.0,
-            queue_depth=len(s.queue),
-            active_rows=len(s.rows),
+            queue_depth=len(self._scheduler.queue),
+            active_rows=sum(len(g.rows) for g in groups),
             requests_submitted=c.submitted,
+            stage_busy=() if self._stages is None else self._stages.busy(),
         )
 
 

@@ -24,6 +24,7 @@ class Engine(EngineThread):
 
     def __init__(self, scheduler: Scheduler, runner: ModelRunner, channels: Channels, name: str):
         super().__init__(scheduler.queue, runner, name)
+        self.runner: ModelRunner = runner
         self.scheduler = scheduler
         self.channels = channels
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from .._backends import Backend
+from .._core.values import describe_int
 from .._exceptions import InvalidRequest
 
-__all__ = ["MAX_COUNT", "Request", "Sink", "check_budget", "check_prompt", "describe"]
+__all__ = ["MAX_COUNT", "Request", "Sink", "check_budget", "check_prompt"]
 
 MAX_COUNT = 2**63 - 1
 """The largest count the engine's int64 bookkeeping holds (budgets, prompt lengths, chunks)."""
@@ -108,17 +112,11 @@ def check_budget(
     value: object, name: str = "max_new_tokens", *, most: int | None = MAX_COUNT
 ) -> int:
     """An int in 1 … ``most`` (None: no upper limit), or InvalidRequest."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
         raise InvalidRequest(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)  # a NumPy or other integer becomes a plain int
     if value < 1:
-        raise InvalidRequest(f"{name} must be at least 1, got {describe(value)}")
+        raise InvalidRequest(f"{name} must be at least 1, got {describe_int(value)}")
     if most is not None and value > most:
-        raise InvalidRequest(f"{name} must be at most {most}, got {describe(value)}")
-    return int(value)  # an int subclass becomes a plain int
-
-
-def describe(value: int) -> str:
-    """``value`` for a message: in full unless it is too long to print (or to convert)."""
-    if abs(value) < 10**30:
-        return str(value)
-    return f"{'-' if value < 0 else ''}an int of {value.bit_length()} bits"
+        raise InvalidRequest(f"{name} must be at most {most}, got {describe_int(value)}")
+    return value

@@ -23,6 +23,10 @@ class AutoregressiveStats:
             + requests_failed + requests_timed_out + active_rows + queue_depth
 
     (A snapshot taken while requests move may be off by those in motion.)
+
+    ``stage_busy``: with a `Pipeline` model, the seconds each stage has spent
+    in its calls (divided by the time under load: each stage's busy share);
+    empty for a plain model. ``mean_batch_fill`` is then per group of rows.
     """
 
     requests_admitted: int
@@ -37,3 +41,4 @@ class AutoregressiveStats:
     queue_depth: int
     active_rows: int
     requests_submitted: int = 0
+    stage_busy: tuple[float, ...] = ()

@@ -11,24 +11,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from .._exceptions import BatcherClosed
 from .health import Health
-from .model import ModelRunner
 from .queue import WorkQueue
 
-__all__ = ["EngineThread"]
+__all__ = ["EngineThread", "Runner"]
 
 _log = logging.getLogger("hibachi")
 
 _CANCEL_GRACE = 0.1  # seconds close(cancel=True) lets a model call run before it stops waiting
 
 
+class Runner(Protocol):
+    """What the engine thread needs of what calls the model: a `ModelRunner`, or a
+    pipeline's `Stages`."""
+
+    @property
+    def busy_since(self) -> float | None:
+        """``time.monotonic()`` when the model call now running began; None: none runs."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class EngineThread:
     """Owns a daemon thread that runs `_loop` until the queue is closed and empty."""
 
-    def __init__(self, queue: WorkQueue[Any], runner: ModelRunner, name: str) -> None:
+    def __init__(self, queue: WorkQueue[Any], runner: Runner, name: str) -> None:
         self.queue = queue
         self.runner = runner
         self._abort = False

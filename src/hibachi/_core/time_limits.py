@@ -12,6 +12,7 @@ import math
 import threading
 
 from .._exceptions import InvalidRequest
+from .values import describe_value
 
 __all__ = ["check_timeout", "check_wait"]
 
@@ -22,7 +23,9 @@ def check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if not _is_number(timeout) or not timeout > 0:  # type: ignore[operator]
-        raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+        raise InvalidRequest(
+            f"timeout must be a positive number of seconds, got {describe_value(timeout)}"
+        )
     return _bounded(timeout)  # type: ignore[arg-type]
 
 
@@ -35,7 +38,9 @@ def check_wait(timeout: object) -> float | None:
     if timeout is None:
         return None
     if not _is_number(timeout) or (isinstance(timeout, float) and math.isnan(timeout)):
-        raise InvalidRequest(f"timeout must be a number of seconds or None, got {timeout!r}")
+        raise InvalidRequest(
+            f"timeout must be a number of seconds or None, got {describe_value(timeout)}"
+        )
     if timeout <= 0:  # type: ignore[operator]
         return 0.0
     return _bounded(timeout)  # type: ignore[arg-type]

@@ -12,14 +12,17 @@ from .._core.delivery import Channels
 from .._core.flags import as_flag
 from .._core.lifecycle import Lifecycle, State
 from .._core.model import ModelRunner
+from .._core.pipeline import Pipeline, Stages
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
+from .._core.values import describe_value
 from .._exceptions import ConfigurationError
 from .core import FeedforwardCore
 from .engine import FeedforwardEngine
 from .handle import ResultHandle, make_handle
 from .item import InputChecker, Item
 from .loop_inbox import LoopInboxes
+from .pipelined import PipelinedFeedforwardEngine
 from .stats import FeedforwardStats
 
 __all__ = ["FeedforwardBatcher"]
@@ -106,8 +109,15 @@ class FeedforwardBatcher(Lifecycle):
             copy_results=as_flag(copy_results, "copy_results", ConfigurationError),
         )
         self._inboxes = LoopInboxes(Channels())
-        self._engine = FeedforwardEngine(
-            self._core, self._queue, ModelRunner(model), self._inboxes, "hibachi-ff"
+        self._stages = Stages(model, "hibachi-ff") if isinstance(model, Pipeline) else None
+        self._engine = (
+            FeedforwardEngine(
+                self._core, self._queue, ModelRunner(model), self._inboxes, "hibachi-ff"
+            )
+            if self._stages is None
+            else PipelinedFeedforwardEngine(
+                self._core, self._queue, self._stages, self._inboxes, "hibachi-ff"
+            )
         )
 
     @property
@@ -157,6 +167,7 @@ class FeedforwardBatcher(Lifecycle):
             retried_batches=c.retried_batches,
             queue_depth=waiting + held,
             requests_in_flight=max(0, c.received - ended - held),
+            stage_busy=() if self._stages is None else self._stages.busy(),
         )
 
 
@@ -167,12 +178,14 @@ def _seconds(max_wait: float) -> float:
 
 def _check_count(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+        raise ConfigurationError(f"{name} must be a positive int, got {describe_value(value)}")
 
 
 def _check_settings(max_wait: object, pad_value: object, trim_output: object) -> None:
     number = isinstance(max_wait, int | float) and not isinstance(max_wait, bool)
     if not number or not 0 <= max_wait <= math.inf:  # type: ignore[operator]
-        raise ConfigurationError(f"max_wait must be a number of seconds >= 0, got {max_wait!r}")
+        raise ConfigurationError(
+            f"max_wait must be a number of seconds >= 0, got {describe_value(max_wait)}"
+        )
     if trim_output and pad_value is None:
         raise ConfigurationError("trim_output needs a pad_value: only padded outputs are trimmed")

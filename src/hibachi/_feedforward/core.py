@@ -137,8 +137,12 @@ class FeedforwardCore:
         self.counters.padding_cells += padding
         return stacked
 
-    def complete(self, batch: Batch, output: Any) -> None:
-        """Give each item its slice of ``output``; `ModelError` (nothing delivered) if unusable."""
+    def complete(self, batch: Batch, output: Any, seconds: float | None = None) -> None:
+        """Give each item its slice of ``output``; `ModelError` (nothing delivered) if unusable.
+
+        ``seconds``: what the batch cost, where the clock cannot tell (batches
+        in flight together through a pipeline); None: the time since ``inputs``.
+        """
         try:
             results = split(output, batch, self.trim_output, self.copy_results)
         except ModelError:
@@ -150,7 +154,7 @@ class FeedforwardCore:
         for item, result in zip(batch.items, results, strict=True):
             item.deliver(result)
         self.counters.completed += len(results)
-        self._learn(batch)
+        self._learn(batch, seconds)
 
     def cost_of(self, layout: Layout) -> CostModel:
         """What a batch of ``layout`` costs, as learnt so far."""
@@ -236,10 +240,11 @@ class FeedforwardCore:
             self.room.put_back(group, items)
         return []
 
-    def _learn(self, batch: Batch) -> None:
+    def _learn(self, batch: Batch, seconds: float | None) -> None:
         started, self._started = self._started, None
-        if started is not None:
+        if seconds is None and started is not None:
             seconds = self.clock() - started
+        if seconds is not None and batch.length:
             self.cost_of(batch.layout).observe(len(batch), batch.length, seconds)
 
     def _live(self, items: list[Item], now: float) -> list[Item]:

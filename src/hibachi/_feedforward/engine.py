@@ -19,7 +19,7 @@ from .core import FeedforwardCore
 from .item import Item
 from .loop_inbox import LoopInboxes
 
-__all__ = ["FeedforwardEngine"]
+__all__ = ["FeedforwardEngine", "deliver", "stacking_error"]
 
 
 class FeedforwardEngine(EngineThread):
@@ -35,6 +35,7 @@ class FeedforwardEngine(EngineThread):
     ) -> None:
         super().__init__(queue, runner, name)
         self.queue: WorkQueue[Item] = queue
+        self.runner: ModelRunner = runner
         self.core = core
         self.outbox = outbox
         self._running: Batch | None = None  # the batch between the waiting room and its outcome
@@ -91,7 +92,7 @@ class FeedforwardEngine(EngineThread):
             try:
                 inputs = core.inputs(batch)
             except Exception as exc:
-                core.fail(batch, _stacking_error(exc))
+                core.fail(batch, stacking_error(exc))
                 return
             try:
                 output: Any = self.runner(inputs)
@@ -100,17 +101,22 @@ class FeedforwardEngine(EngineThread):
                     raise
                 core.fail(batch, model_error(exc))
                 return
-        try:
-            core.complete(batch, output)
-        except ModelError as error:
-            core.fail(batch, error)
-        except BaseException as exc:  # the output's own methods raised while it was split
-            if is_fatal(exc):
-                raise
-            core.fail(batch, model_error(exc))
+        deliver(core, batch, output)
 
 
-def _stacking_error(exc: Exception) -> HibachiError:
+def deliver(core: FeedforwardCore, batch: Batch, output: Any, seconds: float | None = None) -> None:
+    """``batch``'s results from the model's ``output``; the batch fails if it is unusable."""
+    try:
+        core.complete(batch, output, seconds)
+    except ModelError as error:
+        core.fail(batch, error)
+    except BaseException as exc:  # the output's own methods raised while it was split
+        if is_fatal(exc):
+            raise
+        core.fail(batch, model_error(exc))
+
+
+def stacking_error(exc: Exception) -> HibachiError:
     error = InvalidRequest(f"the input could not be stacked: {describe(exc)}")
     error.__cause__ = exc
     return error

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from .._backends import Backend, backend_of
 from .._core.model import describe
+from .._core.values import describe_value
 from .._exceptions import ConfigurationError, HibachiError, InvalidRequest
 from .nesting import LEAF, Structure, flatten, leaf_values
 from .pad_fit import check_pad_fits
@@ -179,7 +180,8 @@ class InputChecker:
             values = leaf_values(structure, self._pad_value)
             if values is None:
                 raise InvalidRequest(
-                    f"pad_value {self._pad_value!r} does not match the input's nesting"
+                    f"pad_value {describe_value(self._pad_value)}"
+                    " does not match the input's nesting"
                 )
             pads = self._pads.setdefault(structure, tuple(values))
         return pads

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._core.values import describe_value
 from .._exceptions import InvalidRequest
 
 __all__ = ["check_pad_fits"]
@@ -25,7 +26,7 @@ def check_pad_fits(pad: Any, dtype: Any) -> None:
     limits = _limits(dtype)
     if limits is None or _fits(value, *limits):
         return
-    raise InvalidRequest(f"pad_value {pad!r} does not fit the input's dtype {dtype}")
+    raise InvalidRequest(f"pad_value {describe_value(pad)} does not fit the input's dtype {dtype}")
 
 
 Limits = tuple[str, float, float]

@@ -36,6 +36,10 @@ class FeedforwardStats:
     its caller cancelled is completed, not cancelled. The identity is exact
     whenever the batcher is idle or closed; a snapshot taken while it works
     may be off by the requests moving at that instant.
+
+    ``stage_busy``: with a `Pipeline` model, the seconds each stage has spent
+    in its calls (divided by the time under load: each stage's busy share);
+    empty for a plain model.
     """
 
     requests_submitted: int
@@ -53,3 +57,4 @@ class FeedforwardStats:
     retried_batches: int
     queue_depth: int
     requests_in_flight: int = 0
+    stage_busy: tuple[float, ...] = ()

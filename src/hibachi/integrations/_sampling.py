@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._core.values import describe_value
 from .._exceptions import InvalidRequest
 
 __all__ = ["Sampler", "Sampling"]
@@ -91,9 +92,9 @@ def _real(name: str, value: object, valid: Callable[[float], bool], rule: str) -
         except (OverflowError, ValueError, TypeError):
             number = None
     if number is None or not math.isfinite(number):
-        raise InvalidRequest(f"option {name} must be a finite number, got {_show(value)}")
+        raise InvalidRequest(f"option {name} must be a finite number, got {describe_value(value)}")
     if not valid(number):
-        raise InvalidRequest(f"option {name} must be {rule}, got {_show(value)}")
+        raise InvalidRequest(f"option {name} must be {rule}, got {describe_value(value)}")
     return number
 
 
@@ -102,19 +103,10 @@ def _count(name: str, value: object) -> int:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
         count = int(value)
     if count is None or not 0 <= count <= _MAX_COUNT:
-        raise InvalidRequest(f"option {name} must be an int in 0 … 2**63-1, got {_show(value)}")
+        raise InvalidRequest(
+            f"option {name} must be an int in 0 … 2**63-1, got {describe_value(value)}"
+        )
     return count
-
-
-def _show(value: object) -> str:
-    """``value`` for a message, short whatever it is."""
-    if isinstance(value, int) and not -(10**30) < value < 10**30:
-        return f"an int of {value.bit_length()} bits"
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _GREEDY = Sampling()

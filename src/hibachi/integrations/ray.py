@@ -40,6 +40,7 @@ from typing import Any
 
 from ray import serve
 
+from .._core.values import describe_value
 from .._exceptions import ConfigurationError
 from ._ray_client import RemoteStream, call, stream
 from ._ray_replica import Batcher, BatcherReplica, ReplicaStats, ReplicaUnhealthy
@@ -101,7 +102,9 @@ def serve_options(max_batch_size: int, **options: Any) -> dict[str, Any]:
       is at target when its batch is full.
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
-        raise ConfigurationError(f"max_batch_size must be an int, got {max_batch_size!r}")
+        raise ConfigurationError(
+            f"max_batch_size must be an int, got {describe_value(max_batch_size)}"
+        )
     if max_batch_size < 1:
         raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
     settings: dict[str, Any] = {"name": "hibachi", "max_ongoing_requests": 2 * max_batch_size}

@@ -35,6 +35,7 @@ import torch
 
 from .._autoregressive.batcher import AutoregressiveBatcher
 from .._autoregressive.incremental import IncrementalModel
+from .._core.values import describe_value
 from .._exceptions import ConfigurationError, InvalidRequest
 from ._alibi import decoder_layers, layer_arguments, scheme_arguments
 from ._architectures import ATTENTION, RECURRENT, serving_plan
@@ -271,7 +272,9 @@ def _check_model(model: Any, max_length: int) -> None:
     if getattr(model, "training", False):
         raise ConfigurationError("the model is in training mode: call model.eval() first")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise ConfigurationError(f"max_length must be a positive int, got {max_length!r}")
+        raise ConfigurationError(
+            f"max_length must be a positive int, got {describe_value(max_length)}"
+        )
     limit = getattr(config, "max_position_embeddings", None)
     if isinstance(limit, int) and max_length > limit:
         raise ConfigurationError(
@@ -288,7 +291,9 @@ def _first_given(*values: int | None) -> int:
 
 def _token_id(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{name} must be a token id (an int >= 0), got {value!r}")
+        raise ConfigurationError(
+            f"{name} must be a token id (an int >= 0), got {describe_value(value)}"
+        )
     return value
 
 
