@@ -144,8 +144,8 @@ def run_work(kind: str, args: argparse.Namespace) -> None:
     first, second = ar_stages(work)
     runs = {
         "composed model": composed(first, second),
-        "Pipeline (2 groups)": hibachi.Pipeline(first, second),
-        "Pipeline (3 groups)": hibachi.Pipeline(first, second, groups=3),
+        "Pipeline (default: 2 groups)": hibachi.Pipeline(first, second),
+        "Pipeline (groups=3)": hibachi.Pipeline(first, second, groups=3),
     }
     print(
         f"\nAutoregressive: {args.clients} clients x {args.tokens} tokens, "
@@ -170,7 +170,8 @@ def run_work(kind: str, args: argparse.Namespace) -> None:
     base = 0.0
     for name, model in {
         "composed model": composed(ff_first, ff_second),
-        "Pipeline (2 batches in flight)": hibachi.Pipeline(ff_first, ff_second),
+        "Pipeline (groups=2: 2 batches in flight)": hibachi.Pipeline(ff_first, ff_second, groups=2),
+        "Pipeline (default: 3 batches in flight)": hibachi.Pipeline(ff_first, ff_second),
     }.items():
         result = asyncio.run(feedforward(model, args.items, args.batch))
         base = base or result["rate"]
