@@ -213,6 +213,16 @@ def test_embeddings_equal_sentence_transformers(server: Running) -> None:
         pytest.param("/v1/completions", {"prompt": ""}, {}, "prompt", id="empty-prompt"),
         pytest.param("/v1/completions", {"prompt": "a " * 600}, {}, "prompt", id="too-long"),
         pytest.param("/v1/completions", {"prompt": "a", "n": 2}, {}, "n", id="n"),
+        pytest.param("/v1/completions", {"prompt": "a", "logprobs": 2}, {}, "logprobs", id="lp"),
+        pytest.param("/v1/completions", {"prompt": "a", "best_of": 3}, {}, "best_of", id="best_of"),
+        pytest.param("/v1/completions", {"prompt": "a", "echo": True}, {}, "echo", id="echo"),
+        pytest.param(
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "a"}], "top_logprobs": 3},
+            {},
+            "top_logprobs",
+            id="top_logprobs",
+        ),
         pytest.param(
             "/v1/completions",
             {"prompt": "a"},

@@ -2,8 +2,9 @@
 
 Generation: ``c`` clients each stream one request (same prompt length and
 budget) through hibachi, next to ``generate()`` on one padded batch of the
-same ``c`` requests, and ``generate()`` one request at a time (a flat line:
-it does not depend on ``c``); hibachi's batch holds up to the largest ``c``.
+same ``c`` requests (the limit), ``generate()`` one request at a time (a flat
+line: it does not depend on ``c``) and transformers' ``generate_batch``;
+hibachi's and ``generate_batch``'s batches hold up to the largest ``c``.
 Embeddings: ``c`` callers each embed ``texts_per_client`` texts one after the
 other through hibachi (batches of the embeddings workload's size), next to one
 model call per text.
@@ -34,7 +35,7 @@ TEXTS = "texts/s"
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     counts = list(settings.concurrency)
-    progress.begin("scaling", 2 + 3 * len(counts))
+    progress.begin("scaling", 2 + 4 * len(counts))
     columns = [Column(f"c{c}", str(c), "{:,.0f}") for c in counts]
     title = "Scaling: tokens/s (generation) and texts/s (embeddings) by concurrent clients"
     section = Section("scaling", title, columns, settings={"concurrency": counts})
@@ -61,21 +62,32 @@ def _generation_series(
         return outcome.tokens_per_s
 
     def one_batch_rate(c: int) -> float:
-        return generation.static_batches(model, _requests(settings, c), c, device).tokens_per_s
+        return generation.one_batch(model, _requests(settings, c), device).tokens_per_s
 
     def alone_rate() -> float:
         return generation.one_at_a_time(model, _requests(settings, 4), device).tokens_per_s
 
+    def continuous_rate(c: int) -> float:
+        requests = _requests(settings, c)
+        return generation.continuous_batching(model, requests, max(counts)).tokens_per_s
+
     hibachi = _curve(settings, progress, "generation", hibachi_rate)
     one_batch = _curve(settings, progress, "generate() on a batch", one_batch_rate)
     alone = _best(settings, alone_rate)
-    return [
+    series = [
         Series("generation", hibachi_label(), TOKENS, counts, hibachi),
-        Series("generation", "generate(), one padded batch", TOKENS, counts, one_batch),
+        Series("generation", generation.LIMIT, TOKENS, counts, one_batch),
         Series(
             "generation", "generate(), one at a time", TOKENS, counts, [alone] * len(counts), True
         ),
     ]
+    try:
+        continuous = _curve(settings, progress, "generate_batch", continuous_rate)
+    except Exception as exc:
+        section.notes.append(f"{generation.CONTINUOUS} skipped: {exc}")
+    else:
+        series.append(Series("generation", generation.CONTINUOUS, TOKENS, counts, continuous))
+    return series
 
 
 def _curve(

@@ -17,6 +17,7 @@ step's 2D padding mask, or None when no row is padded.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,16 +71,23 @@ class ServingPlan:
         kv_length: int,
         padding: torch.Tensor | None,
         dtype: torch.dtype,
+        keys: torch.Tensor | None = None,
     ) -> Any:
         """The ``attention_mask`` argument for tokens at ``positions`` (B, W).
 
         Attention layers get a (B, 1, W, kv_length) additive mask; recurrent
         layers ``padding``, (B, W) True on real tokens, or None if no row is padded.
+        ``keys``: ``arange(n)`` for some ``n >= kv_length`` on the positions'
+        device, kept by the caller (made here if None).
         """
-        keys = torch.arange(kv_length, device=positions.device)[None, None, :]
+        if keys is None:
+            keys = torch.arange(kv_length, device=positions.device)
+        keys = keys[:kv_length]
         queries = positions[:, :, None]
+        blocked_value, zero = _fill_values(dtype, positions.device)
         built: dict[str, Any] = {
-            kind: _additive(queries, keys, window, dtype) for kind, window in self.windows.items()
+            kind: _additive(queries, keys, window, blocked_value, zero)
+            for kind, window in self.windows.items()
         }
         built.update(dict.fromkeys(self.recurrent_kinds, padding))
         built.update(dict.fromkeys(self.unmasked_kinds))
@@ -87,13 +95,23 @@ class ServingPlan:
 
 
 def _additive(
-    queries: torch.Tensor, keys: torch.Tensor, window: int | None, dtype: torch.dtype
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    window: int | None,
+    blocked_value: torch.Tensor,
+    zero: torch.Tensor,
 ) -> torch.Tensor:
     blocked = keys > queries
     if window is not None:
         blocked |= keys <= queries - window
-    mask = torch.zeros(blocked.shape, dtype=dtype, device=queries.device)
-    return mask.masked_fill_(blocked, torch.finfo(dtype).min)[:, None]
+    return torch.where(blocked, blocked_value, zero)[:, None]
+
+
+@functools.lru_cache(maxsize=8)
+def _fill_values(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive mask's two values, blocked and open, as tensors of ``dtype`` on ``device``."""
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=device)
+    return blocked, torch.zeros((), dtype=dtype, device=device)
 
 
 def serving_plan(model: Any, max_length: int) -> ServingPlan:

@@ -39,10 +39,11 @@ from .._core.values import describe_value
 from .._exceptions import ConfigurationError, InvalidRequest
 from ._alibi import decoder_layers, layer_arguments, scheme_arguments
 from ._architectures import ATTENTION, RECURRENT, serving_plan
-from ._kv_cache import Plan, SlotCache
+from ._kv_cache import SlotCache
 from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
 from ._sampling import Sampler, Sampling
+from ._step_plan import Layout, StepPlanner
 
 __all__ = ["CausalLMAdapter", "Sampling", "causal_lm_batcher"]
 
@@ -107,8 +108,10 @@ class CausalLMAdapter(IncrementalModel):
         self._cache = SlotCache(slots, max_length, [kind in ATTENTION for kind in layers])
         recurrent = [i for i, kind in enumerate(layers) if kind in RECURRENT]
         self._states = RecurrentSlots(slots, recurrent, self._serving.states_per_layer)
-        self._lengths = np.zeros(slots, dtype=np.int64)
-        self._rows = _Rows(slots)
+        self._planner = StepPlanner(slots, max_length, self.device)
+        self._lengths = self._planner.lengths  # the same arrays, named for the tests
+        self._rows = self._planner.rows
+        self._keys = torch.arange(max_length + 1, device=self.device)
         self._sampler = Sampler(slots, self.device)
         self._call = _call_arguments(model)
         self._layers = _decoder_layers(model) if self._serving.alibi else []
@@ -133,9 +136,10 @@ class CausalLMAdapter(IncrementalModel):
                 self._rows.add(int(slots[j]))
                 self._sampler.start(int(slots[j]), options[j])
             lengths = self._lengths[slots]
-            states = self._states.save(_on(slots, self.device))
+            recurrent = self._serving.recurrent
+            states = self._states.save(_on(slots, self.device)) if recurrent else None
             try:
-                if self._serving.recurrent:
+                if recurrent:
                     logits = self._recurrent_step(tokens, mask, slots)
                 else:
                     logits = self._forward(tokens, mask, slots)
@@ -145,7 +149,8 @@ class CausalLMAdapter(IncrementalModel):
             except BaseException:
                 # a step that raised changes nothing (see IncrementalModel: retries)
                 self._lengths[slots] = lengths
-                self._states.restore(states)
+                if states is not None:
+                    self._states.restore(states)
                 raise
 
     def release(self, slot: int) -> None:
@@ -188,29 +193,44 @@ class CausalLMAdapter(IncrementalModel):
     def _forward(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> torch.Tensor:
         """One forward pass over rows ``slots``; each row's last logits, in the rows' order."""
         width = int(mask.shape[1])
-        counts = np.full(len(slots), 1) if width == 1 else mask.sum(dim=1).numpy(force=True)
-        fresh = bool((self._lengths[slots] == 0).all())
-        order = np.argsort(self._rows.phys[slots], kind="stable")
-        slots, counts = slots[order], counts[order]
-        positions = self._plan(slots, counts, width)
-        device = self.device
-        index = torch.from_numpy(order)
-        padding = None if (counts == width).all() else _take(mask, index).to(device)
-        states = self._states.loaded(_on(slots, device), fresh)
-        for layer, state in states.items():
-            self._cache.layers[layer] = state
-        masks = self._serving.masks(positions, self._cache.plan.kv_length, padding, self._dtype)
+        layout = self._planner.layout(slots)
+        counts, padding = None, None
+        if width == 1:
+            positions, plan = self._planner.decode(layout)
+        else:
+            counts = _in_order(mask.sum(dim=1).numpy(force=True), layout.order)
+            positions, plan = self._planner.prefill(layout, counts, width)
+            if self._serving.recurrent and not (counts == width).all():
+                padding = _in_order(mask, layout.host_index).to(self.device)
+        self._cache.plan = plan
+        states = self._load_states(layout, counts)
+        masks = self._serving.masks(
+            positions, plan.kv_length, padding, self._dtype, keys=self._keys
+        )
         inputs = {
-            "input_ids": tokens.index_select(0, index.to(tokens.device)).to(device),
+            "input_ids": _in_order(tokens, layout.host_index).to(self.device),
             self._call.cache: self._cache,
             **self._call.extra,
         }
         if self._call.positions:
             inputs["position_ids"] = positions
         logits = self._call_model(inputs, masks)[:, -1]
-        self._states.store(_on(slots, device), states)
-        self._lengths[slots] += counts  # undone by step() if the step raises (see its retries)
-        return torch.empty_like(logits).index_copy_(0, index.to(device), logits)
+        if states:
+            self._states.store(_on(layout.slots, self.device), states)
+        self._planner.advance(layout, counts)  # undone by step() if the step raises
+        if layout.index is None:
+            return logits
+        return torch.empty_like(logits).index_copy_(0, layout.index, logits)
+
+    def _load_states(self, layout: Layout, counts: np.ndarray[Any, Any] | None) -> dict[int, Any]:
+        """The recurrent layers' states of ``layout``'s rows, put into the cache's layers."""
+        if not self._serving.recurrent:
+            return {}
+        fresh = bool((self._lengths[layout.slots] == 0).all())
+        states = self._states.loaded(_on(layout.slots, self.device), fresh)
+        for layer, state in states.items():
+            self._cache.layers[layer] = state
+        return states
 
     def _call_model(self, inputs: dict[str, Any], masks: Any) -> torch.Tensor:
         scheme = self._serving.alibi
@@ -218,59 +238,6 @@ class CausalLMAdapter(IncrementalModel):
             return self.model(**inputs, attention_mask=masks).logits  # type: ignore[no-any-return]
         with layer_arguments(self._layers, scheme_arguments(scheme, self.model, masks)):
             return self.model(**inputs, attention_mask=None).logits  # type: ignore[no-any-return]
-
-    def _plan(
-        self, slots: np.ndarray[Any, Any], counts: np.ndarray[Any, Any], width: int
-    ) -> torch.Tensor:
-        """Set the cache's plan for rows ``slots`` (sorted by physical row); their position ids."""
-        starts = self._lengths[slots]
-        padding = (width - counts)[:, None]
-        columns = np.arange(width)[None, :]
-        positions = starts[:, None] + columns - padding
-        write = np.where(columns >= padding, positions, self.max_length)
-        rows = self._rows.phys[slots]
-        first, last = int(rows[0]), int(rows[-1])
-        device = self.device
-        read: slice | torch.Tensor = (
-            slice(first, last + 1) if last - first == len(rows) - 1 else _on(rows, device)
-        )
-        self._cache.plan = Plan(
-            write_rows=_on(rows[:, None], device),
-            write_columns=_on(write, device),
-            read=read,
-            kv_length=int((starts + counts).max()),
-        )
-        return _on(np.maximum(positions, 0), device)
-
-
-class _Rows:
-    """Slots mapped to physical cache rows, kept dense in 0 … count-1."""
-
-    def __init__(self, slots: int) -> None:
-        self.phys = np.full(slots, -1, dtype=np.int64)
-        self.slot_at = np.full(slots, -1, dtype=np.int64)
-        self.count = 0
-
-    def add(self, slot: int) -> None:
-        self.phys[slot] = self.count
-        self.slot_at[self.count] = slot
-        self.count += 1
-
-    def remove(self, slot: int) -> tuple[int, int, int] | None:
-        """Unmap ``slot``; if the last row moved into its place: (from, to, its slot)."""
-        row = int(self.phys[slot])
-        if row < 0:
-            return None
-        self.phys[slot] = -1
-        self.count -= 1
-        last = self.count
-        other = int(self.slot_at[last])
-        self.slot_at[last] = -1
-        if row == last:
-            return None
-        self.slot_at[row] = other
-        self.phys[other] = row
-        return last, row, other
 
 
 class _CallArguments:
@@ -332,6 +299,15 @@ def _token_id(value: object, name: str) -> int:
 
 def _take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return tensor.index_select(0, rows.to(tensor.device))
+
+
+def _in_order(values: Any, order: Any) -> Any:
+    """``values``' rows in ``order`` (an index array or tensor), or as they are if None."""
+    if order is None:
+        return values
+    if isinstance(values, torch.Tensor):
+        return _take(values, order)
+    return values[order]
 
 
 def _on(array: np.ndarray[Any, Any], device: torch.device) -> torch.Tensor:

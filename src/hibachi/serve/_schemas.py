@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "ChatChoice",
@@ -59,6 +59,18 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
     timeout: float | None = Field(default=None, gt=0)
+    # asked for, these would be silently left out of the answer: refused instead
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    best_of: Literal[1] | None = None
+    echo: Literal[False] = False
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("logprobs are not served by hibachi serve")
+        return value
 
 
 class CompletionRequest(_Sampling):

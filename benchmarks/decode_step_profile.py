@@ -1,0 +1,233 @@
+"""Where one decode step's time goes: hibachi's KV-cache adapter next to the bare forward.
+
+The quick preset's Llama (the bench's generation model). ``--rows`` rows each
+hold a prompt of ``--length`` tokens, then decode ``--steps`` tokens. Prints the
+microseconds per decode step of
+
+- the bare forward: ``model.forward`` on (rows, 1) with a ``StaticCache`` of
+  ``--max-length`` tokens, and with a ``DynamicCache`` (what ``generate()`` uses),
+  split into transformers' own mask building, the cache writes, and the rest;
+- hibachi's adapter: ``CausalLMAdapter.step`` split into its pieces (mask,
+  position planning, cache writes, the forward, sampling; "rest of step" is
+  whatever no piece names);
+- hibachi's engine: a batcher serving the same rows, its busy time per step
+  outside ``CausalLMAdapter.step`` (scheduling, staging inputs, delivering tokens).
+
+Each figure is the median over ``--repeat`` passes of the mean over ``--steps`` steps.
+
+Usage: python benchmarks/decode_step_profile.py [--rows 8] [--length 40] [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import transformers
+from transformers.cache_utils import DynamicLayer, StaticLayer
+
+from hibachi import AutoregressiveBatcher
+from hibachi._bench.llm import build_llama, eos_of, make_requests
+from hibachi._bench.serving import serve_with_hibachi
+from hibachi._bench.settings import preset
+from hibachi._bench.step_share import TimedModel
+from hibachi.integrations import _architectures, _kv_cache, _sampling
+from hibachi.integrations import transformers as adapter_module
+
+Spans = defaultdict[str, float]
+
+
+@contextmanager
+def timed(owner: Any, name: str, label: str, spans: Spans) -> Iterator[None]:
+    """Within the block, calls of ``owner.name`` add their time to ``spans[label]``."""
+    original = getattr(owner, name, None)
+    if original is None:  # a piece this version does not have
+        yield
+        return
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spans[label] += time.perf_counter() - start
+
+    own = name in vars(owner)  # else inherited, or a bound method of the owner's class
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        if own:
+            setattr(owner, name, vars(owner).get(name) and original)
+        else:
+            delattr(owner, name)
+
+
+@contextmanager
+def all_timed(pieces: list[tuple[Any, str, str]], spans: Spans) -> Iterator[None]:
+    if not pieces:
+        yield
+        return
+    (owner, name, label), rest = pieces[0], pieces[1:]
+    with timed(owner, name, label, spans), all_timed(rest, spans):
+        yield
+
+
+def bare_pieces(model: Any, spans: Spans) -> list[tuple[Any, str, str]]:
+    llama = transformers.models.llama.modeling_llama
+    return [
+        (model, "forward", "forward (model.forward)"),
+        (llama, "create_causal_mask", "  transformers' mask"),
+        (StaticLayer, "update", "  cache writes"),
+        (DynamicLayer, "update", "  cache writes"),
+    ]
+
+
+def adapter_pieces(adapter: Any) -> list[tuple[Any, str, str]]:
+    """hibachi's pieces by name; a name this version lacks is skipped."""
+    llama = transformers.models.llama.modeling_llama
+    return [
+        (adapter, "step", "step (CausalLMAdapter.step)"),
+        (adapter, "_plan", "  position planning"),
+        (getattr(adapter, "_planner", None), "decode", "  position planning"),
+        (getattr(adapter, "_planner", None), "layout", "  position planning"),
+        (_architectures.ServingPlan, "masks", "  mask build"),
+        (adapter_module, "_masks", "  mask build"),
+        (adapter.model, "forward", "  forward (model.forward)"),
+        (llama, "create_causal_mask", "    transformers' mask"),
+        (_kv_cache._SlotLayer, "update", "    cache writes"),
+        (_sampling.Sampler, "pick", "  sampling"),
+    ]
+
+
+def bare_decode(model: Any, cache: Any, rows: int, length: int, steps: int, spans: Spans) -> None:
+    ids = torch.randint(2, 1000, (rows, length))
+    with torch.inference_mode():
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        spans.clear()
+        for step in range(steps):
+            positions = torch.full((rows, 1), length + step)
+            start = time.perf_counter()
+            out = model(
+                input_ids=token, past_key_values=cache, position_ids=positions, use_cache=True
+            )
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            spans["whole step"] += time.perf_counter() - start
+
+
+def adapter_decode(adapter: Any, rows: int, length: int, steps: int, spans: Spans) -> None:
+    slots = torch.arange(rows).numpy()
+    options = [None] * rows
+    prompt = torch.randint(2, 1000, (rows, length))
+    token = adapter.step(prompt, torch.ones((rows, length), dtype=torch.bool), slots, options)
+    ones = torch.ones((rows, 1), dtype=torch.bool)
+    spans.clear()
+    for _ in range(steps):
+        start = time.perf_counter()
+        token = adapter.step(token.reshape(rows, 1), ones, slots, options)
+        spans["whole step"] += time.perf_counter() - start
+    for slot in range(rows):
+        adapter.release(slot)
+
+
+def engine_outside(model: Any, rows: int, length: int, steps: int) -> dict[str, float]:
+    """A batcher serving ``rows`` clients: seconds per step outside the adapter's step."""
+    adapter = adapter_module.CausalLMAdapter(model, slots=rows, max_length=length + steps + 1)
+    timed_model = TimedModel(adapter)
+    eos = eos_of(preset("quick").generation)
+    batcher = AutoregressiveBatcher(
+        timed_model,
+        stop_token=torch.tensor(-1),
+        padding_token=torch.tensor(eos),
+        max_batch_size=rows,
+    )
+    requests = make_requests(rows, (length, length), (steps, steps), 1000, 0)
+    outcome = asyncio.run(serve_with_hibachi(batcher, requests, "cpu"))
+    share = timed_model.share()
+    outside = share.busy_seconds - share.model_seconds
+    return {
+        "engine, outside the step": outside / share.steps,
+        "tokens/s": outcome.tokens_per_s,
+    }
+
+
+def measure(
+    run: Callable[[Spans], None], pieces: list[tuple[Any, str, str]], steps: int, repeat: int
+) -> dict[str, float]:
+    passes: list[dict[str, float]] = []
+    for _ in range(repeat):
+        spans: Spans = defaultdict(float)
+        with all_timed(pieces, spans):
+            run(spans)
+        passes.append({k: v / steps for k, v in spans.items()})
+    return {k: statistics.median(p.get(k, 0.0) for p in passes) for k in passes[0]}
+
+
+def show(title: str, figures: dict[str, float], whole: str) -> None:
+    print(f"\n{title}")
+    total = figures[whole]
+    for label, seconds in figures.items():
+        print(f"  {label:<34} {seconds * 1e6:9.1f} µs  {seconds / total:6.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--length", type=int, default=40, help="prompt tokens per row")
+    parser.add_argument("--max-length", type=int, default=96, help="the caches' length")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = build_llama(preset("quick").generation, "cpu", 0)
+    rows, length, steps = args.rows, args.length, args.steps
+    steps = min(steps, args.max_length - length - 1)
+    print(
+        f"quick preset's Llama, {rows} rows, prompts of {length}, {steps} decode steps, "
+        f"max_length {args.max_length}, {torch.get_num_threads()} thread(s)"
+    )
+
+    def static(spans: Spans) -> None:
+        cache = transformers.StaticCache(config=model.config, max_cache_len=args.max_length)
+        bare_decode(model, cache, rows, length, steps, spans)
+
+    def dynamic(spans: Spans) -> None:
+        cache = transformers.DynamicCache(config=model.config)
+        bare_decode(model, cache, rows, length, steps, spans)
+
+    adapter = adapter_module.CausalLMAdapter(model, slots=rows, max_length=args.max_length)
+
+    def hibachi(spans: Spans) -> None:
+        adapter_decode(adapter, rows, length, steps, spans)
+
+    static_figures = measure(static, bare_pieces(model, defaultdict(float)), steps, args.repeat)
+    show("bare forward, StaticCache", static_figures, "whole step")
+    show(
+        "bare forward, DynamicCache (generate()'s)",
+        measure(dynamic, bare_pieces(model, defaultdict(float)), steps, args.repeat),
+        "whole step",
+    )
+    figures = measure(hibachi, adapter_pieces(adapter), steps, args.repeat)
+    named = sum(v for k, v in figures.items() if k.startswith("  ") and not k.startswith("    "))
+    figures["  rest of step"] = figures["step (CausalLMAdapter.step)"] - named
+    show("hibachi CausalLMAdapter.step", figures, "whole step")
+    engine = [engine_outside(model, rows, length, steps) for _ in range(args.repeat)]
+    per_step = statistics.median(e["engine, outside the step"] for e in engine)
+    print(
+        f"\nhibachi engine: {per_step * 1e6:.1f} µs per step outside CausalLMAdapter.step; "
+        f"{max(e['tokens/s'] for e in engine):,.0f} tokens/s "
+        f"(bare StaticCache forward alone: {rows / static_figures['whole step']:,.0f} tokens/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
