@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 import hibachi
 from _models import TIMEOUT, run_async
+from hibachi._autoregressive.pipelined import PipelinedEngine
+from hibachi._autoregressive.request import Request
 
 VOCAB = 7
 STOP = 0
@@ -220,3 +222,19 @@ def test_max_batch_size_bounds_the_rows_of_all_groups_together(
             assert len(list(stream)) == 4
     assert max(seen) == max(sizes)
     assert batcher._schedulers and [s.max_batch_size for s in batcher._schedulers] == sizes
+
+
+def test_a_light_load_is_spread_over_every_group() -> None:
+    """Two requests waiting and room for eight: one row in each group, so both stages
+    have work. Driven by hand: the stage threads are not started, so jobs stay queued."""
+    pipe = hibachi.Pipeline(hash_stage, reduce_stage)
+    batcher = hibachi.AutoregressiveBatcher(
+        pipe, stop_token=np.int64(99), padding_token=np.int64(PAD), max_batch_size=8
+    )
+    engine = batcher._engine
+    assert isinstance(engine, PipelinedEngine)
+    for value in (1, 2):
+        sink = batcher._channels.sink_for_current_context()
+        batcher._scheduler.submit(Request(np.array([value]), 4, sink))
+    assert engine._start_idle()
+    assert [len(group.scheduler.rows) for group in engine.groups] == [1, 1]

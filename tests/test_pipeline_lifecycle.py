@@ -64,7 +64,7 @@ def test_a_bad_pipeline_is_refused(stages: tuple[Any, ...], options: Any, messag
 def test_calling_a_pipeline_composes_its_stages() -> None:
     pipe = hibachi.Pipeline(lambda a, b: a + b, lambda x: x * 10)
     assert pipe(1, 2) == 30
-    assert pipe.groups == 2 and "2 stages" in repr(pipe)
+    assert pipe.groups is None and pipe.groups_or(3) == 3 and "2 stages" in repr(pipe)
 
 
 def test_close_drains_every_stream() -> None:

@@ -127,8 +127,9 @@ class AutoregressiveBatcher(Lifecycle):
 
         self._engine: EngineThread
         if isinstance(model, Pipeline):
-            self._schedulers = [scheduler(n) for n in group_sizes(max_batch_size, model.groups)]
-            stages = Stages(model, "hibachi-ar")
+            groups = model.groups_or(len(model.stages))
+            self._schedulers = [scheduler(n) for n in group_sizes(max_batch_size, groups)]
+            stages = Stages(model, "hibachi-ar", len(self._schedulers))
             self._engine = PipelinedEngine(self._schedulers, stages, self._channels, "hibachi-ar")
             self._stages: Stages | None = stages
             return

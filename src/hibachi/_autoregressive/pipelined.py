@@ -150,10 +150,15 @@ class PipelinedEngine(EngineThread):
                 started = True
         return started
 
-    @staticmethod
-    def _schedule(scheduler: Scheduler) -> bool:
+    def _schedule(self, scheduler: Scheduler) -> bool:
         # A request's deadline is watched by the first group only (it took the
         # request at ``run``), whichever group its row is in: every group looks
         # for departed rows before each step, which costs a pass over its rows.
         scheduler.note_departure()
-        return scheduler.schedule()
+        return scheduler.schedule(admit=self._share(scheduler))
+
+    def _share(self, scheduler: Scheduler) -> int:
+        """How many waiting requests ``scheduler`` may admit: the groups' rows stay even,
+        so that a light load is spread over every group (each stage then has work)."""
+        total = sum(len(group.scheduler.rows) for group in self.groups) + len(self.queue)
+        return max(0, -(-total // len(self.groups)) - len(scheduler.rows))

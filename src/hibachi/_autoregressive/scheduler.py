@@ -106,14 +106,15 @@ class Scheduler:
 
     # -- one step -----------------------------------------------------------------
 
-    def schedule(self) -> bool:
-        """Drop departed rows, admit waiting requests; True if a step should run."""
+    def schedule(self, admit: int | None = None) -> bool:
+        """Drop departed rows, admit waiting requests (at most ``admit``, None: as many
+        as there is room for); True if a step should run."""
         now = self.clock()
         self._expire(now)
         if self._departures_pending:
             self._departures_pending = False
             self._drop_departed()
-        self._admit()
+        self._admit(admit)
         if not self.rows and len(self.queue):
             self._check_fault()
         return bool(self.rows)
@@ -222,8 +223,10 @@ class Scheduler:
             self.queue.close()
             self.abort(error)
 
-    def _admit(self) -> None:
+    def _admit(self, most: int | None) -> None:
         free = self.layout.room(len(self.rows))
+        if most is not None:
+            free = min(free, most)
         while free > 0:
             taken = self.queue.take(free)
             if not taken:

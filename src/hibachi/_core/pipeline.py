@@ -35,9 +35,13 @@ class Pipeline:
     stage gets what the previous one returned; the last returns what the model
     would. Stages may be sync or async callables. Given as the model of a
     batcher, ``groups`` batches (feedforward) or disjoint groups of rows
-    (autoregressive) are in flight at once, by default one per stage: while
-    stage 2 computes group A, stage 1 computes group B. A stage that releases
-    the GIL (a tensor kernel, I/O) overlaps the others.
+    (autoregressive) are in flight at once: while stage 2 computes group A,
+    stage 1 computes group B. By default (None) one group per stage for the
+    autoregressive batcher, whose ``max_batch_size`` rows the groups share, and
+    one batch more than stages for the feedforward batcher, whose batches keep
+    their size (the spare batch waits at stage 1, so no stage waits for the
+    engine). A stage that releases the GIL (a tensor kernel, I/O) overlaps the
+    others.
 
     Calling a pipeline runs its stages in order on the calling thread (sync
     stages only), which is what a batcher computes with it.
@@ -51,11 +55,12 @@ class Pipeline:
                 raise ConfigurationError(
                     f"stage {i} of the Pipeline must be callable, got {type(stage).__name__}"
                 )
-        count = len(stages) if groups is None else groups
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_GROUPS:
+        if groups is not None and (
+            isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= MAX_GROUPS
+        ):
             raise ConfigurationError(f"groups must be an int in 1 … {MAX_GROUPS}, got {groups!r}")
         self.stages: tuple[Any, ...] = stages
-        self.groups = count
+        self.groups = groups
 
     def __call__(self, *args: Any) -> Any:
         value = self.stages[0](*args)
@@ -65,6 +70,10 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline({len(self.stages)} stages, groups={self.groups})"
+
+    def groups_or(self, default: int) -> int:
+        """``groups``, or ``default`` where the user left it to the batcher."""
+        return default if self.groups is None else self.groups
 
 
 Context = Callable[[], AbstractContextManager[Any]]
@@ -158,8 +167,8 @@ class Stages:
     thread reads ``busy_since`` (health, a stuck close) and calls ``close``.
     """
 
-    def __init__(self, pipeline: Pipeline, name: str) -> None:
-        self.groups = pipeline.groups
+    def __init__(self, pipeline: Pipeline, name: str, groups: int) -> None:
+        self.groups = groups  # jobs the engine keeps in flight
         self._stages: list[_Stage] = []
         count = len(pipeline.stages)
         for i in reversed(range(count)):  # built from the last: each forwards to the next

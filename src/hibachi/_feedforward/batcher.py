@@ -109,7 +109,11 @@ class FeedforwardBatcher(Lifecycle):
             copy_results=as_flag(copy_results, "copy_results", ConfigurationError),
         )
         self._inboxes = LoopInboxes(Channels())
-        self._stages = Stages(model, "hibachi-ff") if isinstance(model, Pipeline) else None
+        self._stages = (
+            Stages(model, "hibachi-ff", model.groups_or(len(model.stages) + 1))
+            if isinstance(model, Pipeline)
+            else None
+        )
         self._engine = (
             FeedforwardEngine(
                 self._core, self._queue, ModelRunner(model), self._inboxes, "hibachi-ff"
