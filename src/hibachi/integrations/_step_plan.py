@@ -104,6 +104,7 @@ class StepPlanner:
         assert order is not None
         if (order == np.arange(len(slots))).all():
             order = None
+            slots = slots.copy()  # kept: the caller's array may change after this step
         else:
             slots = slots[order]
         rows = self.rows.phys[slots]
