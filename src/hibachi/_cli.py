@@ -22,7 +22,8 @@ __all__ = ["main"]
 BENCH_DESCRIPTION = """\
 Measure what hibachi does for you, on this machine, with no downloads.
 
-Four workloads, each comparing hibachi with the usual alternatives:
+Four workloads (and a fifth on request), each comparing hibachi with the usual
+alternatives:
 
   generation   a small GPT-style model (Llama code, random weights) serving many
                concurrent clients with mixed prompt lengths and budgets: hibachi
@@ -37,6 +38,9 @@ Four workloads, each comparing hibachi with the usual alternatives:
                vs the asyncio floor and the peer libraries batched and
                async-batcher.
   scaling      throughput as the number of concurrent clients grows (the plot).
+  pipeline     (only with --workloads pipeline) two matmul stages in a
+               hibachi.Pipeline, each on its own thread, vs the same two
+               composed into one model; both batchers; each stage's busy share.
 
 It prints a table per workload, and writes every figure to a JSON file and the
 charts to a PNG. Methods whose library is not installed are skipped with a note.

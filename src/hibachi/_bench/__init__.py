@@ -1,4 +1,4 @@
-"""What `hibachi bench` measures: four workloads, each in its own module.
+"""What `hibachi bench` measures: five workloads, each in its own module.
 
 ``run_bench(settings, progress)`` runs the workloads ``settings`` names and
 returns a `Report`; `report` turns it into a table, a JSON file and a plot.
@@ -31,13 +31,14 @@ Measure = Callable[[BenchSettings, Progress], Section]
 
 
 def _measures() -> dict[str, Measure]:
-    from . import embeddings, generation, overhead, scaling
+    from . import embeddings, generation, overhead, pipeline, scaling
 
     return {
         "generation": generation.measure,
         "embeddings": embeddings.measure,
         "overhead": overhead.measure,
         "scaling": scaling.measure,
+        "pipeline": pipeline.measure,
     }
 
 

@@ -11,11 +11,13 @@ __all__ = [
     "EmbeddingSize",
     "GenerationSize",
     "OverheadSize",
+    "PipelineSize",
     "ScalingSize",
     "preset",
 ]
 
-WORKLOADS = ("generation", "embeddings", "overhead", "scaling")
+WORKLOADS = ("generation", "embeddings", "overhead", "scaling", "pipeline")
+DEFAULT_WORKLOADS = WORKLOADS[:4]  # pipeline runs when asked for: --workloads pipeline
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,19 @@ class ScalingSize:
 
 
 @dataclass(frozen=True)
+class PipelineSize:
+    """The pipeline workload: two matmul stages, pipelined against composed."""
+
+    clients: int = 32
+    tokens: int = 128
+    items: int = 4096
+    batch_size: int = 32
+    dim: int = 512
+    width: int = 8
+    repeat: int = 3
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     """Everything one bench run needs to know."""
 
@@ -79,6 +94,7 @@ class BenchSettings:
     repeat_within: float  # seconds: a method is run again (up to its repeat) only within this
     threads: int | None = None  # PyTorch's intra-op threads; None: the CPUs left free
     seed: int = 0
+    pipeline: PipelineSize = PipelineSize()
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +104,7 @@ _FULL = BenchSettings(
     preset="full",
     device="cpu",
     concurrency=(1, 2, 4, 8, 16, 32, 64),
-    workloads=WORKLOADS,
+    workloads=DEFAULT_WORKLOADS,
     generation=GenerationSize(
         clients=32,
         batch_size=16,
@@ -124,6 +140,7 @@ _QUICK = replace(
     overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=1),
     scaling=ScalingSize(prompt_length=16, budget=16, texts_per_client=2, repeat=2),
     repeat_within=1.5,
+    pipeline=PipelineSize(tokens=32, items=1024, repeat=1),
 )
 
 # For the CLI's own tests: every workload end to end, in a few seconds.
@@ -147,6 +164,7 @@ _TINY = replace(
     overhead=OverheadSize(rows=4, steps=5, callers=32, batch_size=8, repeat=1),
     scaling=ScalingSize(prompt_length=4, budget=3, texts_per_client=1, repeat=1),
     repeat_within=0.0,
+    pipeline=PipelineSize(clients=4, tokens=3, items=16, batch_size=4, dim=16, width=1, repeat=1),
 )
 
 _PRESETS = {s.preset: s for s in (_FULL, _QUICK, _TINY)}
