@@ -240,6 +240,13 @@ def test_constructor_and_close_with_arbitrary_arguments(
     assert batcher.health().state == "closed"
 
 
+@pytest.mark.parametrize("pad_value", [FussyList([0]), {"ids": FussyList([0])}, (FussyList(),)])
+def test_a_pad_value_that_cannot_be_read_is_a_configuration_error(pad_value: Any) -> None:
+    """Found by the fuzz: a nesting whose iteration raises escaped the constructor as is."""
+    with pytest.raises(hibachi.ConfigurationError, match="pad_value could not be read"):
+        hibachi.FeedforwardBatcher(lambda batch: batch, pad_value=pad_value)
+
+
 outputs = st.one_of(values, st.builds(lambda: (row for row in range(3))))
 raised = st.sampled_from(EXCEPTIONS)
 

@@ -226,12 +226,12 @@ def check_pad_value(pad_value: Any) -> None:
     """A scalar, or a dict / tuple / list nesting of scalars and None; else ConfigurationError."""
     if pad_value is None or isinstance(pad_value, _SCALARS):
         return
-    if isinstance(pad_value, dict):
-        for value in pad_value.values():
-            check_pad_value(value)
-        return
-    if isinstance(pad_value, tuple | list):
-        for value in pad_value:
+    if isinstance(pad_value, dict | tuple | list):
+        try:
+            values = list(pad_value.values() if isinstance(pad_value, dict) else pad_value)
+        except Exception as exc:  # a nesting whose iteration fails is a setting that cannot work
+            raise ConfigurationError(f"pad_value could not be read: {describe(exc)}") from exc
+        for value in values:
             check_pad_value(value)
         return
     try:
