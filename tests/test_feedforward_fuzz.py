@@ -6,6 +6,9 @@ time; callers with good inputs get exactly their results; the batcher keeps
 serving, or after `KeyboardInterrupt` / `SystemExit` from the model ends
 every caller with an error that names it; nothing the batcher held stays
 alive once it is closed.
+
+Examples are derandomized so CI sees the same cases every run;
+``HIBACHI_FUZZ_EXPLORE=2000`` searches anew, with that many examples per test.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import math
+import os
 import threading
 from concurrent.futures import CancelledError
 from typing import Any
@@ -29,9 +33,12 @@ import hibachi
 from _feedforward_support import TIMEOUT
 from hibachi._feedforward.handle import _LoopHandle, _ThreadHandle
 
+EXPLORE = bool(os.environ.get("HIBACHI_FUZZ_EXPLORE"))  # a number of examples: search anew
 FUZZ = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("HIBACHI_FUZZ_EXPLORE", "0")) or 60,
     deadline=None,
+    derandomize=not EXPLORE,  # CI sees the same cases every run; a fresh search is asked for
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
