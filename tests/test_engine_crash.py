@@ -48,3 +48,26 @@ def test_feedforward_engine_failure_ends_every_caller() -> None:
             with pytest.raises(hibachi.HibachiError, match="engine failed"):
                 handle.result(timeout=10)
         assert batcher._engine.join(timeout=10)
+
+
+class Unprintable(KeyError):
+    def __str__(self) -> str:
+        raise RuntimeError("cannot print this exception")
+
+
+def test_an_engine_failure_that_cannot_be_printed_still_ends_every_stream() -> None:
+    """The message is written without the exception's own ``__str__``'s help."""
+    batcher = hibachi.AutoregressiveBatcher(
+        next_int, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2
+    )
+
+    def broken(output: Any) -> None:
+        raise Unprintable()
+
+    batcher._scheduler.apply = broken  # type: ignore[method-assign]
+    with batcher:
+        streams = [batcher.run(np.array([1, 2]), max_new_tokens=5) for _ in range(3)]
+        for stream in streams:
+            with pytest.raises(hibachi.HibachiError, match="engine failed: Unprintable"):
+                list(stream)
+        assert batcher._engine.join(timeout=10)

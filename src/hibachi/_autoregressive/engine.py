@@ -11,7 +11,7 @@ from typing import Any
 
 from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
-from .._core.model import ModelRunner
+from .._core.model import ModelRunner, engine_failure
 from .._exceptions import BatcherClosed, HibachiError
 from .isolation import attempt, isolate
 from .scheduler import Scheduler, copy_error
@@ -29,7 +29,7 @@ class Engine(EngineThread):
         self.channels = channels
 
     def _crash(self, exc: BaseException) -> None:
-        error = HibachiError(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
+        error = HibachiError(engine_failure(exc))
         error.__cause__ = exc
         self.scheduler.abort(error)
 

@@ -17,6 +17,7 @@ import threading
 
 from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
+from .._core.model import engine_failure
 from .._core.pipeline import Job, Stages
 from .._exceptions import BatcherClosed, HibachiError
 from .isolation import attempt, isolate
@@ -65,7 +66,7 @@ class PipelinedEngine(EngineThread):
         return super().on_own_thread() or self.stages.on_own_thread()
 
     def _crash(self, exc: BaseException) -> None:
-        error = HibachiError(f"hibachi's engine failed: {type(exc).__name__}: {exc}")
+        error = HibachiError(engine_failure(exc))
         error.__cause__ = exc
         for group in self.groups:
             group.scheduler.abort(error)

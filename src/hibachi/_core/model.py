@@ -10,7 +10,7 @@ from typing import Any
 
 from .._exceptions import ConfigurationError, ModelError
 
-__all__ = ["ModelRunner", "describe", "is_fatal", "model_error"]
+__all__ = ["ModelRunner", "describe", "engine_failure", "is_fatal", "model_error"]
 
 
 class ModelRunner:
@@ -73,6 +73,11 @@ def describe(exc: BaseException) -> str:
     except Exception:  # an exception whose __str__ raises must not take the engine down
         text = "(its message could not be read)"
     return f"{type(exc).__name__}: {text}"
+
+
+def engine_failure(exc: BaseException) -> str:
+    """What every caller hears when the engine itself failed with ``exc``."""
+    return f"hibachi's engine failed: {describe(exc)}"
 
 
 def is_fatal(exc: BaseException) -> bool:

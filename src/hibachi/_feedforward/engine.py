@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.engine_thread import EngineThread
-from .._core.model import ModelRunner, describe, is_fatal, model_error
+from .._core.model import ModelRunner, describe, engine_failure, is_fatal, model_error
 from .._core.queue import WorkQueue
 from .._exceptions import HibachiError, InvalidRequest, ModelError
 from .batch import Batch
@@ -43,7 +43,7 @@ class FeedforwardEngine(EngineThread):
     def _crash(self, exc: BaseException) -> None:
         self._admit()
         running, self._running = self._running, None
-        message = f"hibachi's engine failed: {describe(exc)}"
+        message = engine_failure(exc)
         self.core.abort(message, cause=exc, running=running)
 
     def _flush(self) -> None:

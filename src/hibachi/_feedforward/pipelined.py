@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from .._core.model import is_fatal, model_error
+from .._core.model import engine_failure, is_fatal, model_error
 from .._core.pipeline import Job, Stages
 from .._core.queue import WorkQueue
 from .batch import Batch
@@ -45,7 +45,7 @@ class PipelinedFeedforwardEngine(FeedforwardEngine):
 
     def _crash(self, exc: BaseException) -> None:
         super()._crash(exc)
-        message = f"hibachi's engine failed: {type(exc).__name__}: {exc}"
+        message = engine_failure(exc)
         while self._flight:
             self.core.abort(message, cause=exc, running=self._flight.popleft()[0])
 
