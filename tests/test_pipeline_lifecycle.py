@@ -54,6 +54,7 @@ class Gate:
         ((same,), {"groups": 0}, "groups"),
         ((same,), {"groups": True}, "groups"),
         ((same,), {"groups": 65}, "groups"),
+        pytest.param((same,), {"groups": 10**5000}, "groups", id="groups-too-long-to-print"),
     ],
 )
 def test_a_bad_pipeline_is_refused(stages: tuple[Any, ...], options: Any, message: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any, final
 
 from .._exceptions import ConfigurationError
 from .model import ModelRunner
+from .values import describe_value
 
 __all__ = ["MAX_GROUPS", "Job", "Pipeline", "Stages"]
 
@@ -58,7 +59,9 @@ class Pipeline:
         if groups is not None and (
             isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= MAX_GROUPS
         ):
-            raise ConfigurationError(f"groups must be an int in 1 … {MAX_GROUPS}, got {groups!r}")
+            raise ConfigurationError(
+                f"groups must be an int in 1 … {MAX_GROUPS}, got {describe_value(groups)}"
+            )
         self.stages: tuple[Any, ...] = stages
         self.groups = groups
 
