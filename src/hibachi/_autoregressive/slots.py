@@ -51,7 +51,9 @@ class SlotLayout:
         *,
         prefill_chunk: int,
         release: Callable[[int], object],
+        first_slot: int = 0,
     ) -> None:
+        """Slots ``first_slot`` … ``first_slot + rows - 1`` (a pipeline's groups own apart)."""
         self._backend = backend
         self._padding = padding
         self._release = release
@@ -66,7 +68,7 @@ class SlotLayout:
         self.options: list[Any] = [None] * rows
         self.last = backend.full((rows, 1, *token_shape), padding)
         # slots
-        self.free = list(range(rows))
+        self.free = list(range(first_slot, first_slot + rows))
         self.retired: list[tuple[int, BaseException]] = []
         self._fatal: BaseException | None = None  # from release(), raised at the next settle
         self._fatal_raised = False
