@@ -52,7 +52,9 @@ class SlotLayout:
         *,
         prefill_chunk: int,
         release: Callable[[int], object],
+        first_slot: int = 0,
     ) -> None:
+        """Slots ``first_slot`` … ``first_slot + rows - 1`` (a pipeline's groups own apart)."""
         self._backend = backend
         self._padding = padding
         self._release = release
@@ -68,7 +70,7 @@ class SlotLayout:
         self.last = backend.full((rows, 1, *token_shape), padding)
         self._last_host = host_view(backend, self.last)  # None: write ``last`` through the backend
         # slots
-        self.free = list(range(rows))
+        self.free = list(range(first_slot, first_slot + rows))
         self.retired: list[tuple[int, BaseException]] = []
         self._fatal: BaseException | None = None  # from release(), raised at the next settle
         self._fatal_raised = False
