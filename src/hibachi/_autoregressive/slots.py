@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
+from .._backends._host import host_view
 from .._core.model import is_fatal
 from .._exceptions import ModelError
 from .layout import Emitted, RowIndex, gather_rows
@@ -67,6 +68,7 @@ class SlotLayout:
         self.prompts: list[Any] = [None] * rows
         self.options: list[Any] = [None] * rows
         self.last = backend.full((rows, 1, *token_shape), padding)
+        self._last_host = host_view(backend, self.last)  # None: write ``last`` through the backend
         # slots
         self.free = list(range(first_slot, first_slot + rows))
         self.retired: list[tuple[int, BaseException]] = []
@@ -81,6 +83,8 @@ class SlotLayout:
         self._ones[...] = True
         self._prefill_next = True
         self._step = _Step.decode_all()
+        self._waiting = 0  # rows whose prompt is not all in
+        self._decode_all: dict[int, tuple[Any, Any, Any]] = {}  # n: views of the first n rows
 
     # -- rows coming and going ----------------------------------------------------
 
@@ -100,11 +104,13 @@ class SlotLayout:
         self.options[row] = request.options
         self.fed[row] = 0
         self.prefilling[row] = True
+        self._waiting += 1
         self.admitted[row] = self._admissions
         self._admissions += 1
 
     def leave(self, row: int, n: int) -> None:
         self._free_slot(int(self.slots[row]))
+        self._waiting -= bool(self.prefilling[row])
         last = n - 1
         if row != last:
             self.slots[row] = self.slots[last]
@@ -139,16 +145,24 @@ class SlotLayout:
 
     def inputs(self, n: int) -> tuple[Any, Any, Any, list[Any]]:
         """(tokens, mask, slots, options) of the step's rows; see `IncrementalModel.step`."""
+        if self._waiting:
+            return self._mixed_inputs(n)
+        self._prefill_next = True
+        self._step = _DECODE_ALL
+        kept = self._decode_all.get(n)
+        if kept is None:  # views, so they read what the rows hold at each step
+            kept = self._decode_all[n] = (self.last[:n], self._ones[:n], self.slots[:n])
+        to_user = self._backend.to_user
+        return to_user(kept[0]), to_user(kept[1]), kept[2], self.options[:n]
+
+    def _mixed_inputs(self, n: int) -> tuple[Any, Any, Any, list[Any]]:
+        """A step while some rows are still taking their prompt in: prefill or decode."""
         waiting = np.flatnonzero(self.prefilling[:n])
-        if waiting.size and (self._prefill_next or waiting.size == n):
+        if self._prefill_next or waiting.size == n:
             self._prefill_next = False
             return self._prefill_inputs(waiting)
         self._prefill_next = True
-        if waiting.size:
-            return self._decode_inputs(np.flatnonzero(~self.prefilling[:n]))
-        self._step = _Step.decode_all()
-        to_user = self._backend.to_user
-        return to_user(self.last[:n]), to_user(self._ones[:n]), self.slots[:n], self.options[:n]
+        return self._decode_inputs(np.flatnonzero(~self.prefilling[:n]))
 
     def _decode_inputs(self, rows: RowIndex) -> tuple[Any, Any, Any, list[Any]]:
         self._step = _Step(rows, width=1, chunks=None)
@@ -227,10 +241,13 @@ class SlotLayout:
         cells = size * step.width
         return cells, cells - (size if step.chunks is None else sum(step.chunks))
 
-    def record(self, column: Any, n: int) -> Emitted:
+    def record(self, column: Any, n: int, host: Any = None) -> Emitted:
         step = self._step
         if step.rows is None:
-            self.last[:n, 0] = column
+            if host is not None and self._last_host is not None:
+                self._last_host[:n, 0] = host
+            else:
+                self.last[:n, 0] = column
             return None, column
         if step.chunks is None:
             self.last[step.rows.tolist(), 0] = column
@@ -244,6 +261,7 @@ class SlotLayout:
             if self.fed[row] == self.prompts[row].shape[0]:
                 self.prompts[row] = None
                 self.prefilling[row] = False
+                self._waiting -= 1
                 self.last[row, 0] = column[j]
                 done.append(j)
         return rows[done], column[done]
