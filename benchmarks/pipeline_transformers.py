@@ -16,7 +16,10 @@ in the pipeline against the same call alone (what the other stage costs it:
 GIL, memory bandwidth). The GIL share of a stage is estimated by running the
 same call on a model of the same depth with tiny widths, whose time is the
 Python and dispatch overhead (held under the GIL) with almost no kernel time.
-The first ``--check`` streams' tokens are compared with ``model.generate()``.
+A last table gives a stage call's time alone at 8, 16 and 32 rows: where it
+hardly grows with the rows, the call is bound by streaming the stage's
+weights from memory, not by arithmetic. The first ``--check`` streams'
+tokens are compared with ``model.generate()``.
 
 Usage: python benchmarks/pipeline_transformers.py [--clients 32] [--new-tokens 48] [--repeat 2]
 """
@@ -157,6 +160,9 @@ def main() -> None:
             assert result["tokens"][i] == want, f"stream {i} of {key} differs from generate()"
     rows = args.clients // 2
     alone = stage_call_times(model, rows, args.prompt)
+    scaling = {count: stage_call_times(model, count, args.prompt) for count in (8, 2 * rows)}
+    scaling[rows] = alone
+    scaling = dict(sorted(scaling.items()))
     tiny = llama(16, args.layers, 16, heads=2)
     overhead = stage_call_times(tiny, rows, args.prompt)
 
@@ -180,6 +186,13 @@ def main() -> None:
         print(
             f"| {i + 1} | {alone[i] * 1e3:.2f} ms | {piped['per_call'][i] * 1e3:.2f} ms "
             f"| {overhead[i] * 1e3:.2f} ms | {overhead[i] / alone[i]:.0%} |"
+        )
+    print("\n| rows in a decode call | stage 1 alone | stage 2 alone | per row, both stages |")
+    print("|--:|--:|--:|--:|")
+    for count, times in scaling.items():
+        print(
+            f"| {count} | {times[0] * 1e3:.2f} ms | {times[1] * 1e3:.2f} ms "
+            f"| {sum(times) / count * 1e3:.2f} ms |"
         )
     print(f"\nload {os.getloadavg()[0]:.2f} at the end")
 
