@@ -169,6 +169,16 @@ def test_pipeline_must_return_a_pipeline(value: Any) -> None:
         batcher(Wrong(2))
 
 
+def test_a_pipeline_method_that_raises_is_a_configuration_error() -> None:
+    class Broken(StagedHistoryModel):
+        def pipeline(self) -> Any:
+            raise KeyError("no stages")
+
+    with pytest.raises(hibachi.ConfigurationError, match="KeyError") as caught:
+        batcher(Broken(2))
+    assert isinstance(caught.value.__cause__, KeyError)
+
+
 def test_closing_at_once_releases_every_slot() -> None:
     model = StagedHistoryModel(4, groups=2)
     b = batcher(model)
