@@ -76,7 +76,19 @@ def serve(batcher: hibachi.AutoregressiveBatcher, work: list[Any]) -> list[list[
         pytest.param("llama", 2, {}, id="llama-2"),
         pytest.param("llama", 3, {}, id="llama-3"),
         pytest.param("qwen2", 2, {}, id="qwen2-2"),
+        pytest.param(
+            "qwen2",
+            2,
+            {"use_sliding_window": True, "max_window_layers": 1},
+            id="qwen2-2-hybrid-sliding",
+        ),
         pytest.param("qwen3", 2, {}, id="qwen3-2"),
+        pytest.param(
+            "qwen3",
+            3,
+            {"use_sliding_window": True, "max_window_layers": 2},
+            id="qwen3-3-hybrid-sliding",
+        ),
         pytest.param("mistral", 2, {}, id="mistral-2-sliding"),
     ],
 )
