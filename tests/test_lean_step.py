@@ -115,3 +115,43 @@ def tokens_alone(prompt: list[int], budget: int) -> list[int]:
     _, sink = d.submit("alone", prompt, budget=budget)
     d.run_until_idle()
     return tokens(sink)
+
+
+class TorchRunningSum(hibachi.IncrementalModel):
+    """Next token: (sum of what the slot has seen + how many) mod 97, in torch."""
+
+    def __init__(self, slots: int) -> None:
+        self.sums = [0] * slots
+        self.counts = [0] * slots
+
+    def step(self, tokens: Any, mask: Any, slots: Any, options: list[Any]) -> Any:
+        assert isinstance(tokens, torch.Tensor) and tokens.shape == mask.shape
+        out = torch.empty(tokens.shape[0], dtype=tokens.dtype)
+        for i, slot in enumerate(slots.tolist()):
+            self.sums[slot] += int(tokens[i][mask[i]].sum())
+            self.counts[slot] += int(mask[i].sum())
+            out[i] = (self.sums[slot] + self.counts[slot]) % 97
+        return out
+
+    def release(self, slot: int) -> None:
+        self.sums[slot] = self.counts[slot] = 0
+
+
+def test_torch_prompts_fed_in_chunks_beside_decoding_rows_get_what_they_get_alone() -> None:
+    prompts = [torch.arange(1, 1 + length) % 50 + 1 for length in (3, 17, 40, 5, 29, 11)]
+
+    def serve(batch: list[torch.Tensor], size: int) -> list[list[int]]:
+        batcher = hibachi.AutoregressiveBatcher(
+            TorchRunningSum(size),
+            stop_token=torch.tensor(0),
+            padding_token=torch.tensor(0),
+            max_batch_size=size,
+            prefill_chunk=16,
+        )
+        with batcher:
+            streams = [batcher.run(prompt, max_new_tokens=12) for prompt in batch]
+            return [[int(t) for t in stream] for stream in streams]
+
+    alone = [serve([prompt], 1)[0] for prompt in prompts]
+    assert serve(prompts, 3) == alone
+    assert serve(prompts, 6) == alone
