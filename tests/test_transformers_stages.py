@@ -76,7 +76,19 @@ def serve(batcher: hibachi.AutoregressiveBatcher, work: list[Any]) -> list[list[
         pytest.param("llama", 2, {}, id="llama-2"),
         pytest.param("llama", 3, {}, id="llama-3"),
         pytest.param("qwen2", 2, {}, id="qwen2-2"),
+        pytest.param(
+            "qwen2",
+            2,
+            {"use_sliding_window": True, "max_window_layers": 1},
+            id="qwen2-2-hybrid-sliding",
+        ),
         pytest.param("qwen3", 2, {}, id="qwen3-2"),
+        pytest.param(
+            "qwen3",
+            3,
+            {"use_sliding_window": True, "max_window_layers": 2},
+            id="qwen3-3-hybrid-sliding",
+        ),
         pytest.param("mistral", 2, {}, id="mistral-2-sliding"),
     ],
 )
@@ -146,3 +158,24 @@ def test_a_step_that_raises_in_the_last_stage_commits_nothing() -> None:
 class _Raising:
     def __call__(self, **arguments: Any) -> Any:
         raise RuntimeError("in the last stage")
+
+
+def test_seeded_sampling_gives_the_same_tokens_as_one_stage() -> None:
+    """The sampler's draws are per slot and happen in the last stage: a seeded request
+    gets the tokens it gets with stages=1, whatever shares its group."""
+    model = tiny_model("llama", **LAYERS)
+    prompts = [torch.tensor([7 + i, 8, 9, 10 + i]) for i in range(4)]
+    options = [{"temperature": 0.9, "top_p": 0.95, "seed": i} for i in range(4)]
+
+    async def main(stages: int) -> list[list[int]]:
+        batcher = causal_lm_batcher(
+            model, max_batch_size=4, max_length=32, eos_token_id=None, stages=stages
+        )
+        async with batcher:
+            streams = [
+                batcher.run(p, max_new_tokens=6, options=o)
+                for p, o in zip(prompts, options, strict=True)
+            ]
+            return [[int(t) for t in await s.collect()] for s in streams]
+
+    assert run_async(main(2)) == run_async(main(1))

@@ -218,6 +218,7 @@ def _split(model: Any, count: int) -> list[Any]:
     for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
         part = _shallow(inner)
         part.layers = torch.nn.ModuleList(layers[start:stop])
+        part.config = _sliced_config(inner.config, start, stop)
         if i < count - 1:
             part.norm = torch.nn.Identity()
             parts.append(part)
@@ -226,6 +227,18 @@ def _split(model: Any, count: int) -> list[Any]:
             head.model = part
             parts.append(head)
     return parts
+
+
+def _sliced_config(config: Any, start: int, stop: int) -> Any:
+    """``config`` as the decoder copy holding layers ``start`` … ``stop - 1`` reads it: some
+    decoders (Qwen 2/3) pick each layer's mask as ``config.layer_types[i]`` by its index in
+    ``layers``, which restarts at 0 in every copy. The layers keep the whole config."""
+    kinds = getattr(config, "layer_types", None)
+    if kinds is None:
+        return config
+    sliced = copy.copy(config)
+    sliced.layer_types = list(kinds[start:stop])
+    return sliced
 
 
 def _shallow(module: torch.nn.Module) -> Any:
