@@ -7,6 +7,7 @@ Two stand-in stages that do GIL-free work, each on its own thread in a
   float32) by a D x D matrix with a one-thread BLAS, so a stage's time grows
   with its rows (about 2 ms at 32 rows by default).
 - ``sleep``: each stage sleeps a fixed time per call, whatever its rows.
+- ``noop``: stages that do nothing: the cost of the hand-offs between threads.
 
 Autoregressive: ``--clients`` concurrent streams of ``--tokens`` tokens each,
 ``max_batch_size=--batch``; feedforward: ``--items`` concurrent callers,
@@ -48,6 +49,10 @@ def blas_stage(dim: int, width: int, seed: int) -> Callable[[int], None]:
         inputs[: rows * width] @ weights
 
     return work
+
+
+def noop_stage(rows: int) -> None:
+    pass
 
 
 def sleep_stage(seconds: float) -> Callable[[int], None]:
@@ -136,6 +141,8 @@ def line(name: str, result: dict[str, Any], base: float, unit: str) -> str:
 def run_work(kind: str, args: argparse.Namespace) -> None:
     if kind == "blas":
         work = [blas_stage(args.dim, args.width, 0), blas_stage(args.dim, args.width, 1)]
+    elif kind == "noop":  # the hand-offs alone: what a pipelined step costs besides its stages
+        work = [noop_stage, noop_stage]
     else:
         work = [sleep_stage(args.sleep_ms / 1000), sleep_stage(args.sleep_ms / 1000)]
     full, half = stage_times(work, args.batch), stage_times(work, args.batch // 2)

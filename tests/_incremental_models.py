@@ -9,6 +9,7 @@ a new tag before the slot was released is recorded as a violation.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 import hibachi
 from _harness import Driver, ListSink
+from hibachi._autoregressive.pipelined import slot_ranges
 from hibachi._autoregressive.request import Request, check_prompt
 from hibachi._autoregressive.slots import SlotLayout
 from hibachi._backends import Backend
@@ -175,3 +177,95 @@ class SlotDriver(Driver):
 
     def _call(self, *inputs: Any) -> Any:
         return self.model.step(*inputs)
+
+
+@dataclass
+class _Carry:
+    """What stage 1 hands stage 2: the step's slots, tags, and each row's history so far."""
+
+    slots: list[int]
+    tags: list[Any]
+    pending: list[list[int]]
+
+
+@dataclass
+class StagedHistoryModel(HistoryModel):
+    """`HistoryModel` as a two-stage pipeline, each stage with per-slot state of its own.
+
+    Stage 1 keeps each slot's history; stage 2 keeps each slot's count of tokens
+    seen. Stage 1 commits nothing: it hands stage 2 each row's history with the
+    step's tokens added, and stage 2 commits both stages' state when it returns.
+    Recorded as violations: a step whose rows span two groups' slot ranges, a
+    slot in two steps at once or released while in the stages, and stages whose
+    states disagree (one committed a step the other did not).
+    """
+
+    groups: int = 2
+    fail_in_first: set[Any] = field(default_factory=set)  # tags whose stage 1 raises
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.counts = [0] * self.slots
+        self.ranges = slot_ranges(self.slots, self.groups)
+        self.in_flight: set[int] = set()
+        self._lock = threading.Lock()
+
+    def pipeline(self) -> hibachi.Pipeline:
+        return hibachi.Pipeline(self.first, self.last, groups=self.groups)
+
+    def step(self, tokens: Any, mask: Any, slots: Any, options: list[Any]) -> Any:
+        return self.last(self.first(tokens, mask, slots, options))
+
+    def first(self, tokens: Any, mask: Any, slots: Any, options: list[Any]) -> _Carry:
+        tokens, mask = np.asarray(tokens), np.asarray(mask, dtype=bool)
+        self._check_step(tokens, mask, slots, options)
+        self._enter(slots.tolist())
+        self.calls.append(
+            StepCall(mask.sum(1).tolist(), slots.tolist(), list(options), mask.shape[1])
+        )
+        if any(tag in options for tag in self.fail_in_first):
+            self._leave(slots.tolist())
+            raise RuntimeError("boom in stage 1")
+        pending = [
+            list(self.history[slot] or []) + tokens[i][mask[i]].tolist()
+            for i, slot in enumerate(slots.tolist())
+        ]
+        return _Carry(slots.tolist(), list(options), pending)
+
+    def last(self, carry: _Carry) -> Any:
+        try:
+            for slot in carry.slots:
+                if len(self.history[slot] or []) != self.counts[slot]:
+                    self.violations.append(f"slot {slot}: the stages' states disagree")
+            if any(tag in carry.tags for tag in self.fail_on):
+                raise RuntimeError("boom")
+            if self.fail_next:
+                self.fail_next -= 1
+                raise ConnectionError("a transient fault")
+            out = [next_token(history) for history in carry.pending]
+            for slot, history in zip(carry.slots, carry.pending, strict=True):
+                self.history[slot], self.counts[slot] = history, len(history)
+        finally:
+            self._leave(carry.slots)
+        if any(tag in carry.tags for tag in self.bad_output_on):
+            return np.zeros((len(out), 3), dtype=np.int64)
+        return np.array(out, dtype=np.int64)
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            if slot in self.in_flight:
+                self.violations.append(f"slot {slot} released while in the stages")
+        self.counts[slot] = 0
+        super().release(slot)
+
+    def _enter(self, slots: list[int]) -> None:
+        if not any(set(slots) <= set(r) for r in self.ranges):
+            self.violations.append(f"a step's slots {slots} span groups {self.ranges}")
+        with self._lock:
+            if self.in_flight & set(slots):
+                self.violations.append(f"slots {slots} in two steps at once")
+            self.in_flight |= set(slots)
+
+    def _leave(self, slots: list[int]) -> None:
+        with self._lock:
+            self.in_flight -= set(slots)

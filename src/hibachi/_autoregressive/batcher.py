@@ -11,7 +11,7 @@ from .._backends import Backend, backend_of
 from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
 from .._core.lifecycle import Lifecycle
-from .._core.model import ModelRunner, is_fatal, model_error
+from .._core.model import ModelRunner, describe, is_fatal, model_error
 from .._core.pipeline import Pipeline, Stages
 from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
@@ -20,7 +20,7 @@ from .._exceptions import ConfigurationError, HibachiError, InvalidRequest, Mode
 from .engine import Engine
 from .incremental import IncrementalModel
 from .layout import Layout
-from .pipelined import PipelinedEngine, group_sizes, merged_counters
+from .pipelined import PipelinedEngine, group_sizes, merged_counters, slot_ranges
 from .request import MAX_COUNT, Request, check_budget, check_prompt
 from .scheduler import Scheduler
 from .slots import SlotLayout
@@ -126,27 +126,47 @@ class AutoregressiveBatcher(Lifecycle):
             )
 
         self._engine: EngineThread
+        self._stages: Stages | None = None
+        staged = _staged(self._incremental)
         if isinstance(model, Pipeline):
             groups = model.groups_or(len(model.stages))
             self._schedulers = [scheduler(n) for n in group_sizes(max_batch_size, groups)]
-            stages = Stages(model, "hibachi-ar", len(self._schedulers))
-            self._engine = PipelinedEngine(self._schedulers, stages, self._channels, "hibachi-ar")
-            self._stages: Stages | None = stages
+            self._run_pipelined(model, None)
             return
-        self._stages = None
+        if self._incremental is not None and staged is not None:
+            release = ModelRunner(self._incremental.release)
+            self._schedulers = [
+                scheduler(len(slots), self._slots(release, slots, prefill_chunk))
+                for slots in slot_ranges(max_batch_size, staged.groups_or(len(staged.stages)))
+            ]
+            self._run_pipelined(staged, release)
+            return
         runner = ModelRunner(model if self._incremental is None else self._incremental.step)
         layout: Layout | None = None
         if self._incremental is not None:
-            release = self._incremental.release
-            layout = SlotLayout(
-                self._backend,
-                pad,
-                max_batch_size,
-                prefill_chunk=prefill_chunk,
-                release=lambda slot: runner.call(release, slot),
-            )
+            layout = self._slots(runner, range(max_batch_size), prefill_chunk)
         self._schedulers = [scheduler(max_batch_size, layout)]
         self._engine = Engine(self._schedulers[0], runner, self._channels, "hibachi-ar")
+
+    def _slots(self, runner: ModelRunner, slots: range, prefill_chunk: int) -> SlotLayout:
+        """The layout of a group that owns ``slots``; ``runner`` calls the model's release."""
+        assert self._incremental is not None
+        release = self._incremental.release
+        return SlotLayout(
+            self._backend,
+            self._padding,
+            len(slots),
+            prefill_chunk=prefill_chunk,
+            release=lambda slot: runner.call(release, slot),
+            first_slot=slots.start,
+        )
+
+    def _run_pipelined(self, pipeline: Pipeline, release: ModelRunner | None) -> None:
+        stages = Stages(pipeline, "hibachi-ar", len(self._schedulers))
+        self._engine = PipelinedEngine(
+            self._schedulers, stages, self._channels, "hibachi-ar", release=release
+        )
+        self._stages = stages
 
     @property
     def max_batch_size(self) -> int:
@@ -231,6 +251,22 @@ class AutoregressiveBatcher(Lifecycle):
             requests_submitted=c.submitted,
             stage_busy=() if self._stages is None else self._stages.busy(),
         )
+
+
+def _staged(model: IncrementalModel | None) -> Pipeline | None:
+    """The incremental model's `Pipeline` of stages, if it has one."""
+    if model is None:
+        return None
+    try:
+        staged = model.pipeline()
+    except Exception as exc:
+        raise ConfigurationError(f"the model's pipeline() raised {describe(exc)}") from exc
+    if staged is not None and not isinstance(staged, Pipeline):
+        raise ConfigurationError(
+            f"an IncrementalModel's pipeline() must return a hibachi.Pipeline or None, "
+            f"got {describe_value(staged)}"
+        )
+    return staged
 
 
 def _backend_for(padding_token: Any) -> Backend:

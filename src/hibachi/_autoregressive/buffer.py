@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
+from .._backends._host import host_view
 from .layout import Emitted, gather_rows
 from .request import Request
 
@@ -70,12 +71,18 @@ class SequenceBuffer:
         self.mask[row, pad_end : self.end] = True
         self.lengths[row] = length
 
-    def append(self, column: Any, n: int) -> None:
-        """Write one new token (n, *token_shape) at the end of rows < n."""
+    def append(self, column: Any, n: int, host: Any = None) -> None:
+        """Write one new token (n, *token_shape) at the end of rows < n (``host``: a
+        NumPy view of ``column``, written through the buffers' host views if they have one)."""
         if self.end == self.capacity:
             self._relocate(self.width, n)
-        self.tokens[:n, self.end, ...] = column
-        self.mask[:n, self.end] = True
+        if host is not None and self._host is not None:
+            tokens, mask = self._host
+            tokens[:n, self.end, ...] = host
+            mask[:n, self.end] = True
+        else:
+            self.tokens[:n, self.end, ...] = column
+            self.mask[:n, self.end] = True
         self.lengths[:n] += 1
         self.end += 1
 
@@ -138,8 +145,8 @@ class SequenceBuffer:
     def step_cells(self, n: int) -> tuple[int, int]:
         return n * self.width, self.padding_cells(n)
 
-    def record(self, column: Any, n: int) -> Emitted:
-        self.append(column, n)
+    def record(self, column: Any, n: int, host: Any = None) -> Emitted:
+        self.append(column, n, host)
         return None, column
 
     # -- internals --------------------------------------------------------------------
@@ -179,6 +186,8 @@ class SequenceBuffer:
         shape = (self.rows, capacity)
         self.tokens = self._backend.full(shape + self._token_shape, self._padding)
         self.mask = self._backend.zeros_bool(shape, self._padding)
+        tokens, mask = host_view(self._backend, self.tokens), host_view(self._backend, self.mask)
+        self._host = None if tokens is None or mask is None else (tokens, mask)
 
 
 def _next_power_of_two(n: int) -> int:

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from .._core.pipeline import Pipeline
+
 __all__ = ["IncrementalModel"]
 
 
@@ -78,3 +80,29 @@ class IncrementalModel(abc.ABC):
         default accepts everything.
         """
         return max_new_tokens
+
+    def pipeline(self) -> Pipeline | None:
+        """The step split into stages that run at once on different rows, or None.
+
+        None (the default): the batcher calls `step`. A `Pipeline` instead
+        (see `hibachi.Pipeline`): its first stage gets `step`'s arguments
+        ``(tokens, mask, slots, options)``, each next stage what the previous
+        returned, and the last returns what `step` would; composed, the stages
+        must equal `step`. Each stage keeps the per-slot state of its own
+        layers, on its own thread.
+
+        The batcher splits ``max_batch_size`` slots into ``groups`` contiguous
+        ranges, the first groups one slot larger where it does not divide
+        evenly: group ``g`` owns the ``g``-th range, and a step's rows all
+        come from one group. While group A's step is in the stages, other
+        groups' steps are too, and the batcher calls `release` (on its engine
+        thread) for group B's slots: each call must touch only its own
+        slots' state. A slot is never released while a step of its group is
+        in the stages.
+
+        A step that raises in any stage changes nothing, as for `step`: the
+        stages before the last may write state that a retry of the same step
+        overwrites, but only the last stage commits the rows' state (of every
+        stage: lengths, sampler draws), when it returns.
+        """
+        return None

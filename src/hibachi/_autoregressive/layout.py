@@ -88,8 +88,11 @@ class Layout(Protocol):
         """The cells handed to the model this step, and how many of them were padding."""
         ...
 
-    def record(self, column: Any, n: int) -> Emitted:
-        """Take the step's output (``step_size`` tokens); say which rows got a new token."""
+    def record(self, column: Any, n: int, host: Any = None) -> Emitted:
+        """Take the step's output (``step_size`` tokens); say which rows got a new token.
+
+        ``host`` is a NumPy view of ``column`` (`hibachi._backends._host`), or None.
+        """
         ...
 
 

@@ -9,6 +9,12 @@ the memory a batcher is given); each group holds an equal share of it.
 The engine thread is still the only one that touches the schedulers: stage
 threads see only a step's arguments, which stay untouched (the group does
 not move) until the step is out.
+
+An `IncrementalModel` whose ``pipeline()`` gives stages runs the same way,
+each group over a `SlotLayout` of its own range of slots (`slot_ranges`):
+a group's rows never share a slot with another group's, so the model's
+``release`` of one group's slot (on this thread) cannot touch the state a
+stage is using for another group's step.
 """
 
 from __future__ import annotations
@@ -17,19 +23,28 @@ import threading
 
 from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
-from .._core.model import engine_failure
+from .._core.model import ModelRunner, engine_failure
 from .._core.pipeline import Job, Stages
 from .._exceptions import BatcherClosed, HibachiError
 from .isolation import attempt, isolate
 from .scheduler import Counters, Scheduler, copy_error
 
-__all__ = ["PipelinedEngine", "group_sizes", "merged_counters"]
+__all__ = ["PipelinedEngine", "group_sizes", "merged_counters", "slot_ranges"]
 
 
 def group_sizes(max_batch_size: int, groups: int) -> list[int]:
     """``max_batch_size`` rows shared as evenly as can be among at most ``groups`` groups."""
     count = min(groups, max_batch_size)
     return [max_batch_size // count + (i < max_batch_size % count) for i in range(count)]
+
+
+def slot_ranges(max_batch_size: int, groups: int) -> list[range]:
+    """The slots each group of an `IncrementalModel`'s pipeline owns: contiguous, in order."""
+    ranges, start = [], 0
+    for size in group_sizes(max_batch_size, groups):
+        ranges.append(range(start, start + size))
+        start += size
+    return ranges
 
 
 def merged_counters(schedulers: list[Scheduler]) -> Counters:
@@ -54,10 +69,18 @@ class PipelinedEngine(EngineThread):
     """Steps each group of ``schedulers`` through ``stages``, every group in flight at once."""
 
     def __init__(
-        self, schedulers: list[Scheduler], stages: Stages, channels: Channels, name: str
+        self,
+        schedulers: list[Scheduler],
+        stages: Stages,
+        channels: Channels,
+        name: str,
+        *,
+        release: ModelRunner | None = None,
     ) -> None:
+        """``release``: the runner of an `IncrementalModel`'s release, closed with the engine."""
         super().__init__(schedulers[0].queue, stages, name)
         self.stages = stages
+        self._release = release
         self.channels = channels
         self.groups = [_Group(scheduler) for scheduler in schedulers]
         self._out = threading.Event()  # a job came out of the last stage
@@ -73,6 +96,11 @@ class PipelinedEngine(EngineThread):
 
     def _flush(self) -> None:
         self.channels.flush()
+
+    def _finish(self) -> None:
+        if self._release is not None:
+            self._release.close()
+        super()._finish()
 
     def _abandon(self, error: BaseException) -> None:
         rows = [request for group in self.groups for request in list(group.scheduler.rows)]
@@ -145,9 +173,10 @@ class PipelinedEngine(EngineThread):
         for group in self.groups:
             if group.job is None and self._schedule(group.scheduler):
                 scheduler = group.scheduler
+                inputs = scheduler.model_inputs()  # fixes the step's rows (a SlotLayout's subset)
                 group.size = scheduler.layout.step_size(len(scheduler.rows))
                 context = scheduler.backend.inference_context
-                group.job = self.stages.submit(scheduler.model_inputs(), context, self._wake)
+                group.job = self.stages.submit(inputs, context, self._wake)
                 started = True
         return started
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
+from .._backends._host import host_view
 from .._core.model import is_fatal
 from .._exceptions import ModelError
 from .layout import Emitted, RowIndex, gather_rows
@@ -51,7 +52,9 @@ class SlotLayout:
         *,
         prefill_chunk: int,
         release: Callable[[int], object],
+        first_slot: int = 0,
     ) -> None:
+        """Slots ``first_slot`` … ``first_slot + rows - 1`` (a pipeline's groups own apart)."""
         self._backend = backend
         self._padding = padding
         self._release = release
@@ -63,22 +66,28 @@ class SlotLayout:
         self.admitted = np.zeros(rows, dtype=np.int64)
         self.prefilling = np.zeros(rows, dtype=bool)
         self.prompts: list[Any] = [None] * rows
+        self._prompt_views: list[Any] = [None] * rows  # NumPy views of the prompts, or None
         self.options: list[Any] = [None] * rows
         self.last = backend.full((rows, 1, *token_shape), padding)
+        self._last_host = host_view(backend, self.last)  # None: write ``last`` through the backend
+        self._gathered = backend.full((rows, 1, *token_shape), padding)  # a decode step's subset
+        self._gathered_host = host_view(backend, self._gathered)
         # slots
-        self.free = list(range(rows))
+        self.free = list(range(first_slot, first_slot + rows))
         self.retired: list[tuple[int, BaseException]] = []
         self._fatal: BaseException | None = None  # from release(), raised at the next settle
         self._fatal_raised = False
         self._admissions = 0
         # prefill steps are staged here, grown to the largest step yet (see `_staging`)
         self._rows = rows
-        self._tokens = backend.full((0, 0, *token_shape), padding)
-        self._mask = backend.zeros_bool((0, 0), padding)
+        self._pad_view = host_view(backend, padding)
+        self._allocate_staging(0, 0)
         self._ones = backend.zeros_bool((rows, 1), padding)
         self._ones[...] = True
         self._prefill_next = True
         self._step = _Step.decode_all()
+        self._waiting = 0  # rows whose prompt is not all in
+        self._decode_all: dict[int, tuple[Any, Any, Any]] = {}  # n: views of the first n rows
 
     # -- rows coming and going ----------------------------------------------------
 
@@ -95,14 +104,17 @@ class SlotLayout:
     def enter(self, row: int, request: Request, n: int) -> None:
         self.slots[row] = heapq.heappop(self.free)
         self.prompts[row] = request.prompt
+        self._prompt_views[row] = host_view(self._backend, request.prompt)
         self.options[row] = request.options
         self.fed[row] = 0
         self.prefilling[row] = True
+        self._waiting += 1
         self.admitted[row] = self._admissions
         self._admissions += 1
 
     def leave(self, row: int, n: int) -> None:
         self._free_slot(int(self.slots[row]))
+        self._waiting -= bool(self.prefilling[row])
         last = n - 1
         if row != last:
             self.slots[row] = self.slots[last]
@@ -110,10 +122,14 @@ class SlotLayout:
             self.admitted[row] = self.admitted[last]
             self.prefilling[row] = self.prefilling[last]
             self.prompts[row] = self.prompts[last]
+            self._prompt_views[row] = self._prompt_views[last]
             self.options[row] = self.options[last]
-            self.last[row] = self.last[last]
+            if self._last_host is not None:
+                self._last_host[row] = self._last_host[last]
+            else:
+                self.last[row] = self.last[last]
         self.prefilling[last] = False
-        self.prompts[last] = self.options[last] = None
+        self.prompts[last] = self.options[last] = self._prompt_views[last] = None
 
     def settle(self, n: int) -> None:
         # A fatal exception from release() (see `is_fatal`) stops the engine, but only
@@ -137,22 +153,35 @@ class SlotLayout:
 
     def inputs(self, n: int) -> tuple[Any, Any, Any, list[Any]]:
         """(tokens, mask, slots, options) of the step's rows; see `IncrementalModel.step`."""
+        if self._waiting:
+            return self._mixed_inputs(n)
+        self._prefill_next = True
+        self._step = _DECODE_ALL
+        kept = self._decode_all.get(n)
+        if kept is None:  # views, so they read what the rows hold at each step
+            kept = self._decode_all[n] = (self.last[:n], self._ones[:n], self.slots[:n])
+        to_user = self._backend.to_user
+        return to_user(kept[0]), to_user(kept[1]), kept[2], self.options[:n]
+
+    def _mixed_inputs(self, n: int) -> tuple[Any, Any, Any, list[Any]]:
+        """A step while some rows are still taking their prompt in: prefill or decode."""
         waiting = np.flatnonzero(self.prefilling[:n])
-        if waiting.size and (self._prefill_next or waiting.size == n):
+        if self._prefill_next or waiting.size == n:
             self._prefill_next = False
             return self._prefill_inputs(waiting)
         self._prefill_next = True
-        if waiting.size:
-            return self._decode_inputs(np.flatnonzero(~self.prefilling[:n]))
-        self._step = _Step.decode_all()
-        to_user = self._backend.to_user
-        return to_user(self.last[:n]), to_user(self._ones[:n]), self.slots[:n], self.options[:n]
+        return self._decode_inputs(np.flatnonzero(~self.prefilling[:n]))
 
     def _decode_inputs(self, rows: RowIndex) -> tuple[Any, Any, Any, list[Any]]:
         self._step = _Step(rows, width=1, chunks=None)
         to_user = self._backend.to_user
         k = rows.size
-        tokens = self.last[rows.tolist()]
+        last, gathered = self._last_host, self._gathered_host
+        if last is None or gathered is None:
+            tokens = self.last[rows.tolist()]
+        else:  # gathered through NumPy into the first k rows of a kept buffer
+            tokens = self._gathered[:k]
+            np.take(last, rows, axis=0, out=gathered[:k])
         return to_user(tokens), to_user(self._ones[:k]), self.slots[rows], self._options_of(rows)
 
     def _prefill_inputs(self, waiting: RowIndex) -> tuple[Any, Any, Any, list[Any]]:
@@ -176,16 +205,32 @@ class SlotLayout:
             return
         rows = min(max(held_rows, _doubled(count)), self._rows)
         width = min(max(held_width, _doubled(width)), self.prefill_chunk)
-        self._tokens = self._backend.full((rows, width, *self._padding.shape), self._padding)
-        self._mask = self._backend.zeros_bool((rows, width), self._padding)
+        self._allocate_staging(rows, width)
+
+    def _allocate_staging(self, rows: int, width: int) -> None:
+        backend = self._backend
+        self._tokens = backend.full((rows, width, *self._padding.shape), self._padding)
+        self._mask = backend.zeros_bool((rows, width), self._padding)
+        tokens, mask = host_view(backend, self._tokens), host_view(backend, self._mask)
+        self._staged = None if tokens is None or mask is None else (tokens, mask)
 
     def _stage(self, j: int, row: int, chunk: int, width: int) -> None:
         start = int(self.fed[row])
         pad = width - chunk
-        self._tokens[j, :pad] = self._padding
-        self._tokens[j, pad:width] = self.prompts[row][start : start + chunk]
-        self._mask[j, :pad] = False
-        self._mask[j, pad:width] = True
+        prompt, staged = self._prompt_views[row], self._staged
+        if prompt is None or staged is None or self._pad_view is None:
+            tokens, mask, prompt, padding = (
+                self._tokens,
+                self._mask,
+                self.prompts[row],
+                self._padding,
+            )
+        else:  # the same writes through NumPy views: a fraction of a tensor library's cost
+            (tokens, mask), padding = staged, self._pad_view
+        tokens[j, :pad] = padding
+        tokens[j, pad:width] = prompt[start : start + chunk]
+        mask[j, :pad] = False
+        mask[j, pad:width] = True
 
     def _options_of(self, rows: RowIndex) -> list[Any]:
         options = self.options
@@ -225,24 +270,34 @@ class SlotLayout:
         cells = size * step.width
         return cells, cells - (size if step.chunks is None else sum(step.chunks))
 
-    def record(self, column: Any, n: int) -> Emitted:
+    def record(self, column: Any, n: int, host: Any = None) -> Emitted:
         step = self._step
         if step.rows is None:
-            self.last[:n, 0] = column
+            if host is not None and self._last_host is not None:
+                self._last_host[:n, 0] = host
+            else:
+                self.last[:n, 0] = column
             return None, column
         if step.chunks is None:
             self.last[step.rows.tolist(), 0] = column
             return step.rows, column
-        return self._record_prefill(step.rows, step.chunks, column)
+        return self._record_prefill(step.rows, step.chunks, column, host)
 
-    def _record_prefill(self, rows: RowIndex, chunks: list[int], column: Any) -> Emitted:
+    def _record_prefill(
+        self, rows: RowIndex, chunks: list[int], column: Any, host: list[Any] | None
+    ) -> Emitted:
         done = []
+        last = self._last_host if host is not None else None
         for j, (row, chunk) in enumerate(zip(rows.tolist(), chunks, strict=True)):
             self.fed[row] += chunk
             if self.fed[row] == self.prompts[row].shape[0]:
-                self.prompts[row] = None
+                self.prompts[row] = self._prompt_views[row] = None
                 self.prefilling[row] = False
-                self.last[row, 0] = column[j]
+                self._waiting -= 1
+                if last is not None and host is not None:
+                    last[row, 0] = host[j]
+                else:
+                    self.last[row, 0] = column[j]
                 done.append(j)
         return rows[done], column[done]
 

@@ -114,6 +114,13 @@ class NumpyBackend(ArrayAPIBackend):
     def unbind(self, x: Any) -> Sequence[Any]:
         return list(x)
 
+    def host_view(self, x: Any) -> np.ndarray[Any, Any] | None:
+        return x if isinstance(x, np.ndarray) else None
+
+    def host_values(self, x: Any) -> list[Any]:
+        values: list[Any] = x.tolist()
+        return values
+
     def stack(self, xs: Sequence[Any]) -> Any:
         return np.stack(xs)
 
@@ -150,7 +157,19 @@ class TorchBackend(ArrayAPIBackend):
         # detached: a prompt that requires grad must not make the buffers part of a graph
         if x.layout != self._torch.strided:
             x = x.to_dense()
+        if x.dtype == like.dtype and x.device == like.device and not x.requires_grad:
+            return x.clone()  # one call, where ``to`` costs three times as much per step
         return x.detach().to(device=like.device, dtype=like.dtype, copy=True)
+
+    def host_view(self, x: Any) -> np.ndarray[Any, Any] | None:
+        if x.device.type != "cpu" or str(x.dtype) not in _NUMPY_OF or x.requires_grad:
+            return None
+        view: np.ndarray[Any, Any] = x.numpy()
+        return view
+
+    def host_values(self, x: Any) -> list[Any]:
+        values: list[Any] = x.tolist()
+        return values
 
     def rows_equal(self, rows: Any, token: Any) -> np.ndarray[Any, np.dtype[np.bool_]]:
         equal = (rows == token).reshape(rows.shape[0], -1).all(dim=1)

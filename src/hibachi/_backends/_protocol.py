@@ -28,6 +28,12 @@ class Backend(Protocol):
     stacked along a new axis 0, and ``pad_stack(xs, length, fill)``, the same
     after right-padding each along axis 0 to ``length`` with the scalar ``fill``.
 
+    Two optional methods speed up the autoregressive batcher's steps (see
+    ``hibachi._backends._host``): ``host_view(x)``, a NumPy array sharing the
+    memory of storage array ``x``, or None where ``x`` is not on the host or its
+    dtype has no NumPy twin; and ``host_values(x)``, storage ``x``'s values as
+    (nested) Python lists, as ``tolist()`` gives them.
+
     See ``docs/backends.md`` for a worked example.
     """
 

@@ -27,17 +27,23 @@ __all__ = ["Layout", "PhysicalRows", "StepPlanner"]
 
 
 class PhysicalRows:
-    """Slots mapped to physical cache rows, kept dense in 0 … count-1."""
+    """Slots mapped to physical cache rows, kept dense in first … first+count-1.
 
-    def __init__(self, slots: int) -> None:
+    ``first``: where this set of rows begins (a staged model's groups each
+    keep theirs apart, so a release in one group never moves another's row).
+    """
+
+    def __init__(self, slots: int, first: int = 0) -> None:
         self.phys = np.full(slots, -1, dtype=np.int64)
         self.slot_at = np.full(slots, -1, dtype=np.int64)
+        self.first = first
         self.count = 0
         self.version = 0  # changes whenever a slot's row does
 
     def add(self, slot: int) -> None:
-        self.phys[slot] = self.count
-        self.slot_at[self.count] = slot
+        row = self.first + self.count
+        self.phys[slot] = row
+        self.slot_at[row] = slot
         self.count += 1
         self.version += 1
 
@@ -49,7 +55,7 @@ class PhysicalRows:
         self.version += 1
         self.phys[slot] = -1
         self.count -= 1
-        last = self.count
+        last = self.first + self.count
         other = int(self.slot_at[last])
         self.slot_at[last] = -1
         if row == last:
@@ -79,9 +85,11 @@ class Layout:
 class StepPlanner:
     """Lengths and physical rows of ``slots`` sequences of at most ``max_length`` tokens."""
 
-    def __init__(self, slots: int, max_length: int, device: torch.device) -> None:
+    def __init__(
+        self, slots: int, max_length: int, device: torch.device, first_row: int = 0
+    ) -> None:
         self.lengths = np.zeros(slots, dtype=np.int64)
-        self.rows = PhysicalRows(slots)
+        self.rows = PhysicalRows(slots, first_row)
         self.max_length = max_length
         self._device = device
         self._layout: Layout | None = None

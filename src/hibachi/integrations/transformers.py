@@ -35,6 +35,7 @@ import torch
 
 from .._autoregressive.batcher import AutoregressiveBatcher
 from .._autoregressive.incremental import IncrementalModel
+from .._core.pipeline import Pipeline
 from .._core.values import describe_value
 from .._exceptions import ConfigurationError, InvalidRequest
 from ._alibi import decoder_layers, layer_arguments, scheme_arguments
@@ -43,6 +44,7 @@ from ._kv_cache import SlotCache
 from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
 from ._sampling import Sampler, Sampling
+from ._staged import StagedDecoder, check_stages
 from ._step_plan import Layout, StepPlanner
 
 __all__ = ["CausalLMAdapter", "Sampling", "causal_lm_batcher"]
@@ -57,6 +59,7 @@ def causal_lm_batcher(
     pad_token_id: int | None = None,
     prefill_chunk: int = 512,
     device: Any = "cpu",
+    stages: int = 1,
     **batcher_kwargs: Any,
 ) -> AutoregressiveBatcher:
     """An `AutoregressiveBatcher` serving transformers causal LM ``model`` with a KV cache.
@@ -75,6 +78,13 @@ def causal_lm_batcher(
         prefill_chunk: the most prompt cells (rows * width) one step feeds.
         device: where prompts and the tokens handed back live (the CPU by
             default, whatever device the model is on).
+        stages: split the decoder's layers evenly into this many stages, each
+            on a thread of its own with the cache of its own layers, with as
+            many groups of rows in flight (see `hibachi.Pipeline`): while the
+            last stage computes one group's step, the first computes the
+            next's. Served for the model types in ``_staged.STAGED`` (checked
+            against ``generate()``); any other is refused with
+            `ConfigurationError`. ``max_batch_size`` is the rows of all groups.
         batcher_kwargs: the rest of `AutoregressiveBatcher`'s settings.
 
     A request's ``options`` is None (greedy) or a mapping with ``temperature``,
@@ -82,7 +92,7 @@ def causal_lm_batcher(
     """
     stop = _NO_TOKEN if eos_token_id is None else _token_id(eos_token_id, "eos_token_id")
     pad = _token_id(_first_given(pad_token_id, eos_token_id, 0), "pad_token_id")
-    adapter = CausalLMAdapter(model, slots=max_batch_size, max_length=max_length)
+    adapter = CausalLMAdapter(model, slots=max_batch_size, max_length=max_length, stages=stages)
     return AutoregressiveBatcher(
         adapter,
         stop_token=torch.tensor(stop, device=device),
@@ -97,7 +107,8 @@ def causal_lm_batcher(
 class CausalLMAdapter(IncrementalModel):
     """A transformers causal LM as an `IncrementalModel`, over a per-slot KV cache."""
 
-    def __init__(self, model: Any, *, slots: int, max_length: int) -> None:
+    def __init__(self, model: Any, *, slots: int, max_length: int, stages: int = 1) -> None:
+        stages = check_stages(stages)
         _check_model(model, max_length)
         self._serving = serving_plan(model, max_length)
         self.model = model
@@ -116,6 +127,17 @@ class CausalLMAdapter(IncrementalModel):
         self._call = _call_arguments(model)
         self._layers = _decoder_layers(model) if self._serving.alibi else []
         self.vocab_size = vocabulary_size(model)
+        self._staged = None
+        if stages > 1:
+            self._staged = StagedDecoder(
+                model,
+                self._serving,
+                stages,
+                slots=slots,
+                max_length=max_length,
+                sampler=self._sampler,
+                cache_name=self._call.cache,
+            )
 
     def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
         check_token_ids(prompt, self.vocab_size)
@@ -127,9 +149,15 @@ class CausalLMAdapter(IncrementalModel):
         Sampling.parse(options)
         return min(max_new_tokens, self.max_length - length + 1)
 
+    def pipeline(self) -> Pipeline | None:
+        """With ``stages`` > 1, the decoder's layers in stages (see `_staged`)."""
+        return None if self._staged is None else self._staged.pipeline()
+
     def step(
         self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any], options: list[Any]
     ) -> torch.Tensor:
+        if self._staged is not None:
+            return self._staged.step(tokens, mask, slots, options)  # type: ignore[no-any-return]
         with torch.inference_mode():
             # a row retried after a step that raised keeps the cache row it got then
             for j in np.flatnonzero(self._rows.phys[slots] < 0).tolist():
@@ -154,6 +182,9 @@ class CausalLMAdapter(IncrementalModel):
                 raise
 
     def release(self, slot: int) -> None:
+        if self._staged is not None:
+            self._staged.release(slot)
+            return
         with torch.inference_mode():
             moved = self._rows.remove(slot)
             if moved is not None:
