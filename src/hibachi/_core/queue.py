@@ -40,8 +40,12 @@ class WorkQueue(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, item: T) -> None:
-        """Append ``item``; raise QueueFull or BatcherClosed instead of waiting."""
+    def put(self, item: T, *, wake: bool = True) -> None:
+        """Append ``item``; raise QueueFull or BatcherClosed instead of waiting.
+
+        ``wake=False`` leaves a sleeping consumer asleep: the producer calls
+        `wake_sleeper` once it has put everything it has at hand.
+        """
         with self._lock:  # the condition's own lock, without its Python-level __enter__
             if self._closed:
                 raise BatcherClosed("the batcher is closed and accepts no new requests")
@@ -49,7 +53,7 @@ class WorkQueue(Generic[T]):
                 waiting = len(self._items) + self._held
                 raise QueueFull(f"{waiting} requests are already waiting (max_queue_size)")
             self._items.append(item)
-            if self._sleeping:  # wake the consumer once, not at every put until it runs
+            if wake and self._sleeping:  # wake the consumer once, not at every put until it runs
                 self._sleeping = False
                 self._cond.notify()
 
@@ -114,6 +118,13 @@ class WorkQueue(Generic[T]):
                 finally:
                     self._sleeping = False
             self._wakeup = False
+
+    def wake_sleeper(self) -> None:
+        """Wake the consumer if it sleeps in `wait` (after a ``put(..., wake=False)``)."""
+        with self._lock:
+            if self._sleeping:
+                self._sleeping = False
+                self._cond.notify()
 
     def wake(self) -> None:
         """Make the current or next `wait` return at once."""

@@ -108,7 +108,7 @@ class FeedforwardBatcher(Lifecycle):
             trim_output=trim_output,
             copy_results=as_flag(copy_results, "copy_results", ConfigurationError),
         )
-        self._inboxes = LoopInboxes(Channels())
+        self._inboxes = LoopInboxes(Channels(), self._queue.wake_sleeper)
         self._stages = (
             Stages(model, "hibachi-ff", model.groups_or(len(model.stages) + 1))
             if isinstance(model, Pipeline)
@@ -137,6 +137,8 @@ class FeedforwardBatcher(Lifecycle):
         ``timeout`` (seconds): the handle fails with `Timeout` if the result is
         not in by then, and the item is dropped if it has not reached the model.
         ``math.inf`` (or more seconds than the platform can wait) means no limit.
+        In an event loop, the items queued in one turn of the loop reach the
+        model when the turn ends, together.
         """
         if self._state is not _OPEN:
             self._check_open()
@@ -145,7 +147,11 @@ class FeedforwardBatcher(Lifecycle):
         deadline = None if seconds is None else now + seconds
         inbox = self._inboxes.for_current_loop()
         handle = make_handle(self._inputs.describe(x), inbox, now, deadline)
-        self._queue.put(handle)
+        if inbox is None:
+            self._queue.put(handle)
+        else:  # the engine wakes when this turn of the loop ends, for all its arrivals
+            self._queue.put(handle, wake=False)
+            inbox.hand_over()
         if seconds is not None:
             handle.arm(seconds)
         return handle

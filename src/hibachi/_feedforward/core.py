@@ -39,6 +39,9 @@ __all__ = ["FeedforwardCore", "FeedforwardCounters"]
 
 _TRIES_ALONE = 2  # an item fails only after failing this many times in a batch of its own
 
+_PRICE_UNKNOWN = 0.001  # seconds: a model call's price before the cost model knows it
+_PRICE_CAP = 0.05  # seconds: the most `call_price` answers, whatever was learnt
+
 _FLAT = CostModel()  # unpadded items: one length, so every batch is as full as it may be
 
 
@@ -162,6 +165,14 @@ class FeedforwardCore:
         if model is None:
             model = self.costs[layout] = CostModel()
         return model
+
+    def call_price(self, layout: Layout) -> float:
+        """Seconds a model call on ``layout`` costs whatever its size, as learnt so far
+        (`_PRICE_UNKNOWN` until a fit of padded batches tells), at most `_PRICE_CAP`."""
+        model = self.costs.get(layout)
+        if model is None or not model.fitted:
+            return _PRICE_UNKNOWN
+        return min(model.fixed, _PRICE_CAP)
 
     def fail(self, batch: Batch, error: BaseException) -> None:
         """``batch`` failed with ``error``: rerun its halves next, or fail its one item.

@@ -67,11 +67,13 @@ class FeedforwardEngine(EngineThread):
             queue.release(held - len(core))
             if batch is not None:
                 self._run(batch)
-            self.outbox.flush()
+            answered = self.outbox.flush()
             if batch is None:
                 if queue.closed and not len(queue) and not len(core):
                     return
                 queue.wait(core.wait_time())
+            elif answered and len(core) + len(queue) < core.max_batch_size:
+                self.outbox.wait_turns(answered, core.call_price(batch.layout))
 
     def _admit(self) -> int:
         """Move arrivals into the core; the number of items it then holds."""

@@ -19,6 +19,26 @@ The groups of rows own disjoint slot ranges (`slot_ranges`), and each group
 has its own `StepPlanner` over physical rows of its own: a release in one
 group (on the batcher's engine thread) never moves a row that another
 group's step, inside a stage, is reading.
+
+Placement, ``stages=["cuda:0", "cuda:1"]`` (one device per stage): stage i's
+layers are *moved* to device i (the model's own modules, as accelerate's
+``device_map`` would place them), the embeddings to the first device, the
+norm and head (and the sampler) to the last. A tied head (the embeddings'
+own weight) on another device than the embeddings is a copy of it there. The
+rotary embedding, shared by every stage, stays where it is; a stage on
+another device calls a shallow copy with its buffers on that device. Each
+stage's cache is allocated on its layers' device. The step's positions, cache
+plan and masks are made once, on the first device, and copied (non-blocking)
+to each other device when a stage there first needs them; the hidden states
+are copied to the next stage's device. None of this waits on the host:
+PyTorch orders a device-to-device copy by events between the two devices'
+streams. Host syncs that remain, as with ``stages=K``: the masks' fill
+values (``_architectures``: a blocking copy of two scalars, every step, on
+the first device), a prefill step's ``mask.sum()`` read back if the
+batcher's ``device`` is a GPU, the sampler's host-made draws for sampled
+rows (last device), and the engine reading each step's tokens. Multi-GPU
+placement is unmeasured and untested on real GPUs: the tests run it on the
+CPU and on ``meta`` tensors (devices without data).
 """
 
 from __future__ import annotations
@@ -33,23 +53,102 @@ import torch
 
 from .._autoregressive.pipelined import slot_ranges
 from .._core.pipeline import Pipeline
+from .._core.values import describe_value
 from .._exceptions import ConfigurationError
 from ._architectures import ATTENTION, ServingPlan
 from ._kv_cache import Plan, SlotCache
 from ._sampling import Sampler
 from ._step_plan import Layout, StepPlanner
 
-__all__ = ["STAGED", "StagedDecoder", "check_stages"]
+__all__ = ["STAGED", "StagedDecoder", "check_stages", "layer_devices", "stage_devices"]
 
 STAGED: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 """Model types whose decoder, split into stages, gives ``generate()``'s tokens exactly."""
 
 
+_PARTS = frozenset({"embed_tokens", "layers", "norm", "rotary_emb"})
+"""The inner decoder's modules that placement knows where to put."""
+
+
 def check_stages(stages: object) -> int:
-    """``stages`` as a count of stages (an int >= 1), or `ConfigurationError`."""
+    """How many stages ``stages`` asks for (an int >= 1, or a list of devices), or
+    `ConfigurationError`."""
+    if isinstance(stages, list | tuple):
+        return len(_listed_devices(stages))
     if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
-        raise ConfigurationError(f"stages must be an int >= 1, got {stages!r}")
+        raise ConfigurationError(
+            "stages must be an int >= 1 or a list of devices (one per stage), "
+            f"got {describe_value(stages)}"
+        )
     return stages
+
+
+def stage_devices(stages: object) -> list[torch.device] | None:
+    """Each stage's device if ``stages`` lists them; None for a count."""
+    if isinstance(stages, list | tuple):
+        return _listed_devices(stages)
+    check_stages(stages)
+    return None
+
+
+def layer_devices(layers: int, devices: list[torch.device]) -> list[torch.device]:
+    """The device of each of ``layers`` layers: stage i's even slice on ``devices[i]``."""
+    slices = _slices(layers, len(devices))
+    return [device for device, part in zip(devices, slices, strict=True) for _ in part]
+
+
+def _slices(layers: int, count: int) -> list[range]:
+    bounds = np.linspace(0, layers, count + 1).round().astype(int).tolist()
+    return [range(start, stop) for start, stop in itertools.pairwise(bounds)]
+
+
+def _listed_devices(stages: list[Any] | tuple[Any, ...]) -> list[torch.device]:
+    if not stages:
+        raise ConfigurationError(
+            f"stages={describe_value(stages)}: a list of devices needs at least one"
+        )
+    return [_device(entry, stages) for entry in stages]
+
+
+def _device(entry: object, stages: object) -> torch.device:
+    """``entry`` as a device that exists here (``"cuda"`` made ``cuda:<current>``)."""
+    shown = f"stages={describe_value(stages)}: {describe_value(entry)}"
+    if not isinstance(entry, str | torch.device):
+        raise ConfigurationError(
+            f"{shown} is not a device (a string such as 'cuda:0', or a torch.device)"
+        )
+    try:
+        return torch.empty(0, device=entry).device
+    except Exception as exc:  # torch says so with RuntimeError, or AssertionError (no CUDA)
+        raise ConfigurationError(f"{shown} is not a device torch has here: {exc}") from exc
+
+
+@dataclass
+class _Placed:
+    """A step's tensors on one device: positions, the cache's plan, masks, the rows' order."""
+
+    positions: torch.Tensor
+    plan: Plan
+    masks: Any
+    index: torch.Tensor | None
+
+    def to(self, device: torch.device) -> _Placed:
+        """A copy on ``device``, queued (non-blocking) behind whatever made these tensors."""
+        plan = self.plan
+        positions = _to(self.positions, device)
+        columns = (
+            positions if plan.write_columns is self.positions else _to(plan.write_columns, device)
+        )
+        read = plan.read if isinstance(plan.read, slice) else _to(plan.read, device)
+        placed = Plan(_to(plan.write_rows, device), columns, read, plan.kv_length)
+        masks = self.masks
+        if isinstance(masks, dict):
+            masks = {kind: None if m is None else _to(m, device) for kind, m in masks.items()}
+        elif masks is not None:
+            masks = _to(masks, device)
+        return _Placed(
+            positions, placed, masks, None if self.index is None else _to(self.index, device)
+        )
 
 
 @dataclass
@@ -60,9 +159,7 @@ class _Carry:
     planner: StepPlanner
     layout: Layout
     counts: np.ndarray[Any, Any] | None
-    positions: torch.Tensor
-    plan: Plan
-    masks: Any
+    placed: dict[torch.device, _Placed]  # made on the first stage's device, copied on demand
     hidden: torch.Tensor
 
 
@@ -73,21 +170,29 @@ class StagedDecoder:
         self,
         model: Any,
         serving: ServingPlan,
-        count: int,
+        stages: int | list[torch.device],
         *,
         slots: int,
         max_length: int,
         sampler: Sampler,
         cache_name: str,
     ) -> None:
-        _refuse(model, serving, count)
+        """``stages``: a count (every stage on the model's device), or each stage's device
+        (``model``'s modules are moved: see the module's docstring)."""
+        count = stages if isinstance(stages, int) else len(stages)
+        _refuse(model, serving, stages)
+        if isinstance(stages, int):
+            self.devices = [next(model.parameters()).device] * count
+        else:
+            self.devices = list(stages)
+            _place(model, self.devices)
         self.count = count
-        self.device = next(model.parameters()).device
+        self.device = self.devices[0]
         self._serving = serving
         self._dtype = model.dtype
         self._sampler = sampler
         self._cache_name = cache_name
-        self._parts = _split(model, count)
+        self._parts = _split(model, self.devices)
         attention = [kind in ATTENTION for kind in serving.layers]
         self._caches = [SlotCache(slots, max_length, attention) for _ in range(count)]
         self._ranges = slot_ranges(slots, count)
@@ -124,15 +229,16 @@ class StagedDecoder:
                 counts = _in_order(mask.sum(dim=1).numpy(force=True), layout.order)
                 positions, plan = planner.prefill(layout, counts, width)
             masks = self._serving.masks(positions, plan.kv_length, None, self._dtype, self._keys)
-            ids = _in_order(tokens, layout.host_index).to(self.device)
-            carry = _Carry(slots.copy(), planner, layout, counts, positions, plan, masks, ids)
+            ids = _to(_in_order(tokens, layout.host_index), self.device)
+            placed = {self.device: _Placed(positions, plan, masks, layout.index)}
+            carry = _Carry(slots.copy(), planner, layout, counts, placed, ids)
             carry.hidden = self._run(0, carry, input_ids=ids)
             return carry
 
     def _middle(self, i: int) -> Any:
         def stage(carry: _Carry) -> _Carry:
             with torch.inference_mode():
-                carry.hidden = self._run(i, carry, inputs_embeds=carry.hidden)
+                carry.hidden = self._run(i, carry, inputs_embeds=self._hidden(i, carry))
                 return carry
 
         return stage
@@ -140,8 +246,9 @@ class StagedDecoder:
     def last(self, carry: _Carry) -> torch.Tensor:
         """The last stage: its layers, the norm and head; the tokens; then the commit."""
         with torch.inference_mode():
-            logits = self._run(self.count - 1, carry, inputs_embeds=carry.hidden)[:, -1]
-            index = carry.layout.index
+            i = self.count - 1
+            logits = self._run(i, carry, inputs_embeds=self._hidden(i, carry))[:, -1]
+            index = self._placed(i, carry).index
             if index is not None:
                 logits = torch.empty_like(logits).index_copy_(0, index, logits)
             tokens = self._sampler.pick(logits, carry.slots)
@@ -165,13 +272,25 @@ class StagedDecoder:
                     cache.move_row(src, dst, int(planner.lengths[other]))
             planner.lengths[slot] = 0
 
+    def _hidden(self, i: int, carry: _Carry) -> torch.Tensor:
+        return _to(carry.hidden, self.devices[i])
+
+    def _placed(self, i: int, carry: _Carry) -> _Placed:
+        """The step's tensors on stage ``i``'s device (copied there once per step)."""
+        device = self.devices[i]
+        placed = carry.placed.get(device)
+        if placed is None:
+            placed = carry.placed[device] = carry.placed[self.device].to(device)
+        return placed
+
     def _run(self, i: int, carry: _Carry, **inputs: Any) -> torch.Tensor:
+        placed = self._placed(i, carry)
         cache = self._caches[i]
-        cache.plan = carry.plan
+        cache.plan = placed.plan
         arguments = {
             self._cache_name: cache,
-            "position_ids": carry.positions,
-            "attention_mask": carry.masks,
+            "position_ids": placed.positions,
+            "attention_mask": placed.masks,
             "use_cache": True,
             **inputs,
         }
@@ -180,7 +299,9 @@ class StagedDecoder:
         return self._parts[i](**arguments).last_hidden_state  # type: ignore[no-any-return]
 
 
-def _refuse(model: Any, serving: ServingPlan, count: int) -> None:
+def _refuse(model: Any, serving: ServingPlan, stages: int | list[torch.device]) -> None:
+    count = stages if isinstance(stages, int) else len(stages)
+    shown = describe_value(stages if isinstance(stages, int) else [str(d) for d in stages])
     model_type = str(getattr(model.config, "model_type", type(model).__name__))
     if model_type not in STAGED:
         raise ConfigurationError(
@@ -194,9 +315,17 @@ def _refuse(model: Any, serving: ServingPlan, count: int) -> None:
             f"stages={count} is served only for models whose every layer is attention "
             f"with keys and values; {model_type} has {sorted(set(serving.layers))}"
         )
-    layers = len(_inner(model).layers)
+    inner = _inner(model)
+    layers = len(inner.layers)
     if count > layers:
-        raise ConfigurationError(f"stages={count} is more than the model's {layers} layers")
+        raise ConfigurationError(
+            f"stages={shown} asks for {count} stages, more than the model's {layers} layers"
+        )
+    unknown = set(inner._modules) - _PARTS
+    if not isinstance(stages, int) and unknown:
+        raise ConfigurationError(
+            f"stages={shown}: cannot place {type(model).__name__}'s {sorted(unknown)} on a stage"
+        )
 
 
 def _inner(model: Any) -> Any:
@@ -208,25 +337,61 @@ def _inner(model: Any) -> Any:
     return inner
 
 
-def _split(model: Any, count: int) -> list[Any]:
-    """Callables for each stage: shallow copies of the decoder with a slice of its layers;
-    the last wrapped in a shallow copy of ``model`` (its head)."""
+def _place(model: Any, devices: list[torch.device]) -> None:
+    """Move ``model``'s layers, stage i's to ``devices[i]``; the embeddings to the first
+    device, the norm and an untied head to the last (a tied one is copied by `_split`)."""
     inner = _inner(model)
-    layers = inner.layers
-    bounds = np.linspace(0, len(layers), count + 1).round().astype(int).tolist()
+    for layer, device in zip(inner.layers, layer_devices(len(inner.layers), devices), strict=True):
+        layer.to(device)
+    inner.embed_tokens.to(devices[0])
+    inner.norm.to(devices[-1])
+    head = model.get_output_embeddings()
+    if head.weight is not inner.embed_tokens.weight:
+        head.to(devices[-1])
+
+
+def _split(model: Any, devices: list[torch.device]) -> list[Any]:
+    """Callables for each stage: shallow copies of the decoder with a slice of its layers;
+    the last wrapped in a shallow copy of ``model`` (its head). A stage calls the rotary
+    embedding (and the last the head) on its own device, as a copy if it is elsewhere."""
+    inner = _inner(model)
+    layers, count = inner.layers, len(devices)
+    copies: dict[torch.device, Any] = {}
     parts: list[Any] = []
-    for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
+    for i, (own, device) in enumerate(zip(_slices(len(layers), count), devices, strict=True)):
         part = _shallow(inner)
-        part.layers = torch.nn.ModuleList(layers[start:stop])
-        part.config = _sliced_config(inner.config, start, stop)
+        part.layers = torch.nn.ModuleList(layers[own.start : own.stop])
+        part.config = _sliced_config(inner.config, own.start, own.stop)
+        rotary = getattr(inner, "rotary_emb", None)
+        if rotary is not None:
+            if device not in copies:
+                copies[device] = _on_device(rotary, device)
+            part.rotary_emb = copies[device]
         if i < count - 1:
             part.norm = torch.nn.Identity()
             parts.append(part)
         else:
             head = _shallow(model)
             head.model = part
+            output = model.get_output_embeddings()
+            head.set_output_embeddings(_on_device(output, device))
             parts.append(head)
     return parts
+
+
+def _on_device(module: torch.nn.Module, device: torch.device) -> Any:
+    """``module`` if its own tensors are on ``device``; else a shallow copy with them there
+    (the module itself, shared with other stages, is not moved)."""
+    tensors = [*module._parameters.values(), *module._buffers.values()]
+    if all(t is None or t.device == device for t in tensors):
+        return module
+    clone = _shallow(module)
+    clone._buffers = {k: None if b is None else b.to(device) for k, b in module._buffers.items()}
+    clone._parameters = {
+        k: None if p is None else torch.nn.Parameter(p.detach().to(device), requires_grad=False)
+        for k, p in module._parameters.items()
+    }
+    return clone
 
 
 def _sliced_config(config: Any, start: int, stop: int) -> Any:
@@ -246,6 +411,10 @@ def _shallow(module: torch.nn.Module) -> Any:
     clone = copy.copy(module)
     clone._modules = dict(module._modules)
     return clone
+
+
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return tensor.to(device, non_blocking=True)
 
 
 def _in_order(values: Any, order: Any) -> Any:

@@ -28,6 +28,7 @@ Attention must be ``sdpa`` or ``eager``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any, final
 
 import numpy as np
@@ -44,7 +45,7 @@ from ._kv_cache import SlotCache
 from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
 from ._sampling import Sampler, Sampling
-from ._staged import StagedDecoder, check_stages
+from ._staged import StagedDecoder, check_stages, stage_devices
 from ._step_plan import Layout, StepPlanner
 
 __all__ = ["CausalLMAdapter", "Sampling", "causal_lm_batcher"]
@@ -59,7 +60,7 @@ def causal_lm_batcher(
     pad_token_id: int | None = None,
     prefill_chunk: int = 512,
     device: Any = "cpu",
-    stages: int = 1,
+    stages: int | Sequence[str | torch.device] = 1,
     **batcher_kwargs: Any,
 ) -> AutoregressiveBatcher:
     """An `AutoregressiveBatcher` serving transformers causal LM ``model`` with a KV cache.
@@ -85,6 +86,11 @@ def causal_lm_batcher(
             next's. Served for the model types in ``_staged.STAGED`` (checked
             against ``generate()``); any other is refused with
             `ConfigurationError`. ``max_batch_size`` is the rows of all groups.
+            A list of devices (``["cuda:0", "cuda:1"]``, strings or
+            ``torch.device``) places stage i on device i: **the model's
+            modules are moved** (stage i's layers to device i, the embeddings
+            to the first, the norm and head to the last; a one-device list
+            moves the whole model there). Untested on real GPUs.
         batcher_kwargs: the rest of `AutoregressiveBatcher`'s settings.
 
     A request's ``options`` is None (greedy) or a mapping with ``temperature``,
@@ -107,10 +113,20 @@ def causal_lm_batcher(
 class CausalLMAdapter(IncrementalModel):
     """A transformers causal LM as an `IncrementalModel`, over a per-slot KV cache."""
 
-    def __init__(self, model: Any, *, slots: int, max_length: int, stages: int = 1) -> None:
-        stages = check_stages(stages)
+    def __init__(
+        self,
+        model: Any,
+        *,
+        slots: int,
+        max_length: int,
+        stages: int | Sequence[str | torch.device] = 1,
+    ) -> None:
+        devices = stage_devices(stages)
+        count = check_stages(stages) if devices is None else len(devices)
         _check_model(model, max_length)
         self._serving = serving_plan(model, max_length)
+        if devices is not None and count == 1:
+            model.to(devices[0])  # one stage: the whole model on its device
         self.model = model
         self.max_length = max_length
         self.device = next(model.parameters()).device
@@ -123,16 +139,16 @@ class CausalLMAdapter(IncrementalModel):
         self._lengths = self._planner.lengths  # the same arrays, named for the tests
         self._rows = self._planner.rows
         self._keys = torch.arange(max_length + 1, device=self.device)
-        self._sampler = Sampler(slots, self.device)
+        self._sampler = Sampler(slots, self.device if devices is None else devices[-1])
         self._call = _call_arguments(model)
         self._layers = _decoder_layers(model) if self._serving.alibi else []
         self.vocab_size = vocabulary_size(model)
         self._staged = None
-        if stages > 1:
+        if count > 1:
             self._staged = StagedDecoder(
                 model,
                 self._serving,
-                stages,
+                count if devices is None else devices,
                 slots=slots,
                 max_length=max_length,
                 sampler=self._sampler,
