@@ -172,3 +172,33 @@ def test_no_plot_is_written_when_nothing_was_measured(tmp_path: Path) -> None:
     report = Report("0", "2026-01-01", {}, {"preset": "tiny"}, [section])
     assert write_plot(report, tmp_path / "p.png") is False
     assert not (tmp_path / "p.png").exists()
+
+
+def test_one_call_per_text_runs_on_the_texts_hibachi_embeds_at_each_concurrency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scaling workload's reference is measured at every concurrency on that
+    concurrency's texts (their lengths differ), not once on the first few."""
+    from hibachi._bench import scaling
+    from hibachi._bench.feedforward_embeddings import Timed
+
+    alone_on: list[list[str]] = []
+    served_on: list[list[str]] = []
+
+    def embed_alone(minilm: object, texts: list[str]) -> Timed:
+        alone_on.append(list(texts))
+        return Timed([None] * len(texts), 1.0)
+
+    async def embedding_curve(minilm: object, texts: list[str], callers: int, size: int) -> float:
+        served_on.append(list(texts))
+        return 2.0 * len(texts)
+
+    monkeypatch.setattr(scaling, "load_minilm", lambda device: object())
+    monkeypatch.setattr(scaling, "embed_alone", embed_alone)
+    monkeypatch.setattr(scaling, "embedding_curve", embedding_curve)
+    settings = replace(TINY, scaling=replace(TINY.scaling, repeat=1))
+    section = Section("scaling", "Scaling", [])
+    served, alone = scaling._embedding_series(settings, NullProgress(), section)
+    assert alone_on == served_on and len(alone_on) == len(settings.concurrency)
+    assert alone.y == [float(len(texts)) for texts in alone_on] and not alone.reference
+    assert served.y == [2.0 * y for y in alone.y]

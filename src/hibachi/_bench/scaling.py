@@ -7,7 +7,7 @@ line: it does not depend on ``c``) and transformers' ``generate_batch``;
 hibachi's and ``generate_batch``'s batches hold up to the largest ``c``.
 Embeddings: ``c`` callers each embed ``texts_per_client`` texts one after the
 other through hibachi (batches of the embeddings workload's size), next to one
-model call per text.
+model call per text on the same texts.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ TEXTS = "texts/s"
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     counts = list(settings.concurrency)
-    progress.begin("scaling", 2 + 4 * len(counts))
+    progress.begin("scaling", 2 + 5 * len(counts))
     columns = [Column(f"c{c}", str(c), "{:,.0f}") for c in counts]
     title = "Scaling: tokens/s (generation) and texts/s (embeddings) by concurrent clients"
     section = Section("scaling", title, columns, settings={"concurrency": counts})
@@ -122,16 +122,18 @@ def _embedding_series(
     per_client = settings.scaling.texts_per_client
     texts = make_texts(max(counts) * per_client, settings.embeddings.words, settings.seed)
 
-    def alone_rate() -> float:
-        alone = embed_alone(minilm, texts[: max(4, per_client)])
+    def alone_rate(c: int) -> float:
+        alone = embed_alone(minilm, texts[: c * per_client])
         return len(alone.vectors) / alone.seconds
 
     def hibachi_rate(c: int) -> float:
         mine = texts[: c * per_client]
         return run_async(embedding_curve(minilm, mine, c, settings.embeddings.batch_size))
 
-    alone = _best(settings, alone_rate)
-    reference = Series("embeddings", ALONE, TEXTS, counts, [alone] * len(counts), True)
+    # One call per text on the very texts hibachi embeds at each concurrency: their
+    # lengths differ from one concurrency to the next, so one flat rate would not do.
+    alone = _curve(settings, progress, "embeddings: one call per text", alone_rate)
+    reference = Series("embeddings", ALONE, TEXTS, counts, alone)
     try:
         curve = _curve(settings, progress, "embeddings", hibachi_rate)
     except embeddings.Unavailable as exc:
