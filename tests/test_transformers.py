@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 import hibachi  # noqa: E402
 from _models import TIMEOUT, run_async  # noqa: E402
+from _torch_threads import one_torch_thread  # noqa: E402, F401 (autouse: one PyTorch thread)
 from hibachi.integrations.transformers import (  # noqa: E402
     CausalLMAdapter,
     Sampling,
@@ -61,15 +62,6 @@ def tiny_gpt2() -> Any:
 
 
 MODELS = [pytest.param(tiny_gpt2, id="gpt2"), pytest.param(tiny_llama, id="llama")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny models gain nothing from two threads, and lose much when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,11 @@ transformers = pytest.importorskip("transformers")
 
 import hibachi  # noqa: E402
 from _models import TIMEOUT, run_async  # noqa: E402
+from _torch_threads import one_torch_thread  # noqa: E402, F401 (autouse: one PyTorch thread)
 from hibachi.integrations.transformers import causal_lm_batcher  # noqa: E402
 from test_transformers import EOS, VOCAB, generate, tiny_llama  # noqa: E402
 
 POISON = 3  # a prompt holding this id makes the model raise, in its second layer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Faults:

@@ -22,19 +22,12 @@ pytest.importorskip("transformers")
 
 import hibachi  # noqa: E402
 from _models import TIMEOUT, run_async  # noqa: E402
+from _torch_threads import one_torch_thread  # noqa: E402, F401 (autouse: one PyTorch thread)
 from _zoo_models import EOS, VOCAB, reference, tiny_model  # noqa: E402
 from hibachi.integrations._staged import STAGED, layer_devices  # noqa: E402
 from hibachi.integrations.transformers import CausalLMAdapter, causal_lm_batcher  # noqa: E402
 
 LAYERS = {"num_hidden_layers": 4}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 async def client(

@@ -24,6 +24,7 @@ pytest.importorskip("transformers")
 
 import hibachi  # noqa: E402
 from _models import TIMEOUT, run_async  # noqa: E402
+from _torch_threads import one_torch_thread  # noqa: E402, F401 (autouse: one PyTorch thread)
 from _zoo_models import EOS, OVERRIDES, VOCAB, WINDOW, reference, tiny_model  # noqa: E402
 from hibachi.integrations.transformers import CausalLMAdapter, causal_lm_batcher  # noqa: E402
 
@@ -101,15 +102,6 @@ REFUSED = [
     refused("minimax", "not been checked"),
     refused("llama", "attn_implementation", id="llama-flex", attn_implementation="flex_attention"),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """Tiny models gain nothing from two threads, and lose much when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def workload(seed: int) -> list[dict[str, Any]]:
