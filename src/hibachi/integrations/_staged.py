@@ -58,7 +58,7 @@ from .._exceptions import ConfigurationError
 from ._architectures import ATTENTION, ServingPlan
 from ._kv_cache import Plan, SlotCache
 from ._sampling import Sampler
-from ._step_plan import Layout, StepPlanner
+from ._step_plan import Layout, StepPlanner, in_order
 
 __all__ = ["STAGED", "StagedDecoder", "check_stages", "layer_devices", "stage_devices"]
 
@@ -217,19 +217,11 @@ class StagedDecoder:
         """Stage 1: plan the step for its group, embed the tokens, run the first layers."""
         with torch.inference_mode():
             planner = self.planner(int(slots[0]))
-            for j in np.flatnonzero(planner.rows.phys[slots] < 0).tolist():
-                planner.rows.add(int(slots[j]))  # kept by a retry after a step that raised
+            for j in planner.readmit(slots):
                 self._sampler.start(int(slots[j]), options[j])
-            layout = planner.layout(slots)
-            width = int(mask.shape[1])
-            counts = None
-            if width == 1:
-                positions, plan = planner.decode(layout)
-            else:
-                counts = _in_order(mask.sum(dim=1).numpy(force=True), layout.order)
-                positions, plan = planner.prefill(layout, counts, width)
+            layout, counts, positions, plan = planner.plan(slots, mask)
             masks = self._serving.masks(positions, plan.kv_length, None, self._dtype, self._keys)
-            ids = _to(_in_order(tokens, layout.host_index), self.device)
+            ids = _to(in_order(tokens, layout.host_index), self.device)
             placed = {self.device: _Placed(positions, plan, masks, layout.index)}
             carry = _Carry(slots.copy(), planner, layout, counts, placed, ids)
             carry.hidden = self._run(0, carry, input_ids=ids)
@@ -415,11 +407,3 @@ def _shallow(module: torch.nn.Module) -> Any:
 
 def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
-
-
-def _in_order(values: Any, order: Any) -> Any:
-    if order is None:
-        return values
-    if isinstance(values, torch.Tensor):
-        return values.index_select(0, torch.as_tensor(order).to(values.device))
-    return values[order]

@@ -23,7 +23,7 @@ import torch
 
 from ._kv_cache import Plan
 
-__all__ = ["Layout", "PhysicalRows", "StepPlanner"]
+__all__ = ["Layout", "PhysicalRows", "StepPlanner", "in_order", "on_device"]
 
 
 class PhysicalRows:
@@ -126,9 +126,30 @@ class StepPlanner:
             order=order,
             index=None if host_index is None else host_index.to(device),
             host_index=host_index,
-            write_rows=_on(rows[:, None], device),
-            read=slice(first, last + 1) if run else _on(rows, device),
+            write_rows=on_device(rows[:, None], device),
+            read=slice(first, last + 1) if run else on_device(rows, device),
         )
+
+    def readmit(self, slots: np.ndarray[Any, Any]) -> list[int]:
+        """The positions in ``slots`` of slots with no row, each given one now: a row
+        that a step which raised had added, kept for the retry of that step."""
+        missing: list[int] = np.flatnonzero(self.rows.phys[slots] < 0).tolist()
+        for j in missing:
+            self.rows.add(int(slots[j]))
+        return missing
+
+    def plan(
+        self, slots: np.ndarray[Any, Any], mask: Any
+    ) -> tuple[Layout, np.ndarray[Any, Any] | None, torch.Tensor, Plan]:
+        """The step over ``slots`` whose real tokens are ``mask`` (B, W): its layout, each
+        row's count of new tokens in the layout's order (None: one each, a decode step),
+        the positions and the cache's plan."""
+        layout = self.layout(slots)
+        width = int(mask.shape[1])
+        if width == 1:
+            return layout, None, *self.decode(layout)
+        counts = in_order(mask.sum(dim=1).numpy(force=True), layout.order)
+        return layout, counts, *self.prefill(layout, counts, width)
 
     def decode(self, layout: Layout) -> tuple[torch.Tensor, Plan]:
         """Positions (B, 1) and the cache's plan for one new token in each of ``layout``'s rows."""
@@ -157,13 +178,23 @@ class StepPlanner:
         write = np.where(columns >= padding, positions, self.max_length)
         device = self._device
         kv_length = int((starts + counts).max())
-        plan = Plan(layout.write_rows, _on(write, device), layout.read, kv_length)
-        return _on(np.maximum(positions, 0), device), plan
+        plan = Plan(layout.write_rows, on_device(write, device), layout.read, kv_length)
+        return on_device(np.maximum(positions, 0), device), plan
 
     def advance(self, layout: Layout, counts: np.ndarray[Any, Any] | None) -> None:
         """``layout``'s rows have seen ``counts`` more tokens each (None: one)."""
         self.lengths[layout.slots] += 1 if counts is None else counts
 
 
-def _on(array: np.ndarray[Any, Any], device: torch.device) -> torch.Tensor:
+def on_device(array: np.ndarray[Any, Any], device: torch.device) -> torch.Tensor:
+    """A host array on ``device``, copied without waiting."""
     return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
+
+
+def in_order(values: Any, order: Any) -> Any:
+    """``values``' rows in ``order`` (an index array or tensor), or as they are if None."""
+    if order is None:
+        return values
+    if isinstance(values, torch.Tensor):
+        return values.index_select(0, torch.as_tensor(order).to(values.device))
+    return values[order]

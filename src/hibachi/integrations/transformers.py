@@ -46,7 +46,7 @@ from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
 from ._sampling import Sampler, Sampling
 from ._staged import StagedDecoder, check_stages, stage_devices
-from ._step_plan import Layout, StepPlanner
+from ._step_plan import Layout, StepPlanner, in_order, on_device
 
 __all__ = ["CausalLMAdapter", "Sampling", "causal_lm_batcher"]
 
@@ -176,12 +176,11 @@ class CausalLMAdapter(IncrementalModel):
             return self._staged.step(tokens, mask, slots, options)  # type: ignore[no-any-return]
         with torch.inference_mode():
             # a row retried after a step that raised keeps the cache row it got then
-            for j in np.flatnonzero(self._rows.phys[slots] < 0).tolist():
-                self._rows.add(int(slots[j]))
+            for j in self._planner.readmit(slots):
                 self._sampler.start(int(slots[j]), options[j])
             lengths = self._lengths[slots]
             recurrent = self._serving.recurrent
-            states = self._states.save(_on(slots, self.device)) if recurrent else None
+            states = self._states.save(on_device(slots, self.device)) if recurrent else None
             try:
                 if recurrent:
                     logits = self._recurrent_step(tokens, mask, slots)
@@ -239,23 +238,17 @@ class CausalLMAdapter(IncrementalModel):
 
     def _forward(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> torch.Tensor:
         """One forward pass over rows ``slots``; each row's last logits, in the rows' order."""
-        width = int(mask.shape[1])
-        layout = self._planner.layout(slots)
-        counts, padding = None, None
-        if width == 1:
-            positions, plan = self._planner.decode(layout)
-        else:
-            counts = _in_order(mask.sum(dim=1).numpy(force=True), layout.order)
-            positions, plan = self._planner.prefill(layout, counts, width)
-            if self._serving.recurrent and not (counts == width).all():
-                padding = _in_order(mask, layout.host_index).to(self.device)
+        layout, counts, positions, plan = self._planner.plan(slots, mask)
+        padding = None
+        if counts is not None and self._serving.recurrent and not (counts == mask.shape[1]).all():
+            padding = in_order(mask, layout.host_index).to(self.device)
         self._cache.plan = plan
         states = self._load_states(layout, counts)
         masks = self._serving.masks(
             positions, plan.kv_length, padding, self._dtype, keys=self._keys
         )
         inputs = {
-            "input_ids": _in_order(tokens, layout.host_index).to(self.device),
+            "input_ids": in_order(tokens, layout.host_index).to(self.device),
             self._call.cache: self._cache,
             **self._call.extra,
         }
@@ -263,7 +256,7 @@ class CausalLMAdapter(IncrementalModel):
             inputs["position_ids"] = positions
         logits = self._call_model(inputs, masks)[:, -1]
         if states:
-            self._states.store(_on(layout.slots, self.device), states)
+            self._states.store(on_device(layout.slots, self.device), states)
         self._planner.advance(layout, counts)  # undone by step() if the step raises
         if layout.index is None:
             return logits
@@ -274,7 +267,7 @@ class CausalLMAdapter(IncrementalModel):
         if not self._serving.recurrent:
             return {}
         fresh = bool((self._lengths[layout.slots] == 0).all())
-        states = self._states.loaded(_on(layout.slots, self.device), fresh)
+        states = self._states.loaded(on_device(layout.slots, self.device), fresh)
         for layer, state in states.items():
             self._cache.layers[layer] = state
         return states
@@ -346,16 +339,3 @@ def _token_id(value: object, name: str) -> int:
 
 def _take(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return tensor.index_select(0, rows.to(tensor.device))
-
-
-def _in_order(values: Any, order: Any) -> Any:
-    """``values``' rows in ``order`` (an index array or tensor), or as they are if None."""
-    if order is None:
-        return values
-    if isinstance(values, torch.Tensor):
-        return _take(values, order)
-    return values[order]
-
-
-def _on(array: np.ndarray[Any, Any], device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
