@@ -72,8 +72,9 @@ class SequenceBuffer:
         self.lengths[row] = length
 
     def append(self, column: Any, n: int, host: Any = None) -> None:
-        """Write one new token (n, *token_shape) at the end of rows < n (``host``: a
-        NumPy view of ``column``, written through the buffers' host views if they have one)."""
+        """Write one new token (n, *token_shape) at the end of rows < n (``host``:
+        ``column``'s values as Python lists, written through the buffers' host views
+        if they have one)."""
         if self.end == self.capacity:
             self._relocate(self.width, n)
         if host is not None and self._host is not None:

@@ -91,7 +91,8 @@ class Layout(Protocol):
     def record(self, column: Any, n: int, host: Any = None) -> Emitted:
         """Take the step's output (``step_size`` tokens); say which rows got a new token.
 
-        ``host`` is a NumPy view of ``column`` (`hibachi._backends._host`), or None.
+        ``host`` is ``column``'s values as Python lists (`hibachi._backends._host.host_values`),
+        or None where the backend cannot give them.
         """
         ...
 

@@ -53,9 +53,8 @@ class WorkQueue(Generic[T]):
                 waiting = len(self._items) + self._held
                 raise QueueFull(f"{waiting} requests are already waiting (max_queue_size)")
             self._items.append(item)
-            if wake and self._sleeping:  # wake the consumer once, not at every put until it runs
-                self._sleeping = False
-                self._cond.notify()
+            if wake:
+                self._notify_sleeper()
 
     def take(self, limit: int, keep: Callable[[T], bool] | None = None) -> list[T]:
         """Remove and return up to ``limit`` items from the front.
@@ -122,9 +121,13 @@ class WorkQueue(Generic[T]):
     def wake_sleeper(self) -> None:
         """Wake the consumer if it sleeps in `wait` (after a ``put(..., wake=False)``)."""
         with self._lock:
-            if self._sleeping:
-                self._sleeping = False
-                self._cond.notify()
+            self._notify_sleeper()
+
+    def _notify_sleeper(self) -> None:
+        # Under the lock. Wakes the consumer once, not at every put until it runs.
+        if self._sleeping:
+            self._sleeping = False
+            self._cond.notify()
 
     def wake(self) -> None:
         """Make the current or next `wait` return at once."""
