@@ -53,6 +53,8 @@ class Gate:
         ((same, 3), {}, "stage 1"),
         ((same,), {"groups": 0}, "groups"),
         ((same,), {"groups": True}, "groups"),
+        ((same,), {"groups": np.True_}, "groups"),
+        ((same,), {"groups": 2.0}, "groups"),
         ((same,), {"groups": 65}, "groups"),
         pytest.param((same,), {"groups": 10**5000}, "groups", id="groups-too-long-to-print"),
     ],
@@ -60,6 +62,11 @@ class Gate:
 def test_a_bad_pipeline_is_refused(stages: tuple[Any, ...], options: Any, message: str) -> None:
     with pytest.raises(hibachi.ConfigurationError, match=message):
         hibachi.Pipeline(*stages, **options)
+
+
+def test_groups_may_be_any_integer_as_other_counts_may() -> None:
+    pipe = hibachi.Pipeline(same, groups=np.int64(2))
+    assert pipe.groups == 2 and type(pipe.groups) is int
 
 
 def test_calling_a_pipeline_composes_its_stages() -> None:

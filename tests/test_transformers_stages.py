@@ -128,11 +128,18 @@ def test_unchecked_types_are_refused_when_split(model_type: str, reason: str) ->
     causal_lm_batcher(model, max_batch_size=2, max_length=32, eos_token_id=EOS)  # stages=1 serves
 
 
-@pytest.mark.parametrize("stages", [0, -1, True, 2.0, "2", 5])
+@pytest.mark.parametrize("stages", [0, -1, True, np.True_, 2.0, "2", 5])
 def test_bad_stage_counts_are_refused(stages: Any) -> None:
     model = tiny_model("llama", **LAYERS)
     with pytest.raises(hibachi.ConfigurationError, match="stages"):
         causal_lm_batcher(model, max_batch_size=2, max_length=32, eos_token_id=EOS, stages=stages)
+
+
+def test_a_numpy_integer_is_a_stage_count() -> None:
+    model = tiny_model("llama", **LAYERS)
+    adapter = CausalLMAdapter(model, slots=2, max_length=32, stages=np.int64(2))
+    pipeline = adapter.pipeline()
+    assert pipeline is not None and len(pipeline.stages) == 2
 
 
 def test_a_step_that_raises_in_the_last_stage_commits_nothing() -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from .._backends import Backend
-from .._core.values import describe_int
+from .._core.values import as_int, describe_int
 from .._exceptions import InvalidRequest
 
 __all__ = ["MAX_COUNT", "Request", "Sink", "check_budget", "check_prompt"]
@@ -112,11 +111,11 @@ def check_budget(
     value: object, name: str = "max_new_tokens", *, most: int | None = MAX_COUNT
 ) -> int:
     """An int in 1 … ``most`` (None: no upper limit), or InvalidRequest."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+    count = as_int(value)  # a NumPy or other integer becomes a plain int
+    if count is None or isinstance(value, np.bool_):
         raise InvalidRequest(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)  # a NumPy or other integer becomes a plain int
-    if value < 1:
-        raise InvalidRequest(f"{name} must be at least 1, got {describe_int(value)}")
-    if most is not None and value > most:
-        raise InvalidRequest(f"{name} must be at most {most}, got {describe_int(value)}")
-    return value
+    if count < 1:
+        raise InvalidRequest(f"{name} must be at least 1, got {describe_int(count)}")
+    if most is not None and count > most:
+        raise InvalidRequest(f"{name} must be at most {most}, got {describe_int(count)}")
+    return count

@@ -19,7 +19,7 @@ from typing import Any, final
 
 from .._exceptions import ConfigurationError
 from .model import ModelRunner
-from .values import describe_value
+from .values import as_int, describe_value
 
 __all__ = ["MAX_GROUPS", "Job", "Pipeline", "Stages"]
 
@@ -56,14 +56,13 @@ class Pipeline:
                 raise ConfigurationError(
                     f"stage {i} of the Pipeline must be callable, got {type(stage).__name__}"
                 )
-        if groups is not None and (
-            isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= MAX_GROUPS
-        ):
+        count = None if groups is None else as_int(groups)
+        if groups is not None and (count is None or not 1 <= count <= MAX_GROUPS):
             raise ConfigurationError(
                 f"groups must be an int in 1 … {MAX_GROUPS}, got {describe_value(groups)}"
             )
         self.stages: tuple[Any, ...] = stages
-        self.groups = groups
+        self.groups = count
 
     def __call__(self, *args: Any) -> Any:
         value = self.stages[0](*args)

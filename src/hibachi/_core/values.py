@@ -7,9 +7,18 @@ raises or returns a megabyte are all described, briefly.
 
 from __future__ import annotations
 
-__all__ = ["describe_int", "describe_value"]
+import numbers
+
+__all__ = ["as_int", "describe_int", "describe_value"]
 
 _LONGEST = 80
+
+
+def as_int(value: object) -> int | None:
+    """``value`` as a plain int if it is an integer (a NumPy one too, not a bool); else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
 
 
 def describe_int(value: int) -> str:

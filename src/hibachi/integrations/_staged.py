@@ -53,7 +53,7 @@ import torch
 
 from .._autoregressive.pipelined import slot_ranges
 from .._core.pipeline import Pipeline
-from .._core.values import describe_value
+from .._core.values import as_int, describe_value
 from .._exceptions import ConfigurationError
 from ._architectures import ATTENTION, ServingPlan
 from ._kv_cache import Plan, SlotCache
@@ -75,12 +75,13 @@ def check_stages(stages: object) -> int:
     `ConfigurationError`."""
     if isinstance(stages, list | tuple):
         return len(_listed_devices(stages))
-    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+    count = as_int(stages)  # a NumPy integer too
+    if count is None or count < 1:
         raise ConfigurationError(
             "stages must be an int >= 1 or a list of devices (one per stage), "
             f"got {describe_value(stages)}"
         )
-    return stages
+    return count
 
 
 def stage_devices(stages: object) -> list[torch.device] | None:
