@@ -167,12 +167,14 @@ class FeedforwardCore:
         return model
 
     def call_price(self, layout: Layout) -> float:
-        """Seconds a model call on ``layout`` costs whatever its size, as learnt so far
-        (`_PRICE_UNKNOWN` until a fit of padded batches tells), at most `_PRICE_CAP`."""
+        """Seconds a model call on ``layout`` costs whatever its size, as of the cost
+        model's last fit (`_PRICE_UNKNOWN` before one), at most `_PRICE_CAP`.
+
+        It does not refit: the engine asks after every batch, and a fit belongs
+        to the choices that need one."""
         model = self.costs.get(layout)
-        if model is None or not model.fitted:
-            return _PRICE_UNKNOWN
-        return min(model.fixed, _PRICE_CAP)
+        fixed = None if model is None else model.fitted_fixed
+        return _PRICE_UNKNOWN if fixed is None else min(fixed, _PRICE_CAP)
 
     def fail(self, batch: Batch, error: BaseException) -> None:
         """``batch`` failed with ``error``: rerun its halves next, or fail its one item.
