@@ -17,6 +17,11 @@ clock and items that record their outcome.
 - ``fail`` splits a failed batch in two and queues both halves ahead of
   everything else, so that in the end only items that fail on their own get
   the error; every other item gets its result.
+- ``next_batch_ahead`` is the next batch taken early, to be stacked on
+  another thread while the model runs the current one (then ``adopt``ed in
+  place of ``inputs``): only when stacking that kind of batch has cost at
+  least `_AHEAD_MIN` (less, and the hand-off to another thread costs more
+  than it saves) and a full batch waits (so taking it early loses nothing).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ _TRIES_ALONE = 2  # an item fails only after failing this many times in a batch 
 
 _PRICE_UNKNOWN = 0.001  # seconds: a model call's price before the cost model knows it
 _PRICE_CAP = 0.05  # seconds: the most `call_price` answers, whatever was learnt
+
+_AHEAD_MIN = 0.001  # seconds of stacking that are worth two hand-offs between threads
+_SMOOTHING = 0.25  # the weight of the newest stacking time in its running average
 
 _FLAT = CostModel()  # unpadded items: one length, so every batch is as full as it may be
 
@@ -99,6 +107,7 @@ class FeedforwardCore:
         self.costs: dict[Layout, CostModel] = {}
         self._retries: list[Batch] = []
         self._started: float | None = None  # when ``inputs`` began on the running batch
+        self.stacking: dict[Layout, float] = {}  # seconds stacking a batch takes, on average
 
     def __len__(self) -> int:
         """Items in the waiting room (not counting halves of failed batches)."""
@@ -133,12 +142,44 @@ class FeedforwardCore:
 
     def inputs(self, batch: Batch) -> Any:
         """The model's input for ``batch``: every leaf stacked (and padded) along axis 0."""
+        started = self.clock()
+        assembled = assemble(batch)
+        self._note_stacking(batch.layout, self.clock() - started)
+        if batch.length:
+            self._started = started
+        return self._count_cells(assembled)
+
+    def next_batch_ahead(self) -> Batch | None:
+        """The next batch, taken while the model runs the current one, to be stacked
+        meanwhile; None unless that is worth it (see the module's docstring)."""
+        if self._retries:
+            return None
+        found = self.room.next_group(self.clock())
+        if found is None:
+            return None
+        group = found[0]
+        if group.size < self.max_batch_size or self.stacking.get(group.layout, 0.0) < _AHEAD_MIN:
+            return None
+        return self.next_batch()
+
+    def adopt(self, batch: Batch, assembled: tuple[Any, int, int], seconds: float) -> Any:
+        """`inputs` for a batch from `next_batch_ahead`, stacked elsewhere in ``seconds``:
+        ``assembled`` is what `assemble` returned. The cost model learns the model's
+        time from now on (the stacking overlapped the previous batch)."""
+        self._note_stacking(batch.layout, seconds)
         if batch.length:
             self._started = self.clock()
-        stacked, cells, padding = assemble(batch)
+        return self._count_cells(assembled)
+
+    def _count_cells(self, assembled: tuple[Any, int, int]) -> Any:
+        stacked, cells, padding = assembled
         self.counters.cells += cells
         self.counters.padding_cells += padding
         return stacked
+
+    def _note_stacking(self, layout: Layout, seconds: float) -> None:
+        last = self.stacking.get(layout)
+        self.stacking[layout] = seconds if last is None else last + _SMOOTHING * (seconds - last)
 
     def complete(self, batch: Batch, output: Any, seconds: float | None = None) -> None:
         """Give each item its slice of ``output``; `ModelError` (nothing delivered) if unusable.
