@@ -15,8 +15,9 @@ from _feedforward_support import TIMEOUT, Driver, FakeClock, run_async
 from hibachi._feedforward import core as core_module
 from hibachi._feedforward.batch import assemble
 
-COSTLY = 2 * core_module._AHEAD_MIN  # stacking seconds that make stacking ahead worth it
-CHEAP = core_module._AHEAD_MIN / 4
+AHEAD_MIN = 0.001  # the least stacking time worth stacking ahead, in these tests
+COSTLY = 2 * AHEAD_MIN
+CHEAP = AHEAD_MIN / 4
 
 
 def stacking_costs(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, seconds: float) -> None:
@@ -31,6 +32,7 @@ def stacking_costs(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, seconds: f
 
 def driver_after_one_batch(monkeypatch: pytest.MonkeyPatch, stacking: float) -> Driver:
     driver = Driver(lambda batch: batch * 2, max_batch_size=4)
+    driver.core.stack_ahead_min = AHEAD_MIN
     stacking_costs(monkeypatch, driver.clock, stacking)
     driver.submit(np.ones(3))
     driver.drain()
@@ -49,12 +51,15 @@ def test_the_core_learns_what_stacking_a_batch_costs(monkeypatch: pytest.MonkeyP
         pytest.param(COSTLY, 4, True, id="costly stacking, a full batch waits"),
         pytest.param(COSTLY, 3, False, id="costly stacking, the batch could still grow"),
         pytest.param(CHEAP, 8, False, id="cheap stacking: not worth two hand-offs"),
+        pytest.param(None, 8, False, id="off (the default)"),
     ],
 )
 def test_a_batch_is_taken_ahead_only_when_worth_it(
-    monkeypatch: pytest.MonkeyPatch, stacking: float, waiting: int, ahead: bool
+    monkeypatch: pytest.MonkeyPatch, stacking: float | None, waiting: int, ahead: bool
 ) -> None:
-    driver = driver_after_one_batch(monkeypatch, stacking)
+    driver = driver_after_one_batch(monkeypatch, COSTLY if stacking is None else stacking)
+    if stacking is None:
+        driver.core.stack_ahead_min = None
     items = [driver.submit(np.full(3, i, np.float64)) for i in range(waiting)]
     batch = driver.core.next_batch_ahead()
     assert (batch is not None) == ahead
@@ -84,7 +89,6 @@ def test_the_engine_stacks_the_next_batch_while_the_model_runs(
 ) -> None:
     """The model holds its second call until the third batch is stacked: without
     stacking ahead, that happens only after the call returns (the test then fails)."""
-    monkeypatch.setattr(core_module, "_AHEAD_MIN", 0.0)
     stacked = threading.Event()
     threads: list[str] = []
 
@@ -110,6 +114,7 @@ def test_the_engine_stacks_the_next_batch_while_the_model_runs(
 
     async def main() -> list[Any]:
         async with hibachi.FeedforwardBatcher(model, max_batch_size=2) as batcher:
+            batcher._core.stack_ahead_min = 0.0
             first = batcher.run(np.zeros(2))
             assert await asyncio.to_thread(started.wait, TIMEOUT)
             handles = [batcher.run(np.full(2, i, np.float64)) for i in range(1, 7)]

@@ -20,8 +20,11 @@ clock and items that record their outcome.
 - ``next_batch_ahead`` is the next batch taken early, to be stacked on
   another thread while the model runs the current one (then ``adopt``ed in
   place of ``inputs``): only when stacking that kind of batch has cost at
-  least `_AHEAD_MIN` (less, and the hand-off to another thread costs more
-  than it saves) and a full batch waits (so taking it early loses nothing).
+  least ``stack_ahead_min`` seconds (less, and the hand-off to another thread
+  costs more than it saves) and a full batch waits (so taking it early loses
+  nothing). ``stack_ahead_min`` is None by default: never. Stacking ahead
+  needs a core that neither the model nor the event loop uses; on the 2-vCPU
+  machine it was measured on, it made a stacking-bound workload slower.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ _TRIES_ALONE = 2  # an item fails only after failing this many times in a batch 
 _PRICE_UNKNOWN = 0.001  # seconds: a model call's price before the cost model knows it
 _PRICE_CAP = 0.05  # seconds: the most `call_price` answers, whatever was learnt
 
-_AHEAD_MIN = 0.001  # seconds of stacking that are worth two hand-offs between threads
 _SMOOTHING = 0.25  # the weight of the newest stacking time in its running average
 
 _FLAT = CostModel()  # unpadded items: one length, so every batch is as full as it may be
@@ -96,6 +98,7 @@ class FeedforwardCore:
         trim_output: bool = False,
         copy_results: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        stack_ahead_min: float | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -108,6 +111,7 @@ class FeedforwardCore:
         self._retries: list[Batch] = []
         self._started: float | None = None  # when ``inputs`` began on the running batch
         self.stacking: dict[Layout, float] = {}  # seconds stacking a batch takes, on average
+        self.stack_ahead_min = stack_ahead_min
 
     def __len__(self) -> int:
         """Items in the waiting room (not counting halves of failed batches)."""
@@ -152,13 +156,14 @@ class FeedforwardCore:
     def next_batch_ahead(self) -> Batch | None:
         """The next batch, taken while the model runs the current one, to be stacked
         meanwhile; None unless that is worth it (see the module's docstring)."""
-        if self._retries:
+        least = self.stack_ahead_min
+        if least is None or self._retries:
             return None
         found = self.room.next_group(self.clock())
         if found is None:
             return None
         group = found[0]
-        if group.size < self.max_batch_size or self.stacking.get(group.layout, 0.0) < _AHEAD_MIN:
+        if group.size < self.max_batch_size or self.stacking.get(group.layout, 0.0) < least:
             return None
         return self.next_batch()
 
