@@ -1,0 +1,111 @@
+"""What can run beside the model's forward: a decode step with Python work on a second thread.
+
+The bench's Llama (``--preset``) through hibachi's adapter (``CausalLMAdapter.step``,
+``--rows`` rows decoding), one step after another on this thread. Beside it, a
+second thread is handed ``--work`` µs of pure Python per step through a
+``queue.SimpleQueue`` (what a thread that delivers tokens would be handed).
+Prints µs per step for each amount of side work, next to the same work done
+inline on the stepping thread (what the engine does today), alternating the
+variants ``--repeat`` times (medians).
+
+A side variant faster than the inline one means the work hides in the forward's
+GIL-free time; equal to the step alone plus the work means it does not.
+
+Usage: python benchmarks/overlap_probe.py [--preset quick] [--rows 8] [--work 0 100 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from hibachi._bench.llm import build_llama
+from hibachi._bench.settings import preset
+from hibachi.integrations import transformers as adapter_module
+
+
+def spin(seconds: float) -> None:
+    """Pure Python for ``seconds`` (holds the GIL, as delivery's Python does)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class Side:
+    """A thread that runs each handed amount of work."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._main, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        while (seconds := self.inbox.get()) is not None:
+            spin(seconds)
+
+    def close(self) -> None:
+        self.inbox.put(None)
+        self.thread.join()
+
+
+def decode(adapter: object, rows: int, steps: int, after: Callable[[], None]) -> float:
+    """Seconds per decode step of ``rows`` rows, ``after`` called after each step."""
+    step = adapter.step  # type: ignore[attr-defined]
+    slots = torch.arange(rows).numpy()
+    options = [None] * rows
+    prompt = torch.randint(2, 1000, (rows, 40))
+    token = step(prompt, torch.ones((rows, 40), dtype=torch.bool), slots, options)
+    ones = torch.ones((rows, 1), dtype=torch.bool)
+    start = time.perf_counter()
+    for _ in range(steps):
+        token = step(token.reshape(rows, 1), ones, slots, options)
+        after()
+    elapsed = time.perf_counter() - start
+    for slot in range(rows):
+        adapter.release(slot)  # type: ignore[attr-defined]
+    return elapsed / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["quick", "full"], default="quick")
+    parser.add_argument("--rows", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=float, nargs="+", default=[0.0, 100.0, 200.0])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = build_llama(preset(args.preset).generation, "cpu", 0)
+    adapter = adapter_module.CausalLMAdapter(model, slots=args.rows, max_length=40 + args.steps + 2)
+    side = Side()
+    variants: dict[str, Callable[[], None]] = {"step alone": lambda: None}
+    for micros in args.work:
+        seconds = micros * 1e-6
+        variants[f"+{micros:g} µs inline"] = lambda s=seconds: spin(s)
+        variants[f"+{micros:g} µs on a side thread"] = lambda s=seconds: side.inbox.put(s)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    decode(adapter, args.rows, 5, lambda: None)  # warm-up
+    for _ in range(args.repeat):
+        for name, after in variants.items():
+            times[name].append(decode(adapter, args.rows, args.steps, after))
+    side.close()
+    print(
+        f"{args.preset} preset's Llama, {args.rows} rows, "
+        f"{torch.get_num_threads()} torch thread(s), "
+        f"{args.steps} steps x {args.repeat} alternations (medians)"
+    )
+    alone = statistics.median(times["step alone"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"  {name:<30} {median * 1e6:8.0f} µs/step  {(median - alone) * 1e6:+8.0f}")
+
+
+if __name__ == "__main__":
+    main()
