@@ -54,6 +54,40 @@ class Side:
         self.thread.join()
 
 
+class Spinner:
+    """A thread that counts in pure Python until stopped: how much GIL the steps leave it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        count = 0
+        while self.running:
+            count += 1
+        self.count = count
+
+    def counted(self, seconds: float | None, during: Callable[[], float]) -> tuple[int, float]:
+        """The count reached in ``seconds`` alone (None) or while ``during`` runs; its time."""
+        self.thread.start()
+        start = time.perf_counter()
+        if seconds is None:
+            during()
+        else:
+            time.sleep(seconds)
+        self.running = False
+        self.thread.join()
+        return self.count, time.perf_counter() - start
+
+
+def gil_free_share(adapter: object, rows: int, steps: int) -> float:
+    """The share of a decode step's wall time a pure-Python thread beside it gets the GIL."""
+    alone, seconds = Spinner().counted(0.3, lambda: 0.0)
+    beside, elapsed = Spinner().counted(None, lambda: decode(adapter, rows, steps, lambda: None))
+    return (beside / elapsed) / (alone / seconds)
+
+
 def decode(adapter: object, rows: int, steps: int, after: Callable[[], None]) -> float:
     """Seconds per decode step of ``rows`` rows, ``after`` called after each step."""
     step = adapter.step  # type: ignore[attr-defined]
@@ -96,11 +130,13 @@ def main() -> None:
         for name, after in variants.items():
             times[name].append(decode(adapter, args.rows, args.steps, after))
     side.close()
+    free = statistics.median(gil_free_share(adapter, args.rows, args.steps) for _ in range(3))
     print(
         f"{args.preset} preset's Llama, {args.rows} rows, "
         f"{torch.get_num_threads()} torch thread(s), "
         f"{args.steps} steps x {args.repeat} alternations (medians)"
     )
+    print(f"  a pure-Python thread beside the steps runs {free:.0%} as fast as alone")
     alone = statistics.median(times["step alone"])
     for name, values in times.items():
         median = statistics.median(values)
