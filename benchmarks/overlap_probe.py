@@ -37,17 +37,26 @@ def spin(seconds: float) -> None:
         pass
 
 
-class Side:
-    """A thread that runs each handed amount of work."""
+def spin_yielding(seconds: float, slice_s: float = 10e-6) -> None:
+    """`spin` in slices, letting go of the GIL between them (``time.sleep(0)``)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        spin(slice_s)
+        time.sleep(0)
 
-    def __init__(self) -> None:
+
+class Side:
+    """A thread that runs each handed amount of work (``work(seconds)``)."""
+
+    def __init__(self, work: Callable[[float], None] = spin) -> None:
+        self.work = work
         self.inbox: queue.SimpleQueue[float | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._main, daemon=True)
         self.thread.start()
 
     def _main(self) -> None:
         while (seconds := self.inbox.get()) is not None:
-            spin(seconds)
+            self.work(seconds)
 
     def close(self) -> None:
         self.inbox.put(None)
@@ -81,11 +90,15 @@ class Spinner:
         return self.count, time.perf_counter() - start
 
 
-def gil_free_share(adapter: object, rows: int, steps: int) -> float:
-    """The share of a decode step's wall time a pure-Python thread beside it gets the GIL."""
+def greedy_neighbour(adapter: object, rows: int, steps: int) -> tuple[float, float]:
+    """A pure-Python thread that never blocks, beside the steps: how fast it runs (a share of
+    its speed alone), and the seconds per step meanwhile."""
+    per_step: list[float] = []
     alone, seconds = Spinner().counted(0.3, lambda: 0.0)
-    beside, elapsed = Spinner().counted(None, lambda: decode(adapter, rows, steps, lambda: None))
-    return (beside / elapsed) / (alone / seconds)
+    beside, elapsed = Spinner().counted(
+        None, lambda: per_step.append(decode(adapter, rows, steps, lambda: None)) or 0.0
+    )
+    return (beside / elapsed) / (alone / seconds), per_step[0]
 
 
 def decode(adapter: object, rows: int, steps: int, after: Callable[[], None]) -> float:
@@ -118,26 +131,32 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = build_llama(preset(args.preset).generation, "cpu", 0)
     adapter = adapter_module.CausalLMAdapter(model, slots=args.rows, max_length=40 + args.steps + 2)
-    side = Side()
+    side, yielding = Side(), Side(spin_yielding)
     variants: dict[str, Callable[[], None]] = {"step alone": lambda: None}
     for micros in args.work:
         seconds = micros * 1e-6
         variants[f"+{micros:g} µs inline"] = lambda s=seconds: spin(s)
         variants[f"+{micros:g} µs on a side thread"] = lambda s=seconds: side.inbox.put(s)
+        variants[f"+{micros:g} µs, side, yielding"] = lambda s=seconds: yielding.inbox.put(s)
     times: dict[str, list[float]] = {name: [] for name in variants}
     decode(adapter, args.rows, 5, lambda: None)  # warm-up
     for _ in range(args.repeat):
         for name, after in variants.items():
             times[name].append(decode(adapter, args.rows, args.steps, after))
     side.close()
-    free = statistics.median(gil_free_share(adapter, args.rows, args.steps) for _ in range(3))
+    yielding.close()
+    greedy = [greedy_neighbour(adapter, args.rows, args.steps) for _ in range(3)]
+    share, during = (statistics.median(values) for values in zip(*greedy, strict=True))
     print(
         f"{args.preset} preset's Llama, {args.rows} rows, "
         f"{torch.get_num_threads()} torch thread(s), "
         f"{args.steps} steps x {args.repeat} alternations (medians)"
     )
-    print(f"  a pure-Python thread beside the steps runs {free:.0%} as fast as alone")
     alone = statistics.median(times["step alone"])
+    print(
+        f"  a never-blocking Python thread beside the steps runs {share:.0%} as fast as "
+        f"alone, and the steps take {during * 1e6:,.0f} µs meanwhile"
+    )
     for name, values in times.items():
         median = statistics.median(values)
         print(f"  {name:<30} {median * 1e6:8.0f} µs/step  {(median - alone) * 1e6:+8.0f}")
