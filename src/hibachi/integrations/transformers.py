@@ -41,6 +41,7 @@ from .._core.values import describe_value
 from .._exceptions import ConfigurationError, InvalidRequest
 from ._alibi import decoder_layers, layer_arguments, scheme_arguments
 from ._architectures import ATTENTION, RECURRENT, serving_plan
+from ._decode_masks import DecodeMasks
 from ._kv_cache import SlotCache
 from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
@@ -144,6 +145,7 @@ class CausalLMAdapter(IncrementalModel):
         self._call = _call_arguments(model)
         self._layers = _decoder_layers(model) if self._serving.alibi else []
         self._segmenter = _segmenter(model, self._serving.alibi)
+        self._decode_masks = DecodeMasks(self._serving, slots, max_length)
         self.vocab_size = vocabulary_size(model)
         self._staged = None
         if count > 1:
@@ -246,9 +248,13 @@ class CausalLMAdapter(IncrementalModel):
             padding = in_order(mask, layout.host_index).to(self.device)
         self._cache.plan = plan
         states = self._load_states(layout, counts)
-        masks = self._serving.masks(
-            positions, plan.kv_length, padding, self._dtype, keys=self._keys
-        )
+        host = self._planner.positions(len(layout.slots)) if counts is None else None
+        if host is not None:
+            masks = self._decode_masks.masks(layout, host, positions, plan.kv_length, self._dtype)
+        else:
+            masks = self._serving.masks(
+                positions, plan.kv_length, padding, self._dtype, keys=self._keys
+            )
         inputs = {
             "input_ids": in_order(tokens, layout.host_index).to(self.device),
             self._call.cache: self._cache,
@@ -257,8 +263,8 @@ class CausalLMAdapter(IncrementalModel):
         if self._call.positions:
             inputs["position_ids"] = positions
         segments = None
-        if counts is None and self._segmenter is not None:
-            segments = self._segmenter.segments(layout, self._planner.positions(len(layout.slots)))
+        if host is not None and self._segmenter is not None:
+            segments = self._segmenter.segments(layout, host)
         logits = self._call_model(inputs, masks, segments)[:, -1]
         if states:
             self._states.store(on_device(layout.slots, self.device), states)
