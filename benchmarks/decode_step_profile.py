@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import statistics
 import time
 from collections import defaultdict
@@ -90,10 +91,22 @@ def bare_pieces(model: Any, spans: Spans) -> list[tuple[Any, str, str]]:
     ]
 
 
+def optional_module(name: str) -> Any:
+    """``hibachi.integrations.<name>``, or None in a version without it."""
+    try:
+        return importlib.import_module(f"hibachi.integrations.{name}")
+    except ImportError:
+        return None
+
+
 def adapter_pieces(adapter: Any) -> list[tuple[Any, str, str]]:
     """hibachi's pieces by name; a name this version lacks is skipped."""
     llama = transformers.models.llama.modeling_llama
+    decode_masks = optional_module("_decode_masks")
+    row_attention = optional_module("_row_attention")
     return [
+        (getattr(decode_masks, "DecodeMasks", None), "masks", "  mask build"),
+        (getattr(row_attention, "Segmenter", None), "segments", "  row split"),
         (adapter, "step", "step (CausalLMAdapter.step)"),
         (adapter, "_plan", "  position planning"),
         (getattr(adapter, "_planner", None), "decode", "  position planning"),
@@ -213,6 +226,9 @@ def main() -> None:
     parser.add_argument(
         "--engine-only", action="store_true", help="only the engine's pieces (a batcher serving)"
     )
+    parser.add_argument(
+        "--adapter-only", action="store_true", help="only the adapter's pieces (no engine)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = build_llama(preset("quick").generation, "cpu", 0)
@@ -239,17 +255,22 @@ def main() -> None:
     def hibachi(spans: Spans) -> None:
         adapter_decode(adapter, rows, length, steps, spans)
 
-    static_figures = measure(static, bare_pieces(model, defaultdict(float)), steps, args.repeat)
-    show("bare forward, StaticCache", static_figures, "whole step")
-    show(
-        "bare forward, DynamicCache (generate()'s)",
-        measure(dynamic, bare_pieces(model, defaultdict(float)), steps, args.repeat),
-        "whole step",
-    )
+    if not args.adapter_only:
+        static_figures = measure(static, bare_pieces(model, defaultdict(float)), steps, args.repeat)
+        show("bare forward, StaticCache", static_figures, "whole step")
+        show(
+            "bare forward, DynamicCache (generate()'s)",
+            measure(dynamic, bare_pieces(model, defaultdict(float)), steps, args.repeat),
+            "whole step",
+        )
     figures = measure(hibachi, adapter_pieces(adapter), steps, args.repeat)
     named = sum(v for k, v in figures.items() if k.startswith("  ") and not k.startswith("    "))
     figures["  rest of step"] = figures["step (CausalLMAdapter.step)"] - named
+    forward = figures["  forward (model.forward)"]
+    figures["adapter outside model.forward"] = figures["step (CausalLMAdapter.step)"] - forward
     show("hibachi CausalLMAdapter.step", figures, "whole step")
+    if args.adapter_only:
+        return
     rate = show_engine(model, rows, length, steps, args.repeat)
     bare = rows / static_figures["whole step"]
     print(f"\nhibachi: {rate:,.0f} tokens/s (the bare StaticCache forward alone: {bare:,.0f})")

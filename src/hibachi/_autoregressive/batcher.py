@@ -17,6 +17,7 @@ from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
 from .._core.values import describe_value
 from .._exceptions import ConfigurationError, HibachiError, InvalidRequest, ModelError
+from .courier import Courier, CourierSink
 from .engine import Engine
 from .incremental import IncrementalModel
 from .layout import Layout
@@ -66,6 +67,13 @@ class AutoregressiveBatcher(Lifecycle):
         max_unread_tokens: back-pressure. A stream whose caller has left this
             many tokens unread is ended: after those tokens, its iteration
             raises `QueueFull`, and its row goes to others. None: no limit.
+        overlap: deliver each step's tokens (one per row, the ends of streams,
+            the wake-up of the callers' event loops) on a thread of their own,
+            while the engine thread goes on to the next model call. Callers get
+            the same tokens, in the same order, with the same ends. It pays
+            when the model call leaves the GIL free for longer than a thread
+            hand-off costs (a large model, a GPU); on a small CPU model it is
+            slower (see the README). False: the engine thread delivers.
 
     Counts (``max_new_tokens``, ``prefill_chunk``, ``max_prompt_length``,
     ``max_unread_tokens``) are at most 2**63-1 and ``max_batch_size`` at most
@@ -86,6 +94,7 @@ class AutoregressiveBatcher(Lifecycle):
         prefill_chunk: int = 512,
         max_prompt_length: int | None = None,
         max_unread_tokens: int | None = 65536,
+        overlap: bool = False,
     ) -> None:
         super().__init__()
         if backend is not None and not isinstance(backend, Backend):
@@ -112,10 +121,17 @@ class AutoregressiveBatcher(Lifecycle):
         self._incremental = model if isinstance(model, IncrementalModel) else None
         self._max_batch_size = max_batch_size
         self._channels = Channels()
+        if not isinstance(overlap, bool):
+            raise ConfigurationError(f"overlap must be a bool, got {describe_value(overlap)}")
+        self._courier = (
+            Courier(self._backend, self._channels, self._note_departure, "hibachi-ar-courier")
+            if overlap
+            else None
+        )
         queue: WorkQueue[Request] = WorkQueue(max_queue_size)
 
         def scheduler(rows: int, layout: Layout | None = None) -> Scheduler:
-            return Scheduler(
+            made = Scheduler(
                 self._backend,
                 stop_token=self._backend.to_storage(stop, pad),
                 padding_token=pad,
@@ -124,6 +140,9 @@ class AutoregressiveBatcher(Lifecycle):
                 layout=layout,
                 max_unread_tokens=unread,
             )
+            if self._courier is not None:
+                made.send = self._courier.send
+            return made
 
         self._engine: EngineThread
         self._stages: Stages | None = None
@@ -146,7 +165,9 @@ class AutoregressiveBatcher(Lifecycle):
         if self._incremental is not None:
             layout = self._slots(runner, range(max_batch_size), prefill_chunk)
         self._schedulers = [scheduler(max_batch_size, layout)]
-        self._engine = Engine(self._schedulers[0], runner, self._channels, "hibachi-ar")
+        self._engine = Engine(
+            self._schedulers[0], runner, self._channels, "hibachi-ar", courier=self._courier
+        )
 
     def _slots(self, runner: ModelRunner, slots: range, prefill_chunk: int) -> SlotLayout:
         """The layout of a group that owns ``slots``; ``runner`` calls the model's release."""
@@ -164,7 +185,12 @@ class AutoregressiveBatcher(Lifecycle):
     def _run_pipelined(self, pipeline: Pipeline, release: ModelRunner | None) -> None:
         stages = Stages(pipeline, "hibachi-ar", len(self._schedulers))
         self._engine = PipelinedEngine(
-            self._schedulers, stages, self._channels, "hibachi-ar", release=release
+            self._schedulers,
+            stages,
+            self._channels,
+            "hibachi-ar",
+            release=release,
+            courier=self._courier,
         )
         self._stages = stages
 
@@ -202,7 +228,8 @@ class AutoregressiveBatcher(Lifecycle):
         budget = self._vet(prompt, budget, options)
         sink = self._channels.sink_for_current_context()
         deadline = None if seconds is None else time.monotonic() + seconds
-        request = Request(storage, budget, sink, deadline=deadline, options=options)
+        routed = sink if self._courier is None else CourierSink(sink, self._courier)
+        request = Request(storage, budget, routed, deadline=deadline, options=options)
         self._scheduler.submit(request)
         return TokenStream(request, sink, self._note_departure)
 

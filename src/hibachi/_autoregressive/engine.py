@@ -13,6 +13,7 @@ from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
 from .._core.model import ModelRunner, engine_failure
 from .._exceptions import BatcherClosed, HibachiError
+from .courier import Courier
 from .isolation import attempt, isolate
 from .scheduler import Scheduler, copy_error
 
@@ -22,11 +23,21 @@ __all__ = ["Engine", "run_step"]
 class Engine(EngineThread):
     """Steps ``scheduler`` with ``runner`` on the engine thread until closed."""
 
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner, channels: Channels, name: str):
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runner: ModelRunner,
+        channels: Channels,
+        name: str,
+        *,
+        courier: Courier | None = None,
+    ):
+        """``courier``: delivers the tokens beside the next step (``overlap=True``)."""
         super().__init__(scheduler.queue, runner, name)
         self.runner: ModelRunner = runner
         self.scheduler = scheduler
         self.channels = channels
+        self.courier = courier
 
     def _crash(self, exc: BaseException) -> None:
         error = HibachiError(engine_failure(exc))
@@ -34,7 +45,17 @@ class Engine(EngineThread):
         self.scheduler.abort(error)
 
     def _flush(self) -> None:
+        if self.courier is not None:
+            self.courier.close()
         self.channels.flush()
+
+    def _deliver(self) -> bool:
+        """Send the step's results on (wake the callers' loops, or post them to the
+        courier); True if some caller's event loop was found closed."""
+        if self.courier is None:
+            return self.channels.flush()
+        self.courier.post()
+        return False
 
     def _abandon(self, error: BaseException) -> None:
         for request in list(self.scheduler.rows) + self.queue.snapshot():
@@ -42,16 +63,18 @@ class Engine(EngineThread):
 
     def _loop(self) -> None:
         scheduler, queue = self.scheduler, self.scheduler.queue
+        if self.courier is not None:
+            self.courier.start()
         while True:
             if self._abort:
                 scheduler.abort(BatcherClosed("the batcher was closed before the request finished"))
                 return
             if scheduler.schedule():
                 self._step()
-                if self.channels.flush():
+                if self._deliver():
                     scheduler.note_departure()
                 continue
-            self.channels.flush()
+            self._deliver()
             if queue.closed and not len(queue):
                 return
             queue.wait()

@@ -88,6 +88,8 @@ class Scheduler:
         self._stop_value = host_values(backend, stop_token)
         self._checked: tuple[type, Any] | None = None  # the output kind last found sound
         self._token_shape = tuple(padding_token.shape)
+        self.send: Callable[[list[tuple[Any, int]], Any], None] = self._send
+        """How a step's tokens reach their sinks: `_send` here, or a `Courier`'s ``send``."""
 
     # -- called from any thread -------------------------------------------------
 
@@ -161,16 +163,12 @@ class Scheduler:
         self.remaining[index] -= 1
         done = stopped | (self.remaining[index] <= 0)
         members: Sequence[int] = range(n) if rows is None else rows.tolist()
-        tokens = self.backend.unbind(self.backend.to_user(column))
+        kept: list[int] | None = None
         if failed:
             kept = [j for j, i in enumerate(members) if i not in failed]
-            members, tokens, done = (
-                [members[j] for j in kept],
-                [tokens[j] for j in kept],
-                done[kept],
-            )
+            members, done = [members[j] for j in kept], done[kept]
         requests = self.rows if rows is None and not failed else [self.rows[i] for i in members]
-        overrun = self._deliver(requests, tokens, done)
+        overrun = self._deliver(requests, column, done, kept)
         self.counters.tokens += len(requests) - len(overrun)
         self._end_finished(members, np.flatnonzero(done).tolist(), overrun, failed)
 
@@ -186,7 +184,7 @@ class Scheduler:
         left -= 1
         quiet = host is not None and left.all() and self._stop_value not in host
         done = None if quiet else self._stopped(column, host) | (left <= 0)
-        overrun = self._deliver(self.rows, self.backend.unbind(self.backend.to_user(column)), done)
+        overrun = self._deliver(self.rows, column, done)
         self.counters.tokens += n - len(overrun)
         finished = [] if done is None else np.flatnonzero(done).tolist()
         if finished or overrun:
@@ -221,13 +219,21 @@ class Scheduler:
         members = self.layout.step_rows(n)
         return {members[position]: error for position, error in failures.items()}
 
-    def _deliver(self, requests: list[Request], tokens: Sequence[Any], done: Any) -> list[int]:
-        """Send each request its token; return those not sent: their caller has
-        ``max_unread_tokens`` unread already (back-pressure: the request ends
-        unless its token was its last: ``done[j]``; ``done`` None: none was)."""
+    def _deliver(
+        self,
+        requests: list[Request],
+        column: Any,
+        done: Any,
+        positions: Sequence[int] | None = None,
+    ) -> list[int]:
+        """Send each request its token (``requests[j]``'s is row ``positions[j]`` of ``column``,
+        or row ``j``); return those not sent: their caller has ``max_unread_tokens``
+        unread already (back-pressure: the request ends unless its token was its
+        last: ``done[j]``; ``done`` None: none was)."""
         limit = self.max_unread_tokens
         overrun = []
-        for j, (request, token) in enumerate(zip(requests, tokens, strict=True)):
+        sinks = []
+        for j, request in enumerate(requests):
             sent = request.sent
             if (
                 limit is not None
@@ -236,9 +242,16 @@ class Scheduler:
             ):
                 overrun.append(j)
                 continue
-            request.sink.put(token)
+            sinks.append((request.sink, j if positions is None else positions[j]))
             request.sent = sent + 1
+        self.send(sinks, column)
         return overrun
+
+    def _send(self, sinks: list[tuple[Any, int]], column: Any) -> None:
+        """Put row ``i`` of ``column`` in each ``(sink, i)`` (`Courier.send` replaces this)."""
+        tokens = self.backend.unbind(self.backend.to_user(column))
+        for sink, i in sinks:
+            sink.put(tokens[i])
 
     def fail(self, error: BaseException) -> None:
         """The model failed this step: every row in it gets a ModelError."""

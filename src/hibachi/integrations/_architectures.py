@@ -86,9 +86,27 @@ class ServingPlan:
         queries = positions[:, :, None]
         blocked_value, zero = _fill_values(dtype, positions.device)
         built: dict[str, Any] = {
-            kind: _additive(queries, keys, window, blocked_value, zero)
+            kind: _additive(queries, keys, window, blocked_value, zero)[:, None]
             for kind, window in self.windows.items()
         }
+        return self.with_other_kinds(built, padding)
+
+    def mask_rows(
+        self, positions: torch.Tensor, columns: int, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        """Each attention kind's additive mask (B, ``columns``) for one token at each of
+        ``positions`` (B, 1): the keys of columns 0 … columns-1 it sees and those it does not."""
+        keys = torch.arange(columns, device=positions.device)
+        blocked_value, zero = _fill_values(dtype, positions.device)
+        return {
+            kind: _additive(positions, keys, window, blocked_value, zero)
+            for kind, window in self.windows.items()
+        }
+
+    def with_other_kinds(self, attention: dict[str, Any], padding: torch.Tensor | None) -> Any:
+        """The ``attention_mask`` argument, given each attention kind's mask: the recurrent
+        kinds get ``padding``, the others None; one mask if the model takes one."""
+        built = dict(attention)
         built.update(dict.fromkeys(self.recurrent_kinds, padding))
         built.update(dict.fromkeys(self.unmasked_kinds))
         return built if self.by_kind else next(iter(built.values()))
@@ -104,7 +122,7 @@ def _additive(
     blocked = keys > queries
     if window is not None:
         blocked |= keys <= queries - window
-    return torch.where(blocked, blocked_value, zero)[:, None]
+    return torch.where(blocked, blocked_value, zero)
 
 
 @functools.lru_cache(maxsize=8)

@@ -54,6 +54,9 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
         shape_v = (rows, value_states.shape[1], columns, value_states.shape[-1])
         self.keys = torch.zeros(shape_k, dtype=key_states.dtype, device=device)
         self.values = torch.zeros(shape_v, dtype=value_states.dtype, device=device)
+        # (rows, columns, heads, dim) views: a step's new keys go in with one index_put_
+        self._keys_by_column = self.keys.transpose(1, 2)
+        self._values_by_column = self.values.transpose(1, 2)
         self.is_initialized = True
 
     def update(
@@ -64,8 +67,9 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
         keys, values = self.keys, self.values
         assert keys is not None and values is not None
         plan = self._cache.plan
-        keys[plan.write_rows, :, plan.write_columns] = key_states.transpose(1, 2)
-        values[plan.write_rows, :, plan.write_columns] = value_states.transpose(1, 2)
+        where = (plan.write_rows, plan.write_columns)
+        self._keys_by_column.index_put_(where, key_states.transpose(1, 2))
+        self._values_by_column.index_put_(where, value_states.transpose(1, 2))
         columns = slice(0, plan.kv_length)
         return keys[plan.read, :, columns], values[plan.read, :, columns]
 

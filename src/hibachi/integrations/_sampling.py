@@ -119,6 +119,7 @@ class Sampler:
         self._device = device
         self._settings: list[Sampling] = [_GREEDY] * slots
         self._greedy = np.ones(slots, dtype=bool)
+        self._all_greedy = True  # every slot's last request: greedy rows need no lookup
         self._generators: list[torch.Generator | None] = [None] * slots
 
     def start(self, slot: int, options: object) -> None:
@@ -126,6 +127,7 @@ class Sampler:
         settings = Sampling.parse(options)
         self._settings[slot] = settings
         self._greedy[slot] = settings.greedy
+        self._all_greedy = bool(self._greedy.all())
         if not settings.greedy:
             generator = self._generators[slot]
             if generator is None:
@@ -138,6 +140,8 @@ class Sampler:
     def pick(self, logits: torch.Tensor, slots: np.ndarray[Any, Any]) -> torch.Tensor:
         """The next token (B,) for logits (B, vocab) of the rows in ``slots``."""
         chosen = logits.argmax(dim=-1)
+        if self._all_greedy:
+            return chosen
         sampled = np.flatnonzero(~self._greedy[slots])
         if sampled.size:
             index = torch.from_numpy(sampled).to(self._device)

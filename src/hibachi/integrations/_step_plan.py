@@ -167,6 +167,10 @@ class StepPlanner:
                 self._copied.record()
         return positions, Plan(layout.write_rows, positions, layout.read, kv_length)
 
+    def positions(self, count: int) -> np.ndarray[Any, Any]:
+        """The last decode step's positions (``count`` rows, in the layout's order) on the host."""
+        return self._host_view[:count, 0]
+
     def prefill(
         self, layout: Layout, counts: np.ndarray[Any, Any], width: int
     ) -> tuple[torch.Tensor, Plan]:

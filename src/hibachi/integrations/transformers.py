@@ -41,9 +41,11 @@ from .._core.values import describe_value
 from .._exceptions import ConfigurationError, InvalidRequest
 from ._alibi import decoder_layers, layer_arguments, scheme_arguments
 from ._architectures import ATTENTION, RECURRENT, serving_plan
+from ._decode_masks import DecodeMasks
 from ._kv_cache import SlotCache
 from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
+from ._row_attention import Segmenter, Segments, selected
 from ._sampling import Sampler, Sampling
 from ._staged import StagedDecoder, check_stages, stage_devices
 from ._step_plan import Layout, StepPlanner, in_order, on_device
@@ -142,6 +144,8 @@ class CausalLMAdapter(IncrementalModel):
         self._sampler = Sampler(slots, self.device if devices is None else devices[-1])
         self._call = _call_arguments(model)
         self._layers = _decoder_layers(model) if self._serving.alibi else []
+        self._segmenter = _segmenter(model, self._serving.alibi)
+        self._decode_masks = DecodeMasks(self._serving, slots, max_length)
         self.vocab_size = vocabulary_size(model)
         self._staged = None
         if count > 1:
@@ -244,9 +248,13 @@ class CausalLMAdapter(IncrementalModel):
             padding = in_order(mask, layout.host_index).to(self.device)
         self._cache.plan = plan
         states = self._load_states(layout, counts)
-        masks = self._serving.masks(
-            positions, plan.kv_length, padding, self._dtype, keys=self._keys
-        )
+        host = self._planner.positions(len(layout.slots)) if counts is None else None
+        if host is not None:
+            masks = self._decode_masks.masks(layout, host, positions, plan.kv_length, self._dtype)
+        else:
+            masks = self._serving.masks(
+                positions, plan.kv_length, padding, self._dtype, keys=self._keys
+            )
         inputs = {
             "input_ids": in_order(tokens, layout.host_index).to(self.device),
             self._call.cache: self._cache,
@@ -254,7 +262,10 @@ class CausalLMAdapter(IncrementalModel):
         }
         if self._call.positions:
             inputs["position_ids"] = positions
-        logits = self._call_model(inputs, masks)[:, -1]
+        segments = None
+        if host is not None and self._segmenter is not None:
+            segments = self._segmenter.segments(layout, host)
+        logits = self._call_model(inputs, masks, segments)[:, -1]
         if states:
             self._states.store(on_device(layout.slots, self.device), states)
         self._planner.advance(layout, counts)  # undone by step() if the step raises
@@ -272,8 +283,13 @@ class CausalLMAdapter(IncrementalModel):
             self._cache.layers[layer] = state
         return states
 
-    def _call_model(self, inputs: dict[str, Any], masks: Any) -> torch.Tensor:
+    def _call_model(
+        self, inputs: dict[str, Any], masks: Any, segments: Segments | None = None
+    ) -> torch.Tensor:
         scheme = self._serving.alibi
+        if segments is not None:
+            with selected(self.model.config, segments):
+                return self.model(**inputs, attention_mask=masks).logits  # type: ignore[no-any-return]
         if scheme is None:
             return self.model(**inputs, attention_mask=masks).logits  # type: ignore[no-any-return]
         with layer_arguments(self._layers, scheme_arguments(scheme, self.model, masks)):
@@ -296,6 +312,22 @@ def _call_arguments(model: Any) -> _CallArguments:
     if "logits_to_keep" in parameters:
         extra["logits_to_keep"] = 1
     return _CallArguments(cache, "position_ids" in parameters, extra)
+
+
+ROW_SPLIT_ELEMENTS = 131072
+"""A decode step's rows are split into runs (`_row_attention`) where a split saves more than
+this many key and value elements per row and layer (see ``benchmarks/row_attention.py``)."""
+
+
+def _segmenter(model: Any, alibi: str | None) -> Segmenter | None:
+    """Per-run decode attention for a model that attends with ``sdpa``; None for any other."""
+    config = model.config
+    if alibi is not None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return None
+    heads = getattr(config, "num_attention_heads", None) or 1
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "hidden_size", heads) // heads
+    return Segmenter(max(1, ROW_SPLIT_ELEMENTS // (2 * kv_heads * head_dim)))
 
 
 def _decoder_layers(model: Any) -> list[torch.nn.Module]:

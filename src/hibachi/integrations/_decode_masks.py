@@ -1,0 +1,84 @@
+"""Decode steps' attention masks, kept from one step to the next and updated in place.
+
+A decode step over the same rows as the step before, each one position
+further, needs the masks that step had with one more column open in each row
+(its new key) and, in a sliding layer, one more closed (the key that left its
+window). `DecodeMasks` keeps each kind of layer's additive mask for every
+row and every cache column, (rows, max_length + 1), and makes that change with
+one ``scatter_`` per kind (two for a sliding kind): no mask is built per step.
+
+Whenever the step is anything else — other rows, another order, positions
+that did not all move by one (a prefill, a step that raised) — the masks are
+built afresh from the positions (`ServingPlan.mask_rows`). A step's masks are
+views of the kept buffers up to its key length; the next step writes into
+them, so a step's masks are good until the next one begins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._architectures import ServingPlan
+
+__all__ = ["DecodeMasks"]
+
+
+class DecodeMasks:
+    """The masks of decode steps of up to ``rows`` rows, in a cache of ``max_length`` columns."""
+
+    def __init__(self, serving: ServingPlan, rows: int, max_length: int) -> None:
+        self._serving = serving
+        self._columns = max_length + 1  # the last: scratch space, never read
+        self._last = np.full(rows, -1, dtype=np.int64)  # the kept masks' positions
+        self._layout: object = None
+        self._kept: dict[str, torch.Tensor] = {}
+
+    def masks(
+        self,
+        layout: object,
+        host: np.ndarray[Any, Any],
+        positions: torch.Tensor,
+        kv_length: int,
+        dtype: torch.dtype,
+    ) -> Any:
+        """The ``attention_mask`` of a decode step over ``layout``'s rows at ``positions``
+        (B, 1), whose host values are ``host``."""
+        count = len(host)
+        last = self._last[:count]
+        follows = layout is self._layout and bool((host == last + 1).all())
+        self._layout = None  # until the kept masks are those of ``host`` again
+        if follows:
+            self._advance(positions)
+        else:
+            self._rebuild(positions, count, dtype)
+        np.copyto(last, host)
+        self._layout = layout
+        views = {kind: kept[:count, None, None, :kv_length] for kind, kept in self._kept.items()}
+        return self._serving.with_other_kinds(views, None)
+
+    def _rebuild(self, positions: torch.Tensor, count: int, dtype: torch.dtype) -> None:
+        rows = self._serving.mask_rows(positions, self._columns, dtype)
+        for kind, built in rows.items():
+            kept = self._kept.get(kind)
+            if kept is None or kept.dtype != dtype or kept.device != built.device:
+                kept = torch.empty(
+                    (len(self._last), self._columns), dtype=dtype, device=built.device
+                )
+                self._kept[kind] = kept
+            kept[:count].copy_(built)
+
+    def _advance(self, positions: torch.Tensor) -> None:
+        """Each row one position further: its new key opened, and what left a window closed."""
+        count = len(positions)
+        for kind, kept in self._kept.items():
+            rows = kept[:count]
+            window = self._serving.windows[kind]
+            if window is not None and window < self._columns:
+                # a row not yet a window long closes a column past its own position (already
+                # closed): (p - window) mod columns is then above p
+                left = (positions - window).remainder_(self._columns)
+                rows.scatter_(1, left, torch.finfo(kept.dtype).min)
+            rows.scatter_(1, positions, 0.0)
