@@ -133,6 +133,8 @@ class FeedforwardEngine(EngineThread):
 
     def _stack_ahead(self) -> None:
         """Start stacking the next batch on the helper thread, if that is worth it."""
+        if self.core.stack_ahead_min is None:
+            return
         held = self._admit()
         batch = self.core.next_batch_ahead()
         self.queue.release(held - len(self.core))
