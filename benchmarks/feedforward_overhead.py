@@ -51,6 +51,10 @@ def main() -> None:
         print(f"  {label:<38} {wall * 1e6:8.2f} {x_wall:7.2f}x {busy * 1e6:8.2f} {x_cpu:7.2f}x")
     for clock, figures in (("wall", result), ("cpu", cpu)):
         print(f"{clock:>4}: hibachi / floor {figures.ratio_to_floor:.2f}x (target <= 1.30x)")
+        median = figures.median_round_ratio
+        if median is not None:
+            rounds = " ".join(f"{r:.2f}" for r in figures.round_ratios)
+            print(f"      median of the rounds' ratios {median:.2f}x ({rounds})")
         if figures.added_vs_best_peer is not None:
             added = figures.added_vs_best_peer
             print(f"      the best peer adds {added:.1f}x what hibachi adds (target >= 3x)")

@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import gc
 import importlib
+import statistics
 import subprocess
 import sys
 import time
@@ -187,11 +188,19 @@ class Overhead:
     async_batcher: float | None
     cpu: Overhead | None = None
     async_batcher_off_loop: float | None = None
+    round_ratios: tuple[float, ...] = ()
+    """hibachi over the floor in each round, both measured minutes apart at most:
+    steadier than the ratio of the two best figures on a busy machine."""
 
     @property
     def best_peer(self) -> float | None:
         peers = [s for s in (self.batched, self.async_batcher) if s is not None]
         return min(peers) if peers else None
+
+    @property
+    def median_round_ratio(self) -> float | None:
+        """The median of ``round_ratios`` (None without rounds)."""
+        return statistics.median(self.round_ratios) if self.round_ratios else None
 
     @property
     def ratio_to_floor(self) -> float:
@@ -219,17 +228,30 @@ def measure(
     methods += [(name, wait) for name in peers for wait in PEER_WAITS]
     best: dict[str, Cost | None] = dict.fromkeys(name for name, _ in methods)
     methods = [(name, wait) for name, wait in methods if _installed(name)]
+    ratios: list[tuple[float, float]] = []  # (wall, cpu) of hibachi over the floor, per round
     for _ in range(repeat):
+        this_round: dict[str, Cost | None] = {}
         for name, wait in methods:
             cost = _run_isolated(name, callers, batch_size, wait, runs)
             best[name] = _better(best[name], cost)
+            this_round[name] = cost
+        ratios.append(_round_ratio(this_round["floor"], this_round["hibachi"]))
     floor, hibachi = best["floor"], best["hibachi"]
     assert floor is not None and hibachi is not None
     batched, peer, off = best["batched"], best["async_batcher"], best["async_batcher_off_loop"]
     cpu = Overhead(floor.cpu, hibachi.cpu, batched and batched.cpu, peer and peer.cpu)
-    cpu = dataclasses.replace(cpu, async_batcher_off_loop=off and off.cpu)
+    cpu = dataclasses.replace(
+        cpu, async_batcher_off_loop=off and off.cpu, round_ratios=tuple(c for _, c in ratios)
+    )
     wall = Overhead(floor.wall, hibachi.wall, batched and batched.wall, peer and peer.wall, cpu)
-    return dataclasses.replace(wall, async_batcher_off_loop=off and off.wall)
+    return dataclasses.replace(
+        wall, async_batcher_off_loop=off and off.wall, round_ratios=tuple(w for w, _ in ratios)
+    )
+
+
+def _round_ratio(floor: Cost | None, hibachi: Cost | None) -> tuple[float, float]:
+    assert floor is not None and hibachi is not None
+    return hibachi.wall / floor.wall, hibachi.cpu / floor.cpu
 
 
 _MODULES = {
