@@ -334,3 +334,55 @@ async def asyncio_gather(batcher: hibachi.FeedforwardBatcher, xs: list[Any]) -> 
     import asyncio
 
     return list(await asyncio.gather(*(batcher.run(x) for x in xs)))
+
+
+# -- refitting only when a choice needs it ---------------------------------------------
+
+
+def count_fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the cost model's fits: one entry per `_robust_fit` call."""
+    from hibachi._feedforward import cost_model
+
+    fits: list[int] = []
+    real = cost_model._robust_fit
+
+    def counted(points: list[tuple[float, float]]) -> tuple[float, float]:
+        fits.append(len(points))
+        return real(points)
+
+    monkeypatch.setattr(cost_model, "_robust_fit", counted)
+    return fits
+
+
+def test_observing_records_and_the_first_read_refits_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    fits = count_fits(monkeypatch)
+    model = CostModel()
+    for items, length in [(1, 10), (4, 30), (8, 5), (2, 100), (16, 20)]:
+        model.observe(items, length, CPU[0] + CPU[1] * items * length)
+    assert model.stale and fits == []
+    assert model.fitted and model.fixed == pytest.approx(CPU[0])
+    assert model.per_cell == pytest.approx(CPU[1])
+    assert not model.stale and fits == [5]
+
+
+def test_batches_of_one_length_never_refit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone caller's batches leave nothing to choose: no fit on the way to its answer."""
+    fits = count_fits(monkeypatch)
+    driver = costed_driver(CPU, max_batch_size=8)
+    for n in [5, 80, 20, 60, 3, 40, 7, 9]:
+        driver.submit(np.ones(n, np.int64))
+        driver.drain()
+    (model,) = driver.core.costs.values()
+    assert fits == [] and model.stale
+
+
+def test_a_choice_between_lengths_refits_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    fits = count_fits(monkeypatch)
+    driver = costed_driver(CPU, max_batch_size=8)
+    teach(driver, [5, 80, 20, 60, 3, 40])
+    assert fits == []
+    for n in [6, 120, 5, 7, 6]:
+        driver.submit(np.ones(n, np.int64))
+    driver.drain()
+    assert fits[0] == 6  # the first choice saw every batch taught
+    assert sorted(shapes(driver)) == [(1, 120), (4, 7)]

@@ -104,7 +104,11 @@ def test_the_price_of_a_call_is_what_the_cost_model_learnt_within_bounds() -> No
     model = core.cost_of(layout)
     for items, length in [(1, 4), (2, 8), (4, 8), (8, 16)]:
         model.observe(items, length, 0.002 + 0.0001 * items * length)
+    assert core.call_price(layout) == core_module._PRICE_UNKNOWN  # asking does not refit
+    assert model.fitted  # a choice refits
     assert core.call_price(layout) == pytest.approx(0.002)
     for items, length in [(1, 4), (2, 8), (4, 8), (8, 16)] * 16:
         model.observe(items, length, 10.0 + 0.0001 * items * length)
+    assert core.call_price(layout) == pytest.approx(0.002)  # as of the last fit
+    assert model.fitted
     assert core.call_price(layout) == core_module._PRICE_CAP

@@ -288,3 +288,75 @@ def test_a_failing_sink_spoils_no_one_else_s_delivery() -> None:
     courier.end(good, None)
     courier.close()
     assert good.items == [2] and good.ended
+
+
+# -- crash, fatal exceptions and a stuck model, with the courier ---------------------------
+
+
+def next_int(tokens: Any, mask: Any) -> Any:
+    return tokens[:, -1] + 1
+
+
+def test_an_engine_failure_ends_every_stream_through_the_courier() -> None:
+    b = hibachi.AutoregressiveBatcher(
+        next_int, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2, overlap=True
+    )
+
+    def broken(output: Any) -> None:
+        raise KeyError("a bug inside hibachi")
+
+    b._scheduler.apply = broken  # type: ignore[method-assign]
+    with b:
+        streams = [b.run(np.array([1, 2]), max_new_tokens=5, timeout=TIMEOUT) for _ in range(4)]
+        for stream in streams:
+            with pytest.raises(hibachi.HibachiError, match="engine failed"):
+                list(stream)
+        assert b._engine.join(timeout=TIMEOUT)
+    assert b._courier is not None and not b._courier._thread.is_alive()
+
+
+def test_a_fatal_exception_from_the_model_ends_every_stream_through_the_courier() -> None:
+    calls = 0
+
+    def model(tokens: Any, mask: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+        return next_int(tokens, mask)
+
+    b = hibachi.AutoregressiveBatcher(
+        model, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2, overlap=True
+    )
+    with b:
+        streams = [b.run(np.array([1, 2]), max_new_tokens=5, timeout=TIMEOUT) for _ in range(3)]
+        for stream in streams:
+            got: list[int] = []
+            with pytest.raises(hibachi.HibachiError, match="KeyboardInterrupt"):
+                got.extend(int(token) for token in stream)
+            assert got == [3, 4][: len(got)]
+        assert b._engine.join(timeout=TIMEOUT)
+    assert b._courier is not None and not b._courier._thread.is_alive()
+
+
+def test_close_with_cancel_while_the_model_is_stuck_ends_callers_and_later_the_courier() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def model(tokens: Any, mask: Any) -> Any:
+        if tokens.shape[1] > 3:  # the second decode step blocks
+            entered.set()
+            assert release.wait(TIMEOUT)
+        return next_int(tokens, mask)
+
+    b = hibachi.AutoregressiveBatcher(
+        model, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2, overlap=True
+    )
+    b.start()
+    stream = b.run(np.array([1, 2]), max_new_tokens=10, timeout=TIMEOUT)
+    assert entered.wait(TIMEOUT)
+    b.close(cancel=True)
+    with pytest.raises(hibachi.BatcherClosed):
+        list(stream)
+    release.set()
+    assert b._engine.join(timeout=TIMEOUT)
+    assert b._courier is not None and not b._courier._thread.is_alive()

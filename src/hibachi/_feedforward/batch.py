@@ -90,8 +90,15 @@ def split(output: Any, batch: Batch, trim: bool, copy: bool = True) -> list[Any]
     if trim and batch.length:
         columns = [_trimmed(column, batch) for column in columns]
     if copy:
-        columns = [[owned(row, b) for row in c] for c, b in zip(columns, backends, strict=True)]
+        columns = [_owned_rows(c, b) for c, b in zip(columns, backends, strict=True)]
     return _regroup(structure, columns)
+
+
+def _owned_rows(rows: Sequence[Any], backend: Backend | None) -> list[Any]:
+    """`owned` of each of ``rows`` (the rows of one array: all of one type)."""
+    if rows and type(rows[0]) is np.ndarray:
+        return [row.copy() for row in rows]
+    return [owned(row, backend) for row in rows]
 
 
 def owned(row: Any, backend: Backend | None) -> Any:

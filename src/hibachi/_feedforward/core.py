@@ -17,6 +17,14 @@ clock and items that record their outcome.
 - ``fail`` splits a failed batch in two and queues both halves ahead of
   everything else, so that in the end only items that fail on their own get
   the error; every other item gets its result.
+- ``next_batch_ahead`` is the next batch taken early, to be stacked on
+  another thread while the model runs the current one (then ``adopt``ed in
+  place of ``inputs``): only when stacking that kind of batch has cost at
+  least ``stack_ahead_min`` seconds (less, and the hand-off to another thread
+  costs more than it saves) and a full batch waits (so taking it early loses
+  nothing). ``stack_ahead_min`` is None by default: never. Stacking ahead
+  needs a core that neither the model nor the event loop uses; on the 2-vCPU
+  machine it was measured on, it made a stacking-bound workload slower.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ _TRIES_ALONE = 2  # an item fails only after failing this many times in a batch 
 
 _PRICE_UNKNOWN = 0.001  # seconds: a model call's price before the cost model knows it
 _PRICE_CAP = 0.05  # seconds: the most `call_price` answers, whatever was learnt
+
+_SMOOTHING = 0.25  # the weight of the newest stacking time in its running average
 
 _FLAT = CostModel()  # unpadded items: one length, so every batch is as full as it may be
 
@@ -88,6 +98,7 @@ class FeedforwardCore:
         trim_output: bool = False,
         copy_results: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        stack_ahead_min: float | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -99,6 +110,8 @@ class FeedforwardCore:
         self.costs: dict[Layout, CostModel] = {}
         self._retries: list[Batch] = []
         self._started: float | None = None  # when ``inputs`` began on the running batch
+        self.stacking: dict[Layout, float] = {}  # seconds stacking a batch takes, on average
+        self.stack_ahead_min = stack_ahead_min
 
     def __len__(self) -> int:
         """Items in the waiting room (not counting halves of failed batches)."""
@@ -133,12 +146,45 @@ class FeedforwardCore:
 
     def inputs(self, batch: Batch) -> Any:
         """The model's input for ``batch``: every leaf stacked (and padded) along axis 0."""
+        started = self.clock()
+        assembled = assemble(batch)
+        self._note_stacking(batch.layout, self.clock() - started)
+        if batch.length:
+            self._started = started
+        return self._count_cells(assembled)
+
+    def next_batch_ahead(self) -> Batch | None:
+        """The next batch, taken while the model runs the current one, to be stacked
+        meanwhile; None unless that is worth it (see the module's docstring)."""
+        least = self.stack_ahead_min
+        if least is None or self._retries:
+            return None
+        found = self.room.next_group(self.clock())
+        if found is None:
+            return None
+        group = found[0]
+        if group.size < self.max_batch_size or self.stacking.get(group.layout, 0.0) < least:
+            return None
+        return self.next_batch()
+
+    def adopt(self, batch: Batch, assembled: tuple[Any, int, int], seconds: float) -> Any:
+        """`inputs` for a batch from `next_batch_ahead`, stacked elsewhere in ``seconds``:
+        ``assembled`` is what `assemble` returned. The cost model learns the model's
+        time from now on (the stacking overlapped the previous batch)."""
+        self._note_stacking(batch.layout, seconds)
         if batch.length:
             self._started = self.clock()
-        stacked, cells, padding = assemble(batch)
+        return self._count_cells(assembled)
+
+    def _count_cells(self, assembled: tuple[Any, int, int]) -> Any:
+        stacked, cells, padding = assembled
         self.counters.cells += cells
         self.counters.padding_cells += padding
         return stacked
+
+    def _note_stacking(self, layout: Layout, seconds: float) -> None:
+        last = self.stacking.get(layout)
+        self.stacking[layout] = seconds if last is None else last + _SMOOTHING * (seconds - last)
 
     def complete(self, batch: Batch, output: Any, seconds: float | None = None) -> None:
         """Give each item its slice of ``output``; `ModelError` (nothing delivered) if unusable.
@@ -167,12 +213,14 @@ class FeedforwardCore:
         return model
 
     def call_price(self, layout: Layout) -> float:
-        """Seconds a model call on ``layout`` costs whatever its size, as learnt so far
-        (`_PRICE_UNKNOWN` until a fit of padded batches tells), at most `_PRICE_CAP`."""
+        """Seconds a model call on ``layout`` costs whatever its size, as of the cost
+        model's last fit (`_PRICE_UNKNOWN` before one), at most `_PRICE_CAP`.
+
+        It does not refit: the engine asks after every batch, and a fit belongs
+        to the choices that need one."""
         model = self.costs.get(layout)
-        if model is None or not model.fitted:
-            return _PRICE_UNKNOWN
-        return min(model.fixed, _PRICE_CAP)
+        fixed = None if model is None else model.fitted_fixed
+        return _PRICE_UNKNOWN if fixed is None else min(fixed, _PRICE_CAP)
 
     def fail(self, batch: Batch, error: BaseException) -> None:
         """``batch`` failed with ``error``: rerun its halves next, or fail its one item.

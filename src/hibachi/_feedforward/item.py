@@ -99,11 +99,17 @@ class InputChecker:
         self._lone_types: dict[type, Backend] = {}
         self._lone_pad: Any = None
         self._last: tuple[Backend, Any, Any, Any, Layout] | None = None
+        self._last_dict: _DictKind | None = None  # the kind of the previous flat dict input
 
     def describe(self, x: Any) -> Described:
         """The leaves of input ``x`` (see `Item`), its layout and its length."""
         backend = self._lone_types.get(type(x))
         if backend is None:
+            kind = self._last_dict
+            if kind is not None and type(x) is dict:
+                found = kind.match(x)
+                if found is not None:
+                    return found
             return self._describe_any(x)
         shape, dtype, device = x.shape, x.dtype, backend.device(x)
         if self._lone_pad is None:
@@ -145,6 +151,8 @@ class InputChecker:
         key, length = _describe(structure, backend, leaves, pads)
         layout = self._layouts.get(key) or self._layout(key, structure, backend)
         if structure is not LEAF:
+            if type(x) is dict and all(child is LEAF for child in structure[2]):
+                self._last_dict = _DictKind(x, layout)
             return tuple(leaves), layout, length
         if isinstance(x.shape, tuple):
             self._lone_pad = self._pads[LEAF][0]
@@ -188,6 +196,50 @@ class InputChecker:
 
 
 _UNPADDABLE = "a leaf padded with pad_value needs at least one axis, got a 0-d array"
+
+
+class _DictKind:
+    """A flat dict input already described: the short path for the next one like it.
+
+    Its keys in order, and per leaf its type, dtype, device and shape (the
+    padded axis aside). An input that differs in any of these, or that the
+    full checks would refuse, takes the full path.
+    """
+
+    __slots__ = ("backend", "keys", "layout", "leaves")
+
+    def __init__(self, x: dict[Any, Any], layout: Layout) -> None:
+        self.keys = tuple(x)
+        self.layout = layout
+        self.backend = layout.backend
+        self.leaves = [
+            (type(leaf), leaf.dtype, layout.backend.device(leaf), _rest(leaf, pad), pad is not None)
+            for leaf, pad in zip(x.values(), layout.pads, strict=True)
+        ]
+
+    def match(self, x: dict[Any, Any]) -> Described | None:
+        """``x`` described as the full path would, or None if ``x`` is not of this kind."""
+        if len(x) != len(self.keys) or tuple(x) != self.keys:
+            return None
+        leaves, length, device = tuple(x.values()), 0, self.backend.device
+        for leaf, (kind, dtype, where, rest, padded) in zip(leaves, self.leaves, strict=True):
+            if type(leaf) is not kind or leaf.dtype is not dtype:
+                return None
+            shape = leaf.shape
+            if padded:
+                if not shape or shape[1:] != rest:
+                    return None
+                length = max(length, shape[0])
+            elif shape != rest:
+                return None
+            if device(leaf) != where:
+                return None
+        return leaves, self.layout, length
+
+
+def _rest(leaf: Any, pad: Any) -> tuple[int, ...]:
+    shape = tuple(leaf.shape)
+    return shape if pad is None else shape[1:]
 
 
 def _describe(

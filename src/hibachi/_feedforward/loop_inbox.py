@@ -38,6 +38,8 @@ from .._core.delivery import Channels, LoopChannel
 
 __all__ = ["LoopInbox", "LoopInboxes", "Settleable"]
 
+_get_running_loop = asyncio._get_running_loop  # the C function: None outside a loop, no raise
+
 
 class Settleable(Protocol):
     def settle(self) -> None:
@@ -127,9 +129,8 @@ class LoopInboxes:
 
     def for_current_loop(self) -> LoopInbox | None:
         """The inbox of the running event loop; None outside one."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = _get_running_loop()
+        if loop is None:
             return None
         inbox = self._by_loop.get(loop)
         if inbox is None or inbox.channel.dead:
