@@ -86,3 +86,24 @@ def test_a_decode_step_that_raised_midway_is_retried_with_the_right_masks(model:
     decode(adapter, got, 6)
     for start, row in zip(starts, got, strict=True):
         assert row == reference(model, start, len(row), None)
+
+
+def test_a_decode_step_whose_sampling_raised_is_retried_from_its_own_positions(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forward ran and the lengths moved on, then sampling raised: all put back."""
+    adapter = CausalLMAdapter(model, slots=len(PROMPTS), max_length=40)
+    starts = prompts()
+    got = prefill(adapter, starts)
+    decode(adapter, got, 4)
+
+    def boom(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(adapter._sampler, "pick", boom)
+        with pytest.raises(RuntimeError, match="boom"):
+            step(adapter, torch.tensor([row[-1] for row in got])[:, None])
+    decode(adapter, got, 6)
+    for start, row in zip(starts, got, strict=True):
+        assert row == reference(model, start, len(row), None)

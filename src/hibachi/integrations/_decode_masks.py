@@ -1,24 +1,24 @@
 """Decode steps' attention masks, kept from one step to the next and updated in place.
 
 A decode step over the same rows as the step before, each one position
-further, needs the masks that step had with one more column open in each row
-(its new key) and, in a sliding layer, one more closed (the key that left its
-window). `DecodeMasks` keeps each kind of layer's additive mask for every
-row and every cache column, (rows, max_length + 1), and makes that change with
-one ``scatter_`` per kind (two for a sliding kind): no mask is built per step.
+further (the planner says so: `StepPlanner.followed`), needs the masks that
+step had with one more column open in each row (its new key) and, in a sliding
+layer, one more closed (the key that left its window). `DecodeMasks` keeps
+each kind of layer's additive mask for every row and every cache column,
+(rows, max_length + 1), and makes that change with one ``scatter_`` per kind
+(two for a sliding kind): no mask is built per step.
 
-Whenever the step is anything else — other rows, another order, positions
-that did not all move by one (a prefill, a step that raised) — the masks are
-built afresh from the positions (`ServingPlan.mask_rows`). A step's masks are
-views of the kept buffers up to its key length; the next step writes into
-them, so a step's masks are good until the next one begins.
+Whenever the step is anything else — other rows, another order, a step after
+a prefill or after one that raised — the masks are built afresh from the
+positions (`ServingPlan.mask_rows`). A step's masks are views of the kept
+buffers up to its key length; the next step writes into them, so a step's
+masks are good until the next one begins.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from ._architectures import ServingPlan
@@ -31,50 +31,57 @@ class DecodeMasks:
 
     def __init__(self, serving: ServingPlan, rows: int, max_length: int) -> None:
         self._serving = serving
+        self._rows_kept = rows
         self._columns = max_length + 1  # the last: scratch space, never read
-        self._last = np.full(rows, -1, dtype=np.int64)  # the kept masks' positions
-        self._layout: object = None
+        self._layout: object = None  # whose masks are kept
         self._kept: dict[str, torch.Tensor] = {}
+        self._first: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def masks(
         self,
         layout: object,
-        host: np.ndarray[Any, Any],
+        followed: bool,
         positions: torch.Tensor,
         kv_length: int,
         dtype: torch.dtype,
     ) -> Any:
         """The ``attention_mask`` of a decode step over ``layout``'s rows at ``positions``
-        (B, 1), whose host values are ``host``."""
-        count = len(host)
-        last = self._last[:count]
-        follows = layout is self._layout and bool((host == last + 1).all())
-        self._layout = None  # until the kept masks are those of ``host`` again
+        (B, 1); ``followed``: the step before was over the same rows, each one position back."""
+        count = len(positions)
+        follows = followed and layout is self._layout
+        self._layout = None  # until the kept masks are this step's
         if follows:
             self._advance(positions)
         else:
             self._rebuild(positions, count, dtype)
-        np.copyto(last, host)
         self._layout = layout
-        views = {kind: kept[:count, None, None, :kv_length] for kind, kept in self._kept.items()}
+        views = {kind: self._rows(kind, count)[1].narrow(3, 0, kv_length) for kind in self._kept}
         return self._serving.with_other_kinds(views, None)
+
+    def _rows(self, kind: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``kind``'s kept masks of the first ``count`` rows, (count, columns) and
+        (count, 1, 1, columns): views, kept while the buffer is."""
+        views = self._first.get((kind, count))
+        if views is None:
+            rows = self._kept[kind][:count]
+            views = self._first[kind, count] = (rows, rows[:, None, None, :])
+        return views
 
     def _rebuild(self, positions: torch.Tensor, count: int, dtype: torch.dtype) -> None:
         rows = self._serving.mask_rows(positions, self._columns, dtype)
         for kind, built in rows.items():
             kept = self._kept.get(kind)
             if kept is None or kept.dtype != dtype or kept.device != built.device:
-                kept = torch.empty(
-                    (len(self._last), self._columns), dtype=dtype, device=built.device
-                )
-                self._kept[kind] = kept
-            kept[:count].copy_(built)
+                shape = (self._rows_kept, self._columns)
+                self._kept[kind] = torch.empty(shape, dtype=dtype, device=built.device)
+                self._first.clear()
+            self._rows(kind, count)[0].copy_(built)
 
     def _advance(self, positions: torch.Tensor) -> None:
         """Each row one position further: its new key opened, and what left a window closed."""
         count = len(positions)
         for kind, kept in self._kept.items():
-            rows = kept[:count]
+            rows = self._rows(kind, count)[0]
             window = self._serving.windows[kind]
             if window is not None and window < self._columns:
                 # a row not yet a window long closes a column past its own position (already

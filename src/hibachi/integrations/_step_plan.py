@@ -98,7 +98,11 @@ class StepPlanner:
         self._host = torch.zeros((slots, 1), dtype=torch.int64, pin_memory=self._pinned)
         self._host_view = self._host.numpy()
         self._positions = self._host if device.type == "cpu" else self._host.to(device)
+        self._first: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # count: (device, host)
         self._copied: Any = None  # a CUDA event: the last copy from the host buffer is done
+        self._follows: Layout | None = None  # the last step: a decode over it, committed
+        self._kv_length = 0
+        self.followed = False  # whether the last decode step followed one over its rows
 
     def layout(self, slots: np.ndarray[Any, Any]) -> Layout:
         """The layout of a step over ``slots`` (every one mapped to a row)."""
@@ -133,6 +137,8 @@ class StepPlanner:
     def readmit(self, slots: np.ndarray[Any, Any]) -> list[int]:
         """The positions in ``slots`` of slots with no row, each given one now: a row
         that a step which raised had added, kept for the retry of that step."""
+        if self._layout is not None and self._layout.key == (self.rows.version, slots.tobytes()):
+            return []  # the rows of the last step, every one mapped since
         missing: list[int] = np.flatnonzero(self.rows.phys[slots] < 0).tolist()
         for j in missing:
             self.rows.add(int(slots[j]))
@@ -148,24 +154,45 @@ class StepPlanner:
         width = int(mask.shape[1])
         if width == 1:
             return layout, None, *self.decode(layout)
+        self._follows = None
         counts = in_order(mask.sum(dim=1).numpy(force=True), layout.order)
         return layout, counts, *self.prefill(layout, counts, width)
 
     def decode(self, layout: Layout) -> tuple[torch.Tensor, Plan]:
-        """Positions (B, 1) and the cache's plan for one new token in each of ``layout``'s rows."""
+        """Positions (B, 1) and the cache's plan for one new token in each of ``layout``'s rows.
+
+        A decode step that follows one over the same rows, committed (`advance`), adds one to
+        the positions in place, on the device; any other takes them from the lengths."""
         count = len(layout.slots)
         if self._copied is not None:
             self._copied.synchronize()  # the copy only, queued before the last step's forward
+        positions, on_host = self._first_rows(count)
+        self.followed = self._follows is layout
+        self._follows = None  # until this step is committed
+        if self.followed:
+            positions.add_(1)
+            if positions is not on_host:
+                on_host.add_(1)  # the host's copy, for what reads it there
+            self._kv_length += 1
+            return positions, Plan(layout.write_rows, positions, layout.read, self._kv_length)
         host = self._host_view[:count, 0]
         np.take(self.lengths, layout.slots, out=host)
-        kv_length = int(host.max()) + 1
-        positions = self._positions[:count]
-        if self._positions is not self._host:
-            positions.copy_(self._host[:count], non_blocking=self._pinned)
+        self._kv_length = int(host.max()) + 1
+        if positions is not on_host:
+            positions.copy_(on_host, non_blocking=self._pinned)
             if self._pinned:
                 self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 self._copied.record()
-        return positions, Plan(layout.write_rows, positions, layout.read, kv_length)
+        return positions, Plan(layout.write_rows, positions, layout.read, self._kv_length)
+
+    def _first_rows(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decode positions' first ``count`` rows, on the device and the host (views, kept)."""
+        views = self._first.get(count)
+        if views is None:
+            on_host = self._host[:count]
+            on_device = on_host if self._positions is self._host else self._positions[:count]
+            views = self._first[count] = (on_device, on_host)  # one tensor on the CPU
+        return views
 
     def positions(self, count: int) -> np.ndarray[Any, Any]:
         """The last decode step's positions (``count`` rows, in the layout's order) on the host."""
@@ -186,8 +213,14 @@ class StepPlanner:
         return on_device(np.maximum(positions, 0), device), plan
 
     def advance(self, layout: Layout, counts: np.ndarray[Any, Any] | None) -> None:
-        """``layout``'s rows have seen ``counts`` more tokens each (None: one)."""
+        """``layout``'s rows have seen ``counts`` more tokens each (None: one): the step is
+        committed."""
         self.lengths[layout.slots] += 1 if counts is None else counts
+        self._follows = layout if counts is None else None
+
+    def forget(self) -> None:
+        """The last step did not happen after all (its lengths were put back)."""
+        self._follows = None
 
 
 def on_device(array: np.ndarray[Any, Any], device: torch.device) -> torch.Tensor:

@@ -196,6 +196,7 @@ class CausalLMAdapter(IncrementalModel):
             except BaseException:
                 # a step that raised changes nothing (see IncrementalModel: retries)
                 self._lengths[slots] = lengths
+                self._planner.forget()
                 if states is not None:
                     self._states.restore(states)
                 raise
@@ -250,13 +251,16 @@ class CausalLMAdapter(IncrementalModel):
         states = self._load_states(layout, counts)
         host = self._planner.positions(len(layout.slots)) if counts is None else None
         if host is not None:
-            masks = self._decode_masks.masks(layout, host, positions, plan.kv_length, self._dtype)
+            masks = self._decode_masks.masks(
+                layout, self._planner.followed, positions, plan.kv_length, self._dtype
+            )
         else:
             masks = self._serving.masks(
                 positions, plan.kv_length, padding, self._dtype, keys=self._keys
             )
+        tokens = in_order(tokens, layout.host_index)
         inputs = {
-            "input_ids": in_order(tokens, layout.host_index).to(self.device),
+            "input_ids": tokens if tokens.device == self.device else tokens.to(self.device),
             self._call.cache: self._cache,
             **self._call.extra,
         }
