@@ -125,3 +125,22 @@ def test_the_engine_stacks_the_next_batch_while_the_model_runs(
     assert [r.tolist() for r in results] == [[2.0 * i] * 2 for i in range(7)]
     assert overlapped == [True]
     assert any("-stack" in name for name in threads)
+
+
+def test_overlap_is_the_public_switch_for_stacking_ahead() -> None:
+    off = hibachi.FeedforwardBatcher(lambda batch: batch)
+    on = hibachi.FeedforwardBatcher(lambda batch: batch, overlap=True)
+    assert off._core.stack_ahead_min is None
+    assert on._core.stack_ahead_min == core_module.STACK_AHEAD_MIN
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_overlap_must_be_a_bool(value: Any) -> None:
+    with pytest.raises(hibachi.ConfigurationError, match="overlap"):
+        hibachi.FeedforwardBatcher(lambda batch: batch, overlap=value)
+
+
+def test_overlap_is_refused_for_a_pipeline_whose_stages_already_overlap() -> None:
+    pipeline = hibachi.Pipeline(lambda batch: batch, lambda batch: batch)
+    with pytest.raises(hibachi.ConfigurationError, match="Pipeline"):
+        hibachi.FeedforwardBatcher(pipeline, overlap=True)

@@ -17,7 +17,7 @@ from .._core.queue import WorkQueue
 from .._core.time_limits import check_timeout
 from .._core.values import describe_value
 from .._exceptions import ConfigurationError
-from .core import FeedforwardCore
+from .core import STACK_AHEAD_MIN, FeedforwardCore
 from .engine import FeedforwardEngine
 from .handle import ResultHandle, make_handle
 from .item import InputChecker, Item
@@ -74,6 +74,14 @@ class FeedforwardBatcher(Lifecycle):
             autograd work). False: each result is a view into the model's
             output for the whole batch, which it keeps alive, and with torch
             an inference tensor; it saves a copy per result.
+        overlap: stack and pad the next batch on a helper thread while the
+            model runs the current one, for kinds of input whose stacking has
+            cost at least ``STACK_AHEAD_MIN`` seconds and when a full batch
+            waits. False (the default): every batch is stacked on the
+            batcher's thread, just before its model call. It pays only with a
+            core to spare beside the model and the callers' event loop; on
+            2 CPU cores it was measured slower (README, *Overlap*). Not with
+            a `Pipeline` model, whose stages already run side by side.
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class FeedforwardBatcher(Lifecycle):
         backend: Backend | None = None,
         max_batch_tokens: int | None = None,
         copy_results: bool = True,
+        overlap: bool = False,
     ) -> None:
         super().__init__()
         _check_count(max_batch_size, "max_batch_size")
@@ -98,6 +107,13 @@ class FeedforwardBatcher(Lifecycle):
         if max_queue_size is not None:
             _check_count(max_queue_size, "max_queue_size")
         trim_output = as_flag(trim_output, "trim_output", ConfigurationError)
+        if not isinstance(overlap, bool):  # as the autoregressive batcher's overlap
+            raise ConfigurationError(f"overlap must be a bool, got {describe_value(overlap)}")
+        if overlap and isinstance(model, Pipeline):
+            raise ConfigurationError(
+                "overlap stacks the next batch beside the model; a Pipeline already runs "
+                "its stages side by side: make the stacking a stage of it instead"
+            )
         _check_settings(max_wait, pad_value, trim_output)
         self._inputs = InputChecker(pad_value, backend)
         self._queue: WorkQueue[Item] = WorkQueue(max_queue_size)
@@ -107,6 +123,7 @@ class FeedforwardBatcher(Lifecycle):
             max_batch_tokens=max_batch_tokens,
             trim_output=trim_output,
             copy_results=as_flag(copy_results, "copy_results", ConfigurationError),
+            stack_ahead_min=STACK_AHEAD_MIN if overlap else None,
         )
         self._inboxes = LoopInboxes(Channels(), self._queue.wake_sleeper)
         self._stages = (

@@ -43,10 +43,13 @@ from .cost_model import CostModel
 from .item import Item, Layout
 from .waiting_room import Group, Release, WaitingRoom
 
-__all__ = ["FeedforwardCore", "FeedforwardCounters"]
+__all__ = ["STACK_AHEAD_MIN", "FeedforwardCore", "FeedforwardCounters"]
 
 _TRIES_ALONE = 2  # an item fails only after failing this many times in a batch of its own
 
+STACK_AHEAD_MIN = 0.001
+"""Seconds: with ``overlap``, a kind of input is stacked ahead once stacking its batches
+takes this long."""
 _PRICE_UNKNOWN = 0.001  # seconds: a model call's price before the cost model knows it
 _PRICE_CAP = 0.05  # seconds: the most `call_price` answers, whatever was learnt
 
