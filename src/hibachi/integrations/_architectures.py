@@ -82,14 +82,8 @@ class ServingPlan:
         """
         if keys is None:
             keys = torch.arange(kv_length, device=positions.device)
-        keys = keys[:kv_length]
-        queries = positions[:, :, None]
-        blocked_value, zero = _fill_values(dtype, positions.device)
-        built: dict[str, Any] = {
-            kind: _additive(queries, keys, window, blocked_value, zero)[:, None]
-            for kind, window in self.windows.items()
-        }
-        return self.with_other_kinds(built, padding)
+        by_kind = self._additive_by_kind(positions[:, :, None], keys[:kv_length], dtype)
+        return self.with_other_kinds({k: m[:, None] for k, m in by_kind.items()}, padding)
 
     def mask_rows(
         self, positions: torch.Tensor, columns: int, dtype: torch.dtype
@@ -97,9 +91,15 @@ class ServingPlan:
         """Each attention kind's additive mask (B, ``columns``) for one token at each of
         ``positions`` (B, 1): the keys of columns 0 … columns-1 it sees and those it does not."""
         keys = torch.arange(columns, device=positions.device)
-        blocked_value, zero = _fill_values(dtype, positions.device)
+        return self._additive_by_kind(positions, keys, dtype)
+
+    def _additive_by_kind(
+        self, queries: torch.Tensor, keys: torch.Tensor, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        """Each attention kind's additive mask of ``queries`` over ``keys`` (`_additive`)."""
+        blocked_value, zero = _fill_values(dtype, queries.device)
         return {
-            kind: _additive(positions, keys, window, blocked_value, zero)
+            kind: _additive(queries, keys, window, blocked_value, zero)
             for kind, window in self.windows.items()
         }
 
