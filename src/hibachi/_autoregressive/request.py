@@ -6,8 +6,6 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 from .._backends import Backend
 from .._core.values import as_int, describe_int
 from .._exceptions import InvalidRequest
@@ -111,8 +109,8 @@ def check_budget(
     value: object, name: str = "max_new_tokens", *, most: int | None = MAX_COUNT
 ) -> int:
     """An int in 1 … ``most`` (None: no upper limit), or InvalidRequest."""
-    count = as_int(value)  # a NumPy or other integer becomes a plain int
-    if count is None or isinstance(value, np.bool_):
+    count = as_int(value)  # a NumPy or other integer becomes a plain int; bools do not
+    if count is None:
         raise InvalidRequest(f"{name} must be an int, got {type(value).__name__}")
     if count < 1:
         raise InvalidRequest(f"{name} must be at least 1, got {describe_int(count)}")
