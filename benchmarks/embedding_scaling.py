@@ -14,12 +14,19 @@ concurrency (the order turns each round):
   one-thread executor, as an async server without a batcher must run them (a
   second reference, not the target).
 
+``--release-loop-pool``: before each run of the two methods on another thread,
+the main thread ends its OpenMP workers (``hibachi._bench.openmp``), as an
+application whose event-loop thread never runs the model would have none: on
+as many torch threads as CPUs, libgomp stops spinning while two threads own
+pools (see docs/cpu-threads.md). One call per text on the main thread is
+measured as it is either way.
+
 Prints each method's median texts/s, and hibachi's ratio to each reference as
 the median of the rounds' ratios with the lowest and highest, and its best-of
 ratio; with the load average before and after.
 
 Usage: python benchmarks/embedding_scaling.py [--threads 1] [--concurrency 1,2,4,8,16,32,64]
-       [--per-client 4] [--min-texts 32] [--rounds 5]
+       [--per-client 4] [--min-texts 32] [--rounds 5] [--no-worker] [--release-loop-pool]
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from hibachi._bench.minilm import MiniLM, load_minilm, make_texts
+from hibachi._bench.openmp import release_openmp_pool
 from hibachi._bench.rounds import alternate, ratio_summary
 from hibachi._bench.scaling import alone_on_worker_curve, embedding_curve
 from hibachi._bench.settings import ScalingSize
@@ -49,6 +58,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-worker", action="store_true", help="skip the worker-thread method")
+    parser.add_argument(
+        "--release-loop-pool",
+        action="store_true",
+        help="end the main thread's OpenMP workers before each run on another thread",
+    )
     args = parser.parse_args()
     import torch
 
@@ -62,9 +76,11 @@ def main() -> None:
     for c in counts:
         methods = _methods(minilm, texts[: size.texts_at(c)], c, args)
         figures[c] = alternate(methods, args.rounds)
+    released = ", the main thread's OpenMP pool released" if args.release_loop_pool else ""
     print(
-        f"texts/s, all-MiniLM-L6-v2, {args.threads} thread(s), median of {args.rounds} "
-        f"alternating rounds; load average {load:.2f} before, {os.getloadavg()[0]:.2f} after"
+        f"texts/s, all-MiniLM-L6-v2, {args.threads} thread(s){released}, median of "
+        f"{args.rounds} alternating rounds; load average {load:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after"
     )
     _print(counts, size, figures)
 
@@ -75,12 +91,20 @@ def _methods(
     def alone() -> float:
         return len(texts) / _timed(lambda: [minilm.alone(text) for text in texts])
 
+    def on_other_thread(run: Callable[[], Coroutine[Any, Any, float]]) -> Callable[[], float]:
+        def measured() -> float:
+            if args.release_loop_pool and not release_openmp_pool():
+                raise SystemExit("--release-loop-pool: torch bundles no libgomp that can")
+            return run_async(run())
+
+        return measured
+
     methods = {
         ALONE: alone,
-        HIBACHI: lambda: run_async(embedding_curve(minilm, texts, callers, args.batch_size)),
+        HIBACHI: on_other_thread(lambda: embedding_curve(minilm, texts, callers, args.batch_size)),
     }
     if not args.no_worker:
-        methods[WORKER] = lambda: run_async(alone_on_worker_curve(minilm, texts, callers))
+        methods[WORKER] = on_other_thread(lambda: alone_on_worker_curve(minilm, texts, callers))
     return methods
 
 

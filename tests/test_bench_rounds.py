@@ -129,3 +129,15 @@ def test_the_scaling_curves_are_medians_of_alternating_rounds(
     assert order[:6] == ["alone", "hibachi", "hibachi", "alone", "alone", "hibachi"]
     assert alone.y == [pytest.approx(12.0)] * 2 and served.y == [11.0] * 2
     assert "1: 1.10x [0.75-1.20], 4: 1.10x [0.75-1.20]" in section.notes[-1]
+
+
+def test_releasing_the_openmp_pool_leaves_torch_working() -> None:
+    """Where torch bundles libgomp, the call succeeds and the next parallel region still runs."""
+    torch = pytest.importorskip("torch")
+    from hibachi._bench.openmp import release_openmp_pool
+
+    x = torch.ones(1 << 17)
+    assert float(x.add(1).sum()) == 2.0 * (1 << 17)  # a parallel region: this thread's pool
+    released = release_openmp_pool()
+    assert isinstance(released, bool)
+    assert float(x.add(2).sum()) == 3.0 * (1 << 17)
