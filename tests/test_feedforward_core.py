@@ -244,12 +244,17 @@ def test_an_unusable_output_is_a_clear_model_error(output: Any, complaint: str) 
         assert complaint in str(item.error)
 
 
-def test_inputs_that_cannot_be_stacked_fail_alone_with_invalid_request() -> None:
-    driver = Driver(double)
-    item = driver.submit(np.zeros(2, np.uint8))
-    with mock.patch.object(NumpyBackend, "stack", side_effect=ValueError("cannot stack")):
+@pytest.mark.parametrize("count", [pytest.param(1, id="alone"), pytest.param(2, id="two")])
+def test_inputs_that_cannot_be_stacked_fail_alone_with_invalid_request(count: int) -> None:
+    driver = Driver(double, max_batch_size=2)
+    items = [driver.submit(np.zeros(2, np.uint8)) for _ in range(count)]
+    error = ValueError("cannot stack")
+    with (
+        mock.patch.object(NumpyBackend, "stack", side_effect=error),
+        mock.patch.object(NumpyBackend, "as_batch", side_effect=error),
+    ):
         driver.drain()
-    assert isinstance(item.error, InvalidRequest)
+    assert all(isinstance(item.error, InvalidRequest) for item in items)
 
 
 def test_a_pad_value_that_does_not_fit_the_dtype_is_refused_at_submission() -> None:
