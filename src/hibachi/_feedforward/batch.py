@@ -107,6 +107,8 @@ def _owned_rows(rows: Sequence[Any], backend: Backend | None) -> list[Any]:
     """`owned` of each of ``rows`` (the rows of one array: all of one type)."""
     if rows and type(rows[0]) is np.ndarray:
         return [row.copy() for row in rows]
+    if rows and backend is not None and backend.name == "torch" and backend.is_array(rows[0]):
+        return [row.clone() for row in rows]
     return [owned(row, backend) for row in rows]
 
 
