@@ -7,11 +7,15 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from _feedforward_support import Driver
 from hibachi import InvalidRequest, ModelError, Timeout
 from hibachi._backends._array_api import NumpyBackend
 from hibachi._exceptions import BatcherClosed
+from hibachi._feedforward.cost_model import CostModel
+from hibachi._feedforward.waiting_room import Group
 
 
 def double(batch: Any) -> Any:
@@ -198,6 +202,25 @@ def test_similar_lengths_go_together_and_the_oldest_always_goes() -> None:
     assert batches == [[9, 10], [1, 1], [2, 8]]  # the sorted cuts; 9, then 1, is the oldest
     for n, item in zip(lengths, items, strict=True):
         np.testing.assert_array_equal(item.result, arange(n) * 2)
+
+
+@given(
+    waiting=st.integers(1, 12),
+    count=st.integers(1, 12),
+    length=st.integers(0, 6),
+    max_cells=st.none() | st.integers(1, 40),
+)
+def test_a_group_of_one_length_gives_its_oldest_items_within_the_bounds(
+    waiting: int, count: int, length: int, max_cells: int | None
+) -> None:
+    items: list[Any] = [mock.Mock(length=length, seq=i) for i in range(waiting)]
+    group = Group(mock.Mock())
+    group.extend(items)
+    room = count if max_cells is None or length == 0 else max(1, max_cells // length)
+    taken = min(waiting, count, room)
+    assert group.take(count, max_cells, CostModel()) == items[:taken]
+    assert group.size == waiting - taken
+    assert [item for bucket in group.buckets.values() for item in bucket] == items[taken:]
 
 
 # -- errors ------------------------------------------------------------------------
