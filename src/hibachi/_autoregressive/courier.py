@@ -32,7 +32,7 @@ from .._backends import Backend
 from .._core.delivery import Channels
 from .request import Sink
 
-__all__ = ["Courier", "CourierSink", "send_tokens"]
+__all__ = ["Courier", "CourierSink", "Outlet", "send_tokens"]
 
 _log = logging.getLogger("hibachi")
 
@@ -120,6 +120,35 @@ class Courier:
             return
         if lost:
             self._on_lost()
+
+
+class Outlet:
+    """Where an engine thread sends each step's results: to the callers' event loops
+    itself (``courier`` None), or through ``courier``."""
+
+    __slots__ = ("channels", "courier")
+
+    def __init__(self, channels: Channels, courier: Courier | None) -> None:
+        self.channels = channels
+        self.courier = courier
+
+    def start(self) -> None:
+        if self.courier is not None:
+            self.courier.start()
+
+    def deliver(self) -> bool:
+        """Send the step's results on; True if some caller's event loop was found closed
+        (known at once only without a courier: the courier reports it through ``on_lost``)."""
+        if self.courier is None:
+            return self.channels.flush()
+        self.courier.post()
+        return False
+
+    def close(self) -> None:
+        """Deliver what is left, on the engine thread's way out."""
+        if self.courier is not None:
+            self.courier.close()
+        self.channels.flush()
 
 
 class CourierSink:

@@ -13,7 +13,7 @@ from .._core.delivery import Channels
 from .._core.engine_thread import EngineThread
 from .._core.model import ModelRunner, engine_failure
 from .._exceptions import BatcherClosed, HibachiError
-from .courier import Courier
+from .courier import Courier, Outlet
 from .isolation import attempt, isolate
 from .scheduler import Scheduler, copy_error
 
@@ -36,8 +36,7 @@ class Engine(EngineThread):
         super().__init__(scheduler.queue, runner, name)
         self.runner: ModelRunner = runner
         self.scheduler = scheduler
-        self.channels = channels
-        self.courier = courier
+        self.outlet = Outlet(channels, courier)
 
     def _crash(self, exc: BaseException) -> None:
         error = HibachiError(engine_failure(exc))
@@ -45,17 +44,7 @@ class Engine(EngineThread):
         self.scheduler.abort(error)
 
     def _flush(self) -> None:
-        if self.courier is not None:
-            self.courier.close()
-        self.channels.flush()
-
-    def _deliver(self) -> bool:
-        """Send the step's results on (wake the callers' loops, or post them to the
-        courier); True if some caller's event loop was found closed."""
-        if self.courier is None:
-            return self.channels.flush()
-        self.courier.post()
-        return False
+        self.outlet.close()
 
     def _abandon(self, error: BaseException) -> None:
         for request in list(self.scheduler.rows) + self.queue.snapshot():
@@ -63,18 +52,17 @@ class Engine(EngineThread):
 
     def _loop(self) -> None:
         scheduler, queue = self.scheduler, self.scheduler.queue
-        if self.courier is not None:
-            self.courier.start()
+        self.outlet.start()
         while True:
             if self._abort:
                 scheduler.abort(BatcherClosed("the batcher was closed before the request finished"))
                 return
             if scheduler.schedule():
                 self._step()
-                if self._deliver():
+                if self.outlet.deliver():
                     scheduler.note_departure()
                 continue
-            self._deliver()
+            self.outlet.deliver()
             if queue.closed and not len(queue):
                 return
             queue.wait()

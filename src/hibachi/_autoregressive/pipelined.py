@@ -26,7 +26,7 @@ from .._core.engine_thread import EngineThread
 from .._core.model import ModelRunner, engine_failure
 from .._core.pipeline import Job, Stages
 from .._exceptions import BatcherClosed, HibachiError
-from .courier import Courier
+from .courier import Courier, Outlet
 from .isolation import attempt, isolate
 from .scheduler import Counters, Scheduler, copy_error
 
@@ -82,10 +82,9 @@ class PipelinedEngine(EngineThread):
         """``release``: the runner of an `IncrementalModel`'s release, closed with the engine;
         ``courier``: delivers the tokens on a thread of its own (``overlap=True``)."""
         super().__init__(schedulers[0].queue, stages, name)
-        self.courier = courier
         self.stages = stages
         self._release = release
-        self.channels = channels
+        self.outlet = Outlet(channels, courier)
         self.groups = [_Group(scheduler) for scheduler in schedulers]
         self._out = threading.Event()  # a job came out of the last stage
 
@@ -99,15 +98,7 @@ class PipelinedEngine(EngineThread):
             group.scheduler.abort(error)
 
     def _flush(self) -> None:
-        if self.courier is not None:
-            self.courier.close()
-        self.channels.flush()
-
-    def _deliver(self) -> None:
-        if self.courier is None:
-            self.channels.flush()
-        else:
-            self.courier.post()
+        self.outlet.close()
 
     def _finish(self) -> None:
         if self._release is not None:
@@ -121,8 +112,7 @@ class PipelinedEngine(EngineThread):
 
     def _loop(self) -> None:
         self.stages.start()
-        if self.courier is not None:
-            self.courier.start()
+        self.outlet.start()
         while True:
             if self._abort:
                 self._drain_jobs()
@@ -134,7 +124,7 @@ class PipelinedEngine(EngineThread):
             self._out.clear()
             moved = self._complete_done()
             moved = self._start_idle() or moved
-            self._deliver()
+            self.outlet.deliver()
             if moved:
                 continue
             if not self._in_flight() and self.queue.closed and not len(self.queue):
