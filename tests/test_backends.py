@@ -245,3 +245,16 @@ def test_a_registered_backend() -> None:
 def test_register_backend_refuses_what_is_no_backend() -> None:
     with pytest.raises(TypeError, match=r"does not implement hibachi\.Backend"):
         hibachi.register_backend(Boxed, object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("guard", [True, False], ids=["c-guard", "without-it"])
+def test_torch_calls_run_in_inference_mode(guard: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hibachi._backends._array_api import TorchBackend
+
+    if not guard:  # a torch without the C guard: torch.inference_mode instead
+        monkeypatch.delattr(torch._C, "_InferenceMode")
+    backend = TorchBackend()
+    monkeypatch.undo()
+    with backend.inference_context():
+        assert torch.is_inference_mode_enabled()
+    assert not torch.is_inference_mode_enabled()

@@ -7,11 +7,15 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from _feedforward_support import Driver
 from hibachi import InvalidRequest, ModelError, Timeout
 from hibachi._backends._array_api import NumpyBackend
 from hibachi._exceptions import BatcherClosed
+from hibachi._feedforward.cost_model import CostModel
+from hibachi._feedforward.waiting_room import Group
 
 
 def double(batch: Any) -> Any:
@@ -200,6 +204,25 @@ def test_similar_lengths_go_together_and_the_oldest_always_goes() -> None:
         np.testing.assert_array_equal(item.result, arange(n) * 2)
 
 
+@given(
+    waiting=st.integers(1, 12),
+    count=st.integers(1, 12),
+    length=st.integers(0, 6),
+    max_cells=st.none() | st.integers(1, 40),
+)
+def test_a_group_of_one_length_gives_its_oldest_items_within_the_bounds(
+    waiting: int, count: int, length: int, max_cells: int | None
+) -> None:
+    items: list[Any] = [mock.Mock(length=length, seq=i) for i in range(waiting)]
+    group = Group(mock.Mock())
+    group.extend(items)
+    room = count if max_cells is None or length == 0 else max(1, max_cells // length)
+    taken = min(waiting, count, room)
+    assert group.take(count, max_cells, CostModel()) == items[:taken]
+    assert group.size == waiting - taken
+    assert [item for bucket in group.buckets.values() for item in bucket] == items[taken:]
+
+
 # -- errors ------------------------------------------------------------------------
 
 
@@ -244,12 +267,17 @@ def test_an_unusable_output_is_a_clear_model_error(output: Any, complaint: str) 
         assert complaint in str(item.error)
 
 
-def test_inputs_that_cannot_be_stacked_fail_alone_with_invalid_request() -> None:
-    driver = Driver(double)
-    item = driver.submit(np.zeros(2, np.uint8))
-    with mock.patch.object(NumpyBackend, "stack", side_effect=ValueError("cannot stack")):
+@pytest.mark.parametrize("count", [pytest.param(1, id="alone"), pytest.param(2, id="two")])
+def test_inputs_that_cannot_be_stacked_fail_alone_with_invalid_request(count: int) -> None:
+    driver = Driver(double, max_batch_size=2)
+    items = [driver.submit(np.zeros(2, np.uint8)) for _ in range(count)]
+    error = ValueError("cannot stack")
+    with (
+        mock.patch.object(NumpyBackend, "stack", side_effect=error),
+        mock.patch.object(NumpyBackend, "as_batch", side_effect=error),
+    ):
         driver.drain()
-    assert isinstance(item.error, InvalidRequest)
+    assert all(isinstance(item.error, InvalidRequest) for item in items)
 
 
 def test_a_pad_value_that_does_not_fit_the_dtype_is_refused_at_submission() -> None:

@@ -128,6 +128,10 @@ class NumpyBackend(ArrayAPIBackend):
             return np.concatenate(xs).reshape(len(xs), *first.shape)
         return np.stack(xs)
 
+    def as_batch(self, x: Any) -> Any:
+        # a subclass (np.matrix, a masked array) may index differently: stacked instead
+        return x[None] if type(x) is np.ndarray and x.flags.c_contiguous else None
+
     def pad_stack(self, xs: Sequence[Any], length: int, fill: Any) -> Any:
         first = xs[0]
         out = np.full((len(xs), length, *first.shape[1:]), fill, dtype=first.dtype)
@@ -146,6 +150,9 @@ class TorchBackend(ArrayAPIBackend):
         import torch
 
         self._torch = torch
+        # torch.inference_mode enters this C guard through two Python layers: a third the cost
+        guard = getattr(torch._C, "_InferenceMode", None)
+        self._inference_guard = guard if callable(guard) else None
 
     def is_array(self, x: object) -> bool:
         return isinstance(x, self._torch.Tensor)
@@ -187,6 +194,13 @@ class TorchBackend(ArrayAPIBackend):
     def stack(self, xs: Sequence[Any]) -> Any:
         return self._torch.stack(list(xs))
 
+    def as_batch(self, x: Any) -> Any:
+        # ``x[None]`` costs a third of ``unsqueeze(0)``; a subclass, a sparse or non-contiguous
+        # tensor, or one that requires grad is stacked instead, as in a batch of many
+        if type(x) is self._torch.Tensor and x.is_contiguous() and not x.requires_grad:
+            return x[None]
+        return None
+
     def pad_stack(self, xs: Sequence[Any], length: int, fill: Any) -> Any:
         first = xs[0]
         shape = (len(xs), length, *first.shape[1:])
@@ -196,7 +210,10 @@ class TorchBackend(ArrayAPIBackend):
         return out
 
     def inference_context(self) -> contextlib.AbstractContextManager[Any]:
-        mode: contextlib.AbstractContextManager[Any] = self._torch.inference_mode()
+        guard = self._inference_guard
+        mode: contextlib.AbstractContextManager[Any] = (
+            self._torch.inference_mode() if guard is None else guard(True)
+        )
         return mode
 
 

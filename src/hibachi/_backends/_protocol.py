@@ -22,11 +22,16 @@ class Backend(Protocol):
     name says otherwise. Arrays must support ``.shape``, ``.dtype``, basic
     slicing, and (storage arrays) slice assignment ``a[key] = value``.
 
-    Two optional methods speed up the feedforward batcher, which otherwise
+    Optional methods speed up the feedforward batcher, which otherwise
     builds its batches through the methods below (see
     ``hibachi._backends._stacking``): ``stack(xs)``, the user arrays ``xs``
     stacked along a new axis 0, and ``pad_stack(xs, length, fill)``, the same
     after right-padding each along axis 0 to ``length`` with the scalar ``fill``.
+    A third, ``as_batch(x)``, is user array ``x`` as a batch of one (a new axis
+    0) without a copy, for a batch of one item that needs no padding; or None
+    where such a view would differ from ``stack([x])`` (not contiguous, part
+    of an autograd graph …), and then ``x`` is stacked. The model then
+    receives the caller's own memory: it must not write into its input.
 
     Two optional methods speed up the autoregressive batcher's steps (see
     ``hibachi._backends._host``): ``host_view(x)``, a NumPy array sharing the

@@ -1,5 +1,5 @@
-"""Stacking user arrays into a batch: the backend's own ``stack`` / ``pad_stack``
-when it has them (every built-in backend does), else through the storage
+"""Stacking user arrays into a batch: the backend's own ``stack`` / ``pad_stack`` /
+``as_batch`` when it has them (every built-in backend does), else through the storage
 methods every `Backend` has (``to_storage``, ``full``, slice assignment, ``to_user``).
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from ._protocol import Backend
 
-__all__ = ["pad_stack", "stack"]
+__all__ = ["pad_stack", "stack", "stack_one"]
 
 
 def stack(backend: Backend, xs: Sequence[Any]) -> Any:
@@ -23,6 +23,17 @@ def stack(backend: Backend, xs: Sequence[Any]) -> Any:
     for i, row in enumerate(rows):
         out[i] = row
     return backend.to_user(out)
+
+
+def stack_one(backend: Backend, x: Any) -> Any:
+    """User array ``x`` as a batch of one: the backend's view of it with a new axis 0
+    (``as_batch``) where it makes one, else ``stack([x])``, a copy."""
+    method = getattr(backend, "as_batch", None)
+    if method is not None:
+        batch = method(x)
+        if batch is not None:
+            return batch
+    return stack(backend, [x])
 
 
 def pad_stack(backend: Backend, xs: Sequence[Any], length: int, fill: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend, backend_of
-from .._backends._stacking import pad_stack, stack
+from .._backends._stacking import pad_stack, stack, stack_one
 from .._exceptions import ModelError
 from .item import Item, Layout
 from .nesting import LEAF, Structure, flatten, unflatten
@@ -43,26 +43,35 @@ class Batch:
 
 
 def assemble(batch: Batch) -> tuple[Any, int, int]:
-    """The model's input for ``batch``, the cells it holds, and how many are padding."""
+    """The model's input for ``batch``, the cells it holds, and how many are padding.
+
+    A batch of one item that needs no padding is the item's own arrays with a
+    new axis 0, views where the backend makes them (see `stack_one`): no copy.
+    """
     layout, items = batch.layout, batch.items
     backend = layout.backend
     if layout.structure is LEAF:
-        columns: Any = [[item.leaves for item in items]]
-        if layout.pads[0] is None:
-            stacked = stack(backend, columns[0])
-            return stacked, math.prod(stacked.shape), 0
-    else:
-        columns = zip(*(item.leaves for item in items), strict=True)
+        xs = [item.leaves for item in items]
+        leaf, padding = _column(backend, xs, layout.pads[0], batch.length)
+        return leaf, math.prod(leaf.shape), padding
+    columns = zip(*(item.leaves for item in items), strict=True)
     leaves, cells, padding = [], 0, 0
     for column, pad in zip(columns, layout.pads, strict=True):
-        if pad is None:
-            leaf = stack(backend, column)
-        else:
-            leaf = pad_stack(backend, column, batch.length, pad)
-            padding += math.prod(leaf.shape) - sum(math.prod(x.shape) for x in column)
+        leaf, padded = _column(backend, column, pad, batch.length)
         cells += math.prod(leaf.shape)
+        padding += padded
         leaves.append(leaf)
     return unflatten(layout.structure, iter(leaves)), cells, padding
+
+
+def _column(backend: Backend, xs: Sequence[Any], pad: Any, length: int) -> tuple[Any, int]:
+    """The batch's leaf from its items' leaves ``xs``, and how many of its cells are padding."""
+    if len(xs) == 1 and (pad is None or xs[0].shape[0] == length):
+        return stack_one(backend, xs[0]), 0
+    if pad is None:
+        return stack(backend, xs), 0
+    leaf = pad_stack(backend, xs, length, pad)
+    return leaf, math.prod(leaf.shape) - sum(math.prod(x.shape) for x in xs)
 
 
 def split(output: Any, batch: Batch, trim: bool, copy: bool = True) -> list[Any]:
@@ -98,6 +107,8 @@ def _owned_rows(rows: Sequence[Any], backend: Backend | None) -> list[Any]:
     """`owned` of each of ``rows`` (the rows of one array: all of one type)."""
     if rows and type(rows[0]) is np.ndarray:
         return [row.copy() for row in rows]
+    if rows and backend is not None and backend.name == "torch" and backend.is_array(rows[0]):
+        return [row.clone() for row in rows]
     return [owned(row, backend) for row in rows]
 
 

@@ -43,6 +43,11 @@ class FeedforwardBatcher(Lifecycle):
     ``torch.nn.Module``, sync or async; it runs on the batcher's own thread,
     so it never blocks a caller's event loop.
 
+    The model must not write into its input, and a caller must not change
+    its input before the result is in: a batch of one item that needs no
+    padding is that caller's own arrays with a new axis 0 (NumPy and PyTorch
+    views of contiguous arrays), not a copy.
+
     Args:
         model: the model callable.
         max_batch_size: at most this many items per model call.

@@ -13,7 +13,7 @@ as a hand-written batcher's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._backends import Backend, backend_of
@@ -37,10 +37,10 @@ class Layout:
     structure: Structure
     backend: Backend
     pads: tuple[Any, ...]
+    padded: bool = field(init=False)  # some leaf is padded
 
-    @property
-    def padded(self) -> bool:
-        return any(pad is not None for pad in self.pads)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "padded", any(pad is not None for pad in self.pads))
 
 
 class Item(Protocol):

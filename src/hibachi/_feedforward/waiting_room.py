@@ -61,6 +61,9 @@ class Group:
         if len(self.buckets) == 1:
             length, bucket = next(iter(self.buckets.items()))
             room = count if max_cells is None or length <= 0 else max(1, max_cells // length)
+            if len(bucket) <= min(count, room):  # the whole group, a lone item most often
+                self.buckets, self.size = {}, 0
+                return list(bucket)
             taken = [bucket.popleft() for _ in range(min(count, room, len(bucket)))]
         else:
             taken = self._take_cheapest(count, max_cells, cost)
