@@ -78,9 +78,10 @@ def main() -> None:
     args = parser.parse_args()
     for name, lengths in WORKLOADS.items():
         for size in [int(s) for s in args.sizes.split(",")]:
-            rng, model, total, calls = np.random.default_rng(0), CostModel(), 0.0, 0
-            for round_ in range(args.rounds):
-                batches = drain(lengths(rng), size, model, rng)
+            model, total, calls = CostModel(), 0.0, 0
+            queues, noise = np.random.default_rng(0), np.random.default_rng(1)  # the same queues
+            for round_ in range(args.rounds):  # whatever the batches taken
+                batches = drain(lengths(queues), size, model, noise)
                 if round_ >= args.rounds // 2:
                     total += sum(seconds(items, length) for items, length in batches)
                     calls += len(batches)
