@@ -21,9 +21,10 @@ CPU = (0.010, 0.0003)  # a call's own price, then per padded cell: MiniLM on one
 GPU = (0.010, 0.000001)  # the call dominates: pad freely
 
 
-def known_cost(fixed: float, per_cell: float) -> CostModel:
+def known_cost(fixed: float, per_cell: float, per_cell_length: float = 0.0) -> CostModel:
     model = CostModel()
     model.fixed, model.per_cell, model.fitted = fixed, per_cell, True
+    model.per_cell_length = per_cell_length
     return model
 
 
@@ -133,7 +134,15 @@ def queues(draw: st.DrawFn) -> tuple[list[int], list[int], int, int, int | None,
     max_cells = draw(st.none() | st.integers(1, 400))
     fixed = draw(st.floats(0.0, 1.0))
     per_cell = draw(st.floats(1e-6, 1e-2))
-    return lengths, counts, anchor, size, max_cells, known_cost(fixed + 1e-9, per_cell)
+    per_cell_length = draw(st.just(0.0) | st.floats(1e-8, 1e-3))  # attention, or none
+    return (
+        lengths,
+        counts,
+        anchor,
+        size,
+        max_cells,
+        known_cost(fixed + 1e-9, per_cell, per_cell_length),
+    )
 
 
 def brute_force_rate(
@@ -346,9 +355,9 @@ def count_fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     fits: list[int] = []
     real = cost_model._robust_fit
 
-    def counted(points: list[tuple[float, float]]) -> tuple[float, float]:
+    def counted(points: list[tuple[float, float, float]], quadratic: bool) -> Any:
         fits.append(len(points))
-        return real(points)
+        return real(points, quadratic)
 
     monkeypatch.setattr(cost_model, "_robust_fit", counted)
     return fits

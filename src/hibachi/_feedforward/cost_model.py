@@ -1,22 +1,34 @@
 """What a padded batch costs, learned online from the batches that ran.
 
-The model is ``seconds ≈ fixed + per_cell · cells``, where ``cells`` is the
-batch's items times its padded length: a model call has a price of its own
-(Python, kernel launches, weights read once), and then a price per padded
-position it computes on. Both are refitted after every batch by least squares
-over the last ``window`` batches, then once more without the batches that the
-first fit explains worst (a garbage collection, another process taking the
-core): one slow batch does not teach the batcher that batches are slow.
+The model is ``seconds ≈ fixed + per_cell · cells + per_cell_length · cells ·
+length``, where ``cells`` is the batch's items times its padded length: a
+model call has a price of its own (Python, kernel launches, weights read
+once), a price per padded position it computes on, and, where positions attend
+to each other, a price per position per position of its row (a transformer's
+attention grows like ``items · length²``). The terms are refitted by
+non-negative least squares (`least_squares`) over the last ``window``
+batches, then again without the batches that the fit explains worst (a
+garbage collection, another process taking the core): one slow batch does
+not teach the batcher that batches are slow. The errors squared are relative
+to what a batch should cost: the choice compares batches by their rates, so a
+small batch's price matters as much as a large one's, and in seconds the large
+batches' noise decides a call's price alone (timing MiniLM on a CPU,
+``benchmarks/batch_cost_fit.py``, a fit in seconds put it at 0 where a batch
+of one short text took 12 ms).
 
 A batch's cost is only recorded when it ends (`observe` is O(1)); the fit
 runs when something reads the terms, that is when a choice needs them. A
 batcher whose batches leave no choice (one length waiting, a lone caller)
 never refits, and no refit delays the delivery of a batch's results.
 
-Before it has seen enough batches of different sizes to tell the two apart,
-the model assumes a call costs as much as ``prior_cells`` cells. Only the
-ratio of the two terms decides which batch is best, so that guess is the only
-thing it needs before it has learnt.
+Before it has seen enough batches of different sizes to tell a call's price
+from a cell's, the model assumes a call costs as much as ``prior_cells``
+cells: only the ratio of the terms decides which batch is best, so that guess
+is all it needs before it has learnt. Until the batches seen also span
+lengths far enough apart to tell a cell's price from attention's (the longest
+twice the shortest, and one batch more than the two terms need), the model
+stays linear in the cells, as if every batch had the average length of those
+seen.
 """
 
 from __future__ import annotations
@@ -24,24 +36,36 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
+import numpy as np
+
+from .least_squares import Floats, non_negative_fit
+
 __all__ = ["CostModel"]
 
 _MIN_POINTS = 4  # batches seen before the fit replaces the prior
 _MIN_SPREAD = 1.25  # the largest batch seen must have this many times the cells of the smallest
+_MIN_LENGTH_SPREAD = 2.0  # the longest batch seen must be this many times the shortest for ...
+_MIN_POINTS_QUADRATIC = 5  # ... the attention term to be fitted, from this many batches
+_FLOOR = 0.1  # of the median time: added to each prediction before an error is divided by it
 _OUTLIER = 3.0  # residuals beyond this many robust standard deviations are left out
 _ROUNDS = 4  # refits without outliers, at most
 _TINY = 1e-12
 
+Point = tuple[float, float, float]  # cells, cells times padded length, seconds
+Terms = tuple[float, float, float]  # fixed, per_cell, per_cell_length
+
 
 class CostModel:
-    """Seconds a padded batch of one kind of input costs, as ``fixed + per_cell · cells``."""
+    """Seconds a padded batch of one kind of input costs, as
+    ``fixed + per_cell · cells + per_cell_length · cells · length``."""
 
-    __slots__ = ("_fitted", "_fixed", "_per_cell", "_points", "_stale")
+    __slots__ = ("_fitted", "_fixed", "_per_cell", "_per_cell_length", "_points", "_stale")
 
     def __init__(self, *, window: int = 64, prior_cells: float = 64.0) -> None:
-        self._points: deque[tuple[float, float]] = deque(maxlen=window)
+        self._points: deque[Point] = deque(maxlen=window)
         self._fixed = prior_cells  # in units of one cell until fitted
         self._per_cell = 1.0
+        self._per_cell_length = 0.0
         self._fitted = False
         self._stale = False  # batches were observed since the last fit
 
@@ -66,6 +90,17 @@ class CostModel:
         self._per_cell = value
 
     @property
+    def per_cell_length(self) -> float:
+        """The price of one padded cell per position of its padded length (attention);
+        0 until the batches seen span lengths enough to tell it apart."""
+        self._refresh()
+        return self._per_cell_length
+
+    @per_cell_length.setter
+    def per_cell_length(self, value: float) -> None:
+        self._per_cell_length = value
+
+    @property
     def fitted(self) -> bool:
         """Whether the terms come from batches seen rather than the prior."""
         self._refresh()
@@ -87,55 +122,76 @@ class CostModel:
 
     def predict(self, items: int, length: int) -> float:
         """The cost of ``items`` items padded to ``length``."""
-        return self.fixed + self.per_cell * items * length
+        self._refresh()
+        return self._fixed + items * length * (self._per_cell + self._per_cell_length * length)
 
     def observe(self, items: int, length: int, seconds: float) -> None:
         """A batch of ``items`` padded to ``length`` took ``seconds``; the next read refits."""
-        self._points.append((float(items * length), max(seconds, 0.0)))
+        cells = float(items * length)
+        self._points.append((cells, cells * length, max(seconds, 0.0)))
         self._stale = True
 
     def _refresh(self) -> None:
         if not self._stale:
             return
         self._stale = False
-        cells = [x for x, _ in self._points]
+        cells = [x for x, _, _ in self._points]
         if len(cells) >= _MIN_POINTS and max(cells) >= _MIN_SPREAD * min(cells):
-            self._fixed, self._per_cell = _robust_fit(list(self._points))
+            data = np.array(self._points, dtype=np.float64)
+            terms = _robust_fit(data, _attention_shows(data))
+            self._fixed, self._per_cell, self._per_cell_length = terms
             self._fitted = True
 
 
-def _robust_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """``(fixed, per_cell)``: least squares, refitted without the points it explains worst.
+def _attention_shows(data: Floats) -> bool:
+    """Whether the batches in ``data`` span lengths enough to fit the attention term."""
+    cells, cells_length = data[:, 0], data[:, 1]
+    lengths = cells_length[cells > 0] / cells[cells > 0]
+    if len(lengths) < _MIN_POINTS_QUADRATIC:
+        return False
+    return bool(lengths.max() >= _MIN_LENGTH_SPREAD * lengths.min())
 
-    A point is left out when its residual exceeds `_OUTLIER` robust standard
-    deviations (from the median absolute residual); repeated until the points
-    kept stop changing, a few times at most.
+
+def _robust_fit(data: Floats, quadratic: bool) -> Terms:
+    """``(fixed, per_cell, per_cell_length)`` from the rows ``(cells, cells · length,
+    seconds)`` of ``data``; ``per_cell_length`` is 0 unless ``quadratic``.
+
+    A fit in seconds first, then refits whose errors are relative to what the
+    last fit predicts (so that a batch timed at 0 stands out instead of
+    steering the fit); from the second on, without the batches whose relative
+    residual exceeds `_OUTLIER` robust standard deviations (from the median
+    absolute residual), until the batches kept stop changing, a few times at
+    most.
     """
-    kept = points
-    fixed, per_cell = _fit(kept)
-    for _ in range(_ROUNDS):
-        residuals = [abs(t - fixed - per_cell * x) for x, t in points]
-        limit = _OUTLIER * 1.4826 * statistics.median(residuals)
-        trimmed = [p for p, r in zip(points, residuals, strict=True) if r <= limit]
-        if limit <= 0 or len(trimmed) < _MIN_POINTS or len(trimmed) == len(kept):
-            break
-        kept = trimmed
-        fixed, per_cell = _fit(kept)
-    return fixed, per_cell
+    seconds = data[:, 2]
+    floor = _FLOOR * statistics.median(seconds.tolist()) + _TINY
+    rows = np.column_stack([np.ones(len(data)), data[:, :2]])[:, : 3 if quadratic else 2]
+    terms = _fit(rows, seconds, np.ones(len(data)))
+    keep = np.ones(len(data), dtype=bool)
+    for round_ in range(_ROUNDS + 1):
+        predicted = _price(terms, data)
+        scale = predicted + floor
+        if round_ > 0:
+            residuals = np.abs(seconds - predicted) / scale
+            limit = _OUTLIER * 1.4826 * statistics.median(residuals.tolist())
+            trimmed = residuals <= limit
+            if limit <= 0 or trimmed.sum() < _MIN_POINTS or np.array_equal(trimmed, keep):
+                break
+            keep = trimmed
+            if quadratic and not _attention_shows(data[keep]):
+                rows = rows[:, :2]  # the batches left no longer tell attention apart
+        terms = _fit(rows[keep], seconds[keep], 1.0 / scale[keep])
+    return terms
 
 
-def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least squares with both terms kept >= 0 (and not both 0)."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_t = sum(t for _, t in points) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in points)
-    sxt = sum((x - mean_x) * (t - mean_t) for x, t in points)
-    per_cell = sxt / sxx if sxx > 0 else 0.0
-    fixed = mean_t - per_cell * mean_x
-    if fixed < 0:  # through the origin instead
-        fixed = 0.0
-        per_cell = sum(x * t for x, t in points) / max(sum(x * x for x, _ in points), _TINY)
-    if per_cell < 0:  # the cells do not matter: a constant
-        fixed, per_cell = mean_t, 0.0
-    return max(fixed, _TINY), max(per_cell, 0.0)
+def _price(terms: Terms, data: Floats) -> Floats:
+    fixed, per_cell, per_cell_length = terms
+    return fixed + per_cell * data[:, 0] + per_cell_length * data[:, 1]
+
+
+def _fit(rows: Floats, seconds: Floats, weights: Floats) -> Terms:
+    """Least squares over ``weights · error`` on the features ``rows`` (1, cells and,
+    if there, cells · length), every term kept >= 0 and a call's price above 0."""
+    found = non_negative_fit(rows * weights[:, None], seconds * weights)
+    per_cell_length = found[2] if len(found) > 2 else 0.0
+    return max(found[0], _TINY), found[1], per_cell_length

@@ -14,7 +14,10 @@ is one item, at most ``max_cells`` padded cells.
 For a given longest item, adding the next shorter one helps while its ideal
 cost exceeds the batch's work per second times what it adds (its padded
 row): the items are tried longest first, and the scan stops at the first that
-does not help, since every shorter one helps less.
+does not help, since every shorter one helps less. That holds with the
+attention term too: at a given padded length, every row adds the same price
+(``per_cell · length + per_cell_length · length²``), and a shorter item's
+ideal cost is never more than a longer one's.
 """
 
 from __future__ import annotations
@@ -123,11 +126,11 @@ class _Sorted:
     ) -> None:
         self.lengths, self.size, self.max_cells, self.cost = lengths, size, max_cells, cost
         self.cumulative: list[int] = [0]
-        self._total, self._ideal = [0.0], [0.0]
-        cumulative, total, ideal = self.cumulative, self._total, self._ideal
+        self._alone, self._ideal = [0.0], [0.0]
+        cumulative, alone, ideal = self.cumulative, self._alone, self._ideal
         for length, count in zip(lengths, counts, strict=True):
             cumulative.append(cumulative[-1] + count)
-            total.append(total[-1] + count * length)
+            alone.append(alone[-1] + count * cost.predict(1, length))
             ideal.append(ideal[-1] + count * self.ideal(length))
 
     def room(self, length: int) -> int:
@@ -138,7 +141,8 @@ class _Sorted:
 
     def ideal(self, length: int) -> float:
         """An item's share of a full batch of items of its own length."""
-        return self.cost.fixed / self.room(length) + self.cost.per_cell * length
+        room = self.room(length)
+        return self.cost.predict(room, length) / room
 
     def work(self, start: int, end: int) -> float:
         """The ideal costs of the items in ``[start, end)``."""
@@ -146,8 +150,7 @@ class _Sorted:
 
     def alone(self, start: int, end: int) -> float:
         """What the items in ``[start, end)`` cost one call each."""
-        cells = self._prefix(self._total, end) - self._prefix(self._total, start)
-        return (end - start) * self.cost.fixed + self.cost.per_cell * cells
+        return self._prefix(self._alone, end) - self._prefix(self._alone, start)
 
     def length_at(self, position: int) -> int:
         return self.lengths[self._bucket(position)]
