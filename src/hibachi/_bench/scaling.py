@@ -5,17 +5,21 @@ budget) through hibachi, next to ``generate()`` on one padded batch of the
 same ``c`` requests (the limit), ``generate()`` one request at a time (a flat
 line: it does not depend on ``c``) and transformers' ``generate_batch``;
 hibachi's and ``generate_batch``'s batches hold up to the largest ``c``.
-Embeddings: ``c`` callers each embed ``texts_per_client`` texts one after the
-other through hibachi (batches of the embeddings workload's size), next to one
-model call per text on the same texts.
+Embeddings: ``c`` callers each embed ``texts_per_client`` texts (more at low
+concurrency: `ScalingSize.texts_at`) one after the other through hibachi
+(batches of the embeddings workload's size), next to one model call per text
+on the same texts; the two alternate for ``rounds`` rounds and each figure is
+the median of its rounds, with hibachi's ratio per round summed up in a note.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from . import embeddings, generation
 from .embeddings import ALONE
@@ -24,18 +28,20 @@ from .llm import LlmRequest, build_llama, hibachi_label, make_requests
 from .minilm import PAD_VALUE, MiniLM, load_minilm, make_texts
 from .progress import Progress
 from .results import Column, Section, Series
-from .settings import BenchSettings
+from .rounds import alternate, ratio_summary
+from .settings import BenchSettings, ScalingSize
 from .timing import best_of, run_async
 
-__all__ = ["embedding_curve", "measure"]
+__all__ = ["alone_on_worker_curve", "embedding_curve", "measure"]
 
 TOKENS = "tokens/s"
 TEXTS = "texts/s"
+HIBACHI = "hibachi"
 
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     counts = list(settings.concurrency)
-    progress.begin("scaling", 2 + 5 * len(counts))
+    progress.begin("scaling", 2 + 4 * len(counts))
     columns = [Column(f"c{c}", str(c), "{:,.0f}") for c in counts]
     title = "Scaling: tokens/s (generation) and texts/s (embeddings) by concurrent clients"
     section = Section("scaling", title, columns, settings={"concurrency": counts})
@@ -118,28 +124,59 @@ def _embedding_series(
 ) -> list[Series]:
     progress.doing("embeddings: loading all-MiniLM-L6-v2")
     minilm = load_minilm(settings.device)
-    counts = list(settings.concurrency)
-    per_client = settings.scaling.texts_per_client
-    texts = make_texts(max(counts) * per_client, settings.embeddings.words, settings.seed)
+    counts, scale = list(settings.concurrency), settings.scaling
+    most = max(scale.texts_at(c) for c in counts)
+    texts = make_texts(most, settings.embeddings.words, settings.seed)
+    served = _hibachi_available()
 
-    def alone_rate(c: int) -> float:
-        alone = embed_alone(minilm, texts[: c * per_client])
-        return len(alone.vectors) / alone.seconds
+    def rates(c: int) -> dict[str, list[float]]:
+        # One call per text on the very texts hibachi embeds at each concurrency: their
+        # lengths differ from one concurrency to the next, so one flat rate would not do.
+        mine = texts[: scale.texts_at(c)]
+        methods: dict[str, Callable[[], float]] = {
+            ALONE: functools.partial(_alone_rate, minilm, mine)
+        }
+        if served:
+            batch = settings.embeddings.batch_size
+            methods[HIBACHI] = lambda: run_async(embedding_curve(minilm, mine, c, batch))
+        progress.doing(f"embeddings, {c} clients: {len(mine)} texts, {scale.rounds} rounds")
+        return alternate(methods, scale.rounds)
 
-    def hibachi_rate(c: int) -> float:
-        mine = texts[: c * per_client]
-        return run_async(embedding_curve(minilm, mine, c, settings.embeddings.batch_size))
+    figures = {c: rates(c) for c in counts}
+    reference = [statistics.median(figures[c][ALONE]) for c in counts]
+    series = [Series("embeddings", ALONE, TEXTS, counts, reference)]
+    if not served:
+        section.notes.append("embeddings through hibachi skipped: no FeedforwardBatcher here")
+        return series
+    curve = [statistics.median(figures[c][HIBACHI]) for c in counts]
+    section.notes.append(_ratio_note(counts, figures, scale))
+    return [Series("embeddings", HIBACHI, TEXTS, counts, curve), *series]
 
-    # One call per text on the very texts hibachi embeds at each concurrency: their
-    # lengths differ from one concurrency to the next, so one flat rate would not do.
-    alone = _curve(settings, progress, "embeddings: one call per text", alone_rate)
-    reference = Series("embeddings", ALONE, TEXTS, counts, alone)
-    try:
-        curve = _curve(settings, progress, "embeddings", hibachi_rate)
-    except embeddings.Unavailable as exc:
-        section.notes.append(f"embeddings through hibachi skipped: {exc}")
-        return [reference]
-    return [Series("embeddings", "hibachi", TEXTS, counts, curve), reference]
+
+def _alone_rate(minilm: MiniLM, texts: list[str]) -> float:
+    alone = embed_alone(minilm, texts)
+    return len(alone.vectors) / alone.seconds
+
+
+def _hibachi_available() -> bool:
+    import hibachi
+
+    return hasattr(hibachi, "FeedforwardBatcher")
+
+
+def _ratio_note(
+    counts: list[int], figures: dict[int, dict[str, list[float]]], scale: ScalingSize
+) -> str:
+    """hibachi / one call per text at each concurrency: median of the rounds' ratios, spread."""
+    ratios = ", ".join(
+        f"{c}: {ratio_summary(figures[c][HIBACHI], figures[c][ALONE])}" for c in counts
+    )
+    texts = ", ".join(f"{c}: {scale.texts_at(c)}" for c in counts)
+    return (
+        f"embeddings: texts/s are medians of {scale.rounds} rounds in which hibachi and one "
+        f"call per text alternate; hibachi / one call per text by clients, median of the "
+        f"rounds' ratios [lowest-highest]: {ratios}; texts in all by clients: {texts}"
+    )
 
 
 async def embedding_curve(minilm: MiniLM, texts: list[str], callers: int, batch_size: int) -> float:
@@ -157,6 +194,25 @@ async def embedding_curve(minilm: MiniLM, texts: list[str], callers: int, batch_
                 await batcher.run(minilm.tokenize(text))
 
         await caller(texts[:1])  # the engine thread's first model call pays one-off set-up
+        start = time.perf_counter()
+        await asyncio.gather(*(caller(mine) for mine in shares))
+        seconds = time.perf_counter() - start
+    return len(texts) / seconds
+
+
+async def alone_on_worker_curve(minilm: MiniLM, texts: list[str], callers: int) -> float:
+    """Texts/s when ``callers`` callers share ``texts`` and each embeds its own, one call
+    per text, on one worker thread (an async server without a batcher: its event loop
+    must not run a forward itself)."""
+    loop = asyncio.get_running_loop()
+    shares = [texts[i::callers] for i in range(callers)]
+    with ThreadPoolExecutor(1, thread_name_prefix="one-call-per-text") as worker:
+
+        async def caller(mine: list[str]) -> None:
+            for text in mine:
+                await loop.run_in_executor(worker, minilm.alone, text)
+
+        await caller(texts[:1])  # the worker thread's first model call, as for hibachi
         start = time.perf_counter()
         await asyncio.gather(*(caller(mine) for mine in shares))
         seconds = time.perf_counter() - start

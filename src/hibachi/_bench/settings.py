@@ -58,12 +58,25 @@ class OverheadSize:
 
 @dataclass(frozen=True)
 class ScalingSize:
-    """The scaling workload: one request per client at each concurrency."""
+    """The scaling workload: one request per client at each concurrency.
+
+    Embeddings: each client embeds ``texts_per_client`` texts, or more where
+    fewer than ``min_texts`` would be embedded in all (a few texts at one or
+    two clients take a tenth of a second: too short to measure); hibachi and
+    one call per text alternate for ``rounds`` rounds at each concurrency.
+    """
 
     prompt_length: int
     budget: int
     texts_per_client: int
     repeat: int
+    min_texts: int = 0
+    rounds: int = 1
+
+    def texts_at(self, clients: int) -> int:
+        """How many texts ``clients`` clients embed in all: the same number each."""
+        each = max(self.texts_per_client, -(-self.min_texts // clients))
+        return clients * each
 
 
 @dataclass(frozen=True)
@@ -118,7 +131,9 @@ _FULL = BenchSettings(
     ),
     embeddings=EmbeddingSize(texts=256, words=(4, 120), batch_size=32, repeat=2),
     overhead=OverheadSize(rows=64, steps=500, callers=20_000, batch_size=64, repeat=3),
-    scaling=ScalingSize(prompt_length=32, budget=64, texts_per_client=4, repeat=2),
+    scaling=ScalingSize(
+        prompt_length=32, budget=64, texts_per_client=4, repeat=2, min_texts=32, rounds=3
+    ),
     repeat_within=20.0,
 )
 
@@ -138,7 +153,9 @@ _QUICK = replace(
     ),
     embeddings=EmbeddingSize(texts=64, words=(4, 60), batch_size=32, repeat=2),
     overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=1),
-    scaling=ScalingSize(prompt_length=16, budget=16, texts_per_client=2, repeat=2),
+    scaling=ScalingSize(
+        prompt_length=16, budget=16, texts_per_client=2, repeat=2, min_texts=8, rounds=3
+    ),
     repeat_within=1.5,
     pipeline=PipelineSize(tokens=32, items=1024, repeat=1),
 )
