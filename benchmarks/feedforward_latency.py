@@ -14,11 +14,14 @@ timed inside the model. Prints the median over the items of each round, for:
 - ``minilm``: all-MiniLM-L6-v2 on texts of 4-120 words, with PyTorch on
   ``--threads`` threads (needs the ``bench`` extra).
 
-To compare two trees, run this script once per tree, alternating, in one
-locked session (``PYTHONPATH=<tree>/src``).
+``--baseline SRC`` compares with another hibachi in the same process: the
+package in folder ``SRC`` (``git archive <commit> src | tar -x -C /tmp/old``
+gives ``/tmp/old/src``) is imported under another name, and the two take
+turns round by round, so that both see the same load. Each round's
+difference of medians is printed, and the median of those.
 
 Usage: python benchmarks/feedforward_latency.py [--models numpy,torch-dict,minilm]
-       [--items 200] [--rounds 3] [--threads 1]
+       [--items 200] [--rounds 3] [--threads 1] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -52,11 +59,13 @@ class Timed:
         return output
 
 
-async def hops(model: Callable[[Any], Any], inputs: list[Any], **options: Any) -> list[float]:
+async def hops(
+    package: ModuleType, model: Callable[[Any], Any], inputs: list[Any], **options: Any
+) -> list[float]:
     """Per input after the first: the caller's wall time minus the model call's, seconds."""
     timed = Timed(model)
     walls = []
-    async with hibachi.FeedforwardBatcher(timed, **options) as batcher:
+    async with package.FeedforwardBatcher(timed, **options) as batcher:
         for x in inputs:
             start = _clock()
             await batcher.run(x)
@@ -98,28 +107,61 @@ def minilm_workload(items: int) -> tuple[Callable[[Any], Any], list[Any], dict[s
 WORKLOADS = {"numpy": numpy_workload, "torch-dict": torch_dict_workload, "minilm": minilm_workload}
 
 
+def baseline(src: str) -> ModuleType:
+    """The hibachi package in folder ``src``, imported as ``hibachi_baseline``."""
+    folder = Path(src) / "hibachi"
+    spec = importlib.util.spec_from_file_location(
+        "hibachi_baseline", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None and spec.loader is not None
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package
+    spec.loader.exec_module(package)
+    return package
+
+
+def median_hop(package: ModuleType, workload: tuple[Any, list[Any], dict[str, Any]]) -> float:
+    model, xs, options = workload
+    gc.collect()
+    return statistics.median(asyncio.run(hops(package, model, xs, **options))) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="numpy,torch-dict,minilm")
     parser.add_argument("--items", type=int, default=200, help="items per round (minilm: /8)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--baseline", help="src folder of another hibachi to compare with")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    trees = {"this": hibachi} | ({"baseline": baseline(args.baseline)} if args.baseline else {})
     print(
-        f"the hop per lone item (caller wall - model wall), median µs per round, {hibachi.__file__}"
+        f"the hop per lone item (caller wall - model wall), median µs per round; this tree is "
+        f"{Path(hibachi.__file__).parent}"
+        + (f", baseline {args.baseline}" if args.baseline else "")
     )
     for name in args.models.split(","):
-        items = args.items // 8 if name == "minilm" else args.items
-        model, xs, options = WORKLOADS[name](items)
-        medians = []
-        for _ in range(args.rounds):
-            gc.collect()
-            medians.append(statistics.median(asyncio.run(hops(model, xs, **options))) * 1e6)
-        rounds = " ".join(f"{m:.0f}" for m in medians)
-        print(f"  {name:<11} {statistics.median(medians):7.0f} µs  (rounds: {rounds})")
+        workload = WORKLOADS[name](args.items // 8 if name == "minilm" else args.items)
+        medians: dict[str, list[float]] = {tree: [] for tree in trees}
+        for i in range(args.rounds):
+            order = list(trees) if i % 2 == 0 else list(reversed(trees))
+            for tree in order:
+                medians[tree].append(median_hop(trees[tree], workload))
+        for tree, figures in medians.items():
+            rounds = " ".join(f"{m:.0f}" for m in figures)
+            print(
+                f"  {name:<11} {tree:<15} {statistics.median(figures):7.0f} µs  (rounds: {rounds})"
+            )
+        if args.baseline:
+            diffs = [a - b for a, b in zip(medians["this"], medians["baseline"], strict=True)]
+            rounds = " ".join(f"{d:+.0f}" for d in diffs)
+            print(
+                f"  {name:<11} {'this - baseline':<15} {statistics.median(diffs):+7.0f} µs  "
+                f"(rounds: {rounds})"
+            )
 
 
 if __name__ == "__main__":
