@@ -11,8 +11,11 @@ lowest and highest, and as best-of over best-of; the load average before and
 after; and the lowest cosine similarity to the embeddings computed one text at
 a time. The measuring functions live in ``hibachi._bench.feedforward_embeddings``.
 
+``--release-loop-pool``: the main thread ends its OpenMP workers before each
+hibachi run (see docs/cpu-threads.md); the loop is measured as it is.
+
 Usage: python benchmarks/minilm_embeddings.py [--texts N] [--repeat R] [--threads T]
-       [--device cpu]
+       [--device cpu] [--release-loop-pool]
 """
 
 from __future__ import annotations
@@ -29,13 +32,23 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--release-loop-pool",
+        action="store_true",
+        help="end the main thread's OpenMP workers before each hibachi run (docs/cpu-threads.md)",
+    )
     args = parser.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
-    result = compare(texts=args.texts, repeat=args.repeat, device=args.device)
+    result = compare(
+        texts=args.texts,
+        repeat=args.repeat,
+        device=args.device,
+        release_loop_pool=args.release_loop_pool,
+    )
     print(
         f"all-MiniLM-L6-v2, {result.texts} texts of mixed length, {torch.get_num_threads()} "
         f"thread(s), {args.repeat} alternating rounds; load average {load:.2f} before, "

@@ -90,7 +90,10 @@ def test_compare_keeps_the_bests_and_one_side_by_side_ratio_per_round(
     monkeypatch.setattr(feedforward_embeddings, "embed_sorted_batches", embed_sorted_batches)
     monkeypatch.setattr(feedforward_embeddings, "embed_with_hibachi", embed_with_hibachi)
     monkeypatch.setattr(feedforward_embeddings, "min_cosine", lambda a, b: 0.99)
-    result = compare(texts=4, repeat=3, minilm=object())  # type: ignore[arg-type]
+    released: list[int] = []
+    monkeypatch.setattr(feedforward_embeddings, "release_openmp_pool", lambda: released.append(1))
+    result = compare(texts=4, repeat=3, minilm=object(), release_loop_pool=True)  # type: ignore[arg-type]
+    assert len(released) == 6  # before each hibachi run: 2 sizes, 3 rounds
     assert result.loop_seconds == {8: 2.0, 32: 1.0}
     assert result.hibachi_seconds == {8: 1.0, 32: 2.0}
     assert result.throughput_ratio == 1.0

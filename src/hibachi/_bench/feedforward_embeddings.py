@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .minilm import PAD_VALUE, MiniLM, load_minilm, make_texts
+from .openmp import release_openmp_pool
 from .rounds import RatioSummary, alternate, ratio_summary
 
 __all__ = [
@@ -136,10 +137,14 @@ def compare(
     device: str = "cpu",
     seed: int = 0,
     minilm: MiniLM | None = None,
+    release_loop_pool: bool = False,
 ) -> EmbeddingComparison:
     """Time both ways at each batch size in ``repeat`` alternating rounds.
 
     Keeps each one's best, and the ratio of the two within each round.
+    ``release_loop_pool``: end this thread's OpenMP workers before each hibachi
+    run (`openmp.release_openmp_pool`), as where the event loop's thread never
+    runs the model.
     """
     minilm = minilm or load_minilm(device)
     corpus = make_texts(texts, (4, 120), seed)
@@ -150,6 +155,8 @@ def compare(
         return embed_sorted_batches(minilm, corpus, size).seconds
 
     def served(size: int) -> float:
+        if release_loop_pool:
+            release_openmp_pool()
         run = asyncio.run(embed_with_hibachi(minilm, corpus, size))
         cosines.append(min_cosine(run.vectors, reference))
         return run.seconds
