@@ -85,7 +85,7 @@ class _Forwards:
         self.seconds = []
         for item in self.items:
             self.model({k: v[None] for k, v in item.items()})
-        return self.seconds
+        return list(self.seconds)  # a copy: a later warm-up call must not add to it
 
     async def hibachi(self) -> Forwards:
         import hibachi
@@ -96,7 +96,7 @@ class _Forwards:
             self.seconds = []
             for item in self.items:
                 await batcher.run(item)
-        return self.seconds
+        return list(self.seconds)
 
     def conditions(self) -> dict[str, Callable[[], Forwards]]:
         def hibachi() -> Forwards:
