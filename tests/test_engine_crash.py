@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -37,13 +38,16 @@ def test_autoregressive_engine_failure_ends_every_stream(caplog: pytest.LogCaptu
 
 def test_feedforward_engine_failure_ends_every_caller() -> None:
     batcher = hibachi.FeedforwardBatcher(lambda x: x * 2, max_batch_size=2)
+    queued = threading.Event()  # the engine fails only once all four are queued
 
     def broken(*args: Any, **kwargs: Any) -> None:
+        queued.wait(10)
         raise KeyError("a bug inside hibachi")
 
     with batcher:
         batcher._engine.core.next_batch = broken  # type: ignore[attr-defined]
         handles = [batcher.run(np.ones(3)) for _ in range(4)]
+        queued.set()
         for handle in handles:
             with pytest.raises(hibachi.HibachiError, match="engine failed"):
                 handle.result(timeout=10)
