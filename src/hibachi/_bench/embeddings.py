@@ -35,6 +35,7 @@ from .timing import best_of, run_async
 __all__ = [
     "Unavailable",
     "encode_with_sentence_transformers",
+    "feedforward_batcher",
     "load_sentence_transformer",
     "measure",
     "with_hibachi",
@@ -106,12 +107,19 @@ def _record(section: Section, name: str, result: Timed, reference: Timed) -> Non
     )
 
 
-def with_hibachi(minilm: MiniLM, texts: list[str], batch_size: int) -> Timed:
-    """`embed_with_hibachi`, or `Unavailable` when this hibachi has no `FeedforwardBatcher`."""
+def feedforward_batcher() -> Any:
+    """``hibachi.FeedforwardBatcher``, or `Unavailable` when this hibachi has none."""
     import hibachi
 
-    if not hasattr(hibachi, "FeedforwardBatcher"):
+    batcher_type = getattr(hibachi, "FeedforwardBatcher", None)
+    if batcher_type is None:
         raise Unavailable("hibachi.FeedforwardBatcher is not in this version of hibachi")
+    return batcher_type
+
+
+def with_hibachi(minilm: MiniLM, texts: list[str], batch_size: int) -> Timed:
+    """`embed_with_hibachi`, or `Unavailable` when this hibachi has no `FeedforwardBatcher`."""
+    feedforward_batcher()
     return run_async(embed_with_hibachi(minilm, texts, batch_size))
 
 

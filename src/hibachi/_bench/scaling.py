@@ -127,7 +127,12 @@ def _embedding_series(
     counts, scale = list(settings.concurrency), settings.scaling
     most = max(scale.texts_at(c) for c in counts)
     texts = make_texts(most, settings.embeddings.words, settings.seed)
-    served = _hibachi_available()
+    try:
+        embeddings.feedforward_batcher()
+        served = True
+    except embeddings.Unavailable as exc:
+        section.notes.append(f"embeddings through hibachi skipped: {exc}")
+        served = False
 
     def rates(c: int) -> dict[str, list[float]]:
         # One call per text on the very texts hibachi embeds at each concurrency: their
@@ -146,7 +151,6 @@ def _embedding_series(
     reference = [statistics.median(figures[c][ALONE]) for c in counts]
     series = [Series("embeddings", ALONE, TEXTS, counts, reference)]
     if not served:
-        section.notes.append("embeddings through hibachi skipped: no FeedforwardBatcher here")
         return series
     curve = [statistics.median(figures[c][HIBACHI]) for c in counts]
     section.notes.append(_ratio_note(counts, figures, scale))
@@ -156,12 +160,6 @@ def _embedding_series(
 def _alone_rate(minilm: MiniLM, texts: list[str]) -> float:
     alone = embed_alone(minilm, texts)
     return len(alone.vectors) / alone.seconds
-
-
-def _hibachi_available() -> bool:
-    import hibachi
-
-    return hasattr(hibachi, "FeedforwardBatcher")
 
 
 def _ratio_note(
@@ -181,11 +179,7 @@ def _ratio_note(
 
 async def embedding_curve(minilm: MiniLM, texts: list[str], callers: int, batch_size: int) -> float:
     """Texts/s when ``callers`` callers share ``texts`` and embed theirs one at a time."""
-    import hibachi
-
-    batcher_type = getattr(hibachi, "FeedforwardBatcher", None)
-    if batcher_type is None:
-        raise embeddings.Unavailable("hibachi.FeedforwardBatcher is not in this version")
+    batcher_type = embeddings.feedforward_batcher()
     shares = [texts[i::callers] for i in range(callers)]
     async with batcher_type(minilm, max_batch_size=batch_size, pad_value=PAD_VALUE) as batcher:
 
