@@ -249,8 +249,7 @@ class CausalLMAdapter(IncrementalModel):
             padding = in_order(mask, layout.host_index).to(self.device)
         self._cache.plan = plan
         states = self._load_states(layout, counts)
-        host = self._planner.positions(len(layout.slots)) if counts is None else None
-        if host is not None:
+        if counts is None:  # a decode step
             masks = self._decode_masks.masks(
                 layout, self._planner.followed, positions, plan.kv_length, self._dtype
             )
@@ -267,7 +266,8 @@ class CausalLMAdapter(IncrementalModel):
         if self._call.positions:
             inputs["position_ids"] = positions
         segments = None
-        if host is not None and self._segmenter is not None:
+        if counts is None and self._segmenter is not None:
+            host = self._planner.positions(len(layout.slots))
             segments = self._segmenter.segments(layout, host)
         logits = self._call_model(inputs, masks, segments)[:, -1]
         if states:
