@@ -39,8 +39,8 @@ from hibachi._bench.llm import build_llama, eos_of, make_requests
 from hibachi._bench.serving import serve_with_hibachi
 from hibachi._bench.settings import preset
 from hibachi._bench.step_share import TimedModel
-from hibachi.integrations import _architectures, _kv_cache, _sampling
 from hibachi.integrations import transformers as adapter_module
+from hibachi.integrations.transformers import _architectures, _kv_cache, _sampling
 
 Spans = defaultdict[str, float]
 

@@ -27,6 +27,7 @@ import torch
 from hibachi._bench.llm import build_llama
 from hibachi._bench.settings import preset
 from hibachi.integrations import transformers as adapter_module
+from hibachi.integrations.transformers import _row_attention
 
 SPREADS = {
     "16..1024": [512, 16, 1024, 64, 256, 32, 768, 128],
@@ -70,7 +71,7 @@ def compare(model: Any, lengths: list[int], steps: int, repeat: int) -> dict[str
     max_length = max(lengths) + 3 * steps * repeat + 2
     adapter = adapter_module.CausalLMAdapter(model, slots=len(lengths), max_length=max_length)
     rule = adapter._segmenter
-    every = adapter_module.Segmenter(0)
+    every = _row_attention.Segmenter(0)
     variants = {
         "one read (longest row)": None,
         "split by the rule": rule,

@@ -32,7 +32,7 @@ import torch
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 import hibachi
-import hibachi.integrations._architectures as architectures
+import hibachi.integrations.transformers._architectures as architectures
 from hibachi.integrations.transformers import causal_lm_batcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -1,5 +1,6 @@
 """The package's folders keep their layers: neither batcher imports the other,
-and what both share (`_core`, `_backends`) imports neither."""
+what both share (`_core`, `_backends`) imports neither, and each integration
+(`integrations/transformers`, `integrations/ray`) stands alone below `serve`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ FORBIDDEN = {
     "_core": {*BATCHERS, "serve"},
     "_backends": {*BATCHERS, "serve"},
     "integrations": {"serve"},
+    "integrations/transformers": {"serve", "integrations.ray"},
+    "integrations/ray": {"serve", "integrations.transformers"},
     "_bench": {"serve"},
 }
 
@@ -39,18 +42,21 @@ def imported_modules(path: Path, root: Path) -> set[str]:
 def violations(root: Path = PACKAGE) -> list[str]:
     found = []
     for path in sorted(root.rglob("*.py")):
-        folder = path.relative_to(root).parts[0]
-        banned = tuple(f"hibachi.{name}" for name in FORBIDDEN.get(folder, ()))
+        banned = [f"hibachi.{name}".split(".") for name in _forbidden(path.relative_to(root))]
         bad = [
-            n for n in sorted(imported_modules(path, root)) if n.split(".")[:2] in _split(banned)
+            n
+            for n in sorted(imported_modules(path, root))
+            if any(n.split(".")[: len(b)] == b for b in banned)
         ]
         if bad:
             found.append(f"{path.relative_to(root)} imports {', '.join(bad)}")
     return found
 
 
-def _split(names: tuple[str, ...]) -> list[list[str]]:
-    return [name.split(".") for name in names]
+def _forbidden(relative: Path) -> set[str]:
+    """What the module at ``relative`` must not import: its folder's rules and its subfolder's."""
+    parts = relative.parts[:-1]
+    return {name for depth in (1, 2) for name in FORBIDDEN.get("/".join(parts[:depth]), ())}
 
 
 def test_no_folder_imports_a_layer_it_must_not() -> None:
@@ -65,10 +71,12 @@ def test_no_folder_imports_a_layer_it_must_not() -> None:
         ("_core", "from hibachi._autoregressive import batcher\n"),
         ("_backends", "from .. import _feedforward\n"),
         ("integrations", "from ..serve import create_app\n"),
+        ("integrations/transformers", "from ..ray import deployment\n"),
+        ("integrations/ray", "import hibachi.integrations.transformers._sampling\n"),
     ],
 )
 def test_a_planted_wrong_import_is_caught(tmp_path: Path, folder: str, line: str) -> None:
-    (tmp_path / folder).mkdir()
+    (tmp_path / folder).mkdir(parents=True)
     (tmp_path / folder / "planted.py").write_text(line)
     [found] = violations(tmp_path)
     assert found.startswith(f"{folder}/planted.py imports hibachi.")

@@ -305,7 +305,7 @@ def until_metric(port: int, value: float, name: str, **labels: str) -> float:
 
 def test_the_openai_app_serves_through_serves_http_ingress(cluster: int) -> None:
     openai = pytest.importorskip("openai")
-    from hibachi.integrations._ray_http import http_deployment
+    from hibachi.serve._ray import http_deployment
 
     app = http_deployment(
         build_small_app, max_batch_size=4, num_replicas=1, ray_actor_options={"num_cpus": 0.25}

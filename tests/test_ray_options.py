@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("ray.serve")
 
 import hibachi
-from hibachi.integrations._ray_replica import BatcherReplica
 from hibachi.integrations.ray import ReplicaUnhealthy, deployment, serve_options
+from hibachi.integrations.ray._replica import BatcherReplica
 
 
 def test_import_hibachi_does_not_import_ray() -> None:
@@ -81,7 +81,7 @@ def test_make_batcher_must_return_a_batcher() -> None:
 
 def test_the_cli_reads_replicas_and_autoscale_bounds() -> None:
     from hibachi._cli import _parser
-    from hibachi.integrations._ray_http import scaling_options
+    from hibachi.serve._ray import scaling_options
 
     args = _parser().parse_args(["serve", "--autoscale", "1,3", "--ray-address", "auto"])
     assert (args.autoscale, args.ray_address, args.replicas) == ((1, 3), "auto", None)
@@ -97,7 +97,7 @@ def test_the_cli_reads_replicas_and_autoscale_bounds() -> None:
 def test_an_http_replica_is_unhealthy_once_a_batcher_of_its_app_is_closed() -> None:
     from types import SimpleNamespace
 
-    from hibachi.integrations._ray_http import _AppReplica
+    from hibachi.serve._ray import _AppReplica
 
     batcher = hibachi.FeedforwardBatcher(lambda x: x)
     engine = SimpleNamespace(name="embedder", batcher=batcher)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import hibachi
-from hibachi.integrations._sampling import Sampler
 from hibachi.integrations.transformers import Sampling
+from hibachi.integrations.transformers._sampling import Sampler
 
 BAD = [
     pytest.param({"temperature": -0.5}, "temperature must be >= 0", id="negative-temperature"),

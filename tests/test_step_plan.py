@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from hibachi.integrations._step_plan import StepPlanner  # noqa: E402
+from hibachi.integrations.transformers._step_plan import StepPlanner  # noqa: E402
 
 
 def planner_with(rows: list[int], lengths: list[int]) -> StepPlanner:

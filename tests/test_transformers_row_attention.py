@@ -20,9 +20,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward  # n
 
 from _torch_threads import one_torch_thread  # noqa: E402, F401 (autouse: one PyTorch thread)
 from _zoo_models import VOCAB, reference, tiny_model  # noqa: E402
-from hibachi.integrations import _row_attention  # noqa: E402
-from hibachi.integrations._row_attention import Segmenter, Segments, row_attention  # noqa: E402
-from hibachi.integrations.transformers import CausalLMAdapter  # noqa: E402
+from hibachi.integrations.transformers import CausalLMAdapter, _row_attention  # noqa: E402
+from hibachi.integrations.transformers._row_attention import (  # noqa: E402
+    Segmenter,
+    Segments,
+    row_attention,
+)
 from test_transformers_zoo import SERVED  # noqa: E402
 
 PROMPTS = [19, 2, 11, 1, 23]  # tokens per row: lengths far apart, in no order

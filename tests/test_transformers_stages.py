@@ -24,8 +24,8 @@ import hibachi  # noqa: E402
 from _models import TIMEOUT, run_async  # noqa: E402
 from _torch_threads import one_torch_thread  # noqa: E402, F401 (autouse: one PyTorch thread)
 from _zoo_models import EOS, VOCAB, reference, tiny_model  # noqa: E402
-from hibachi.integrations._staged import STAGED, layer_devices  # noqa: E402
 from hibachi.integrations.transformers import CausalLMAdapter, causal_lm_batcher  # noqa: E402
+from hibachi.integrations.transformers._staged import STAGED, layer_devices  # noqa: E402
 
 LAYERS = {"num_hidden_layers": 4}
 

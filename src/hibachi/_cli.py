@@ -331,7 +331,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _serve_over_ray(args: argparse.Namespace) -> int:
     if args.replicas and args.autoscale:
         raise SystemExit("hibachi serve: --replicas and --autoscale exclude each other")
-    from .integrations._ray_http import scaling_options, serve_over_ray
+    from .serve._ray import scaling_options, serve_over_ray
 
     serve_over_ray(
         functools.partial(_build_app, args),

@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._autoregressive.pipelined import slot_ranges
-from .._core.pipeline import Pipeline
-from .._core.values import as_int, describe_value
-from .._exceptions import ConfigurationError
+from ..._autoregressive.pipelined import slot_ranges
+from ..._core.pipeline import Pipeline
+from ..._core.values import as_int, describe_value
+from ..._exceptions import ConfigurationError
 from ._architectures import ATTENTION, ServingPlan
 from ._kv_cache import Plan, SlotCache
 from ._sampling import Sampler

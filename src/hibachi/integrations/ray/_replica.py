@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._autoregressive.batcher import AutoregressiveBatcher
-from .._autoregressive.stats import AutoregressiveStats
-from .._autoregressive.stream import TokenStream
-from .._core.health import Health
-from .._exceptions import ConfigurationError, HibachiError
-from .._feedforward.batcher import FeedforwardBatcher
-from .._feedforward.stats import FeedforwardStats
+from ..._autoregressive.batcher import AutoregressiveBatcher
+from ..._autoregressive.stats import AutoregressiveStats
+from ..._autoregressive.stream import TokenStream
+from ..._core.health import Health
+from ..._exceptions import ConfigurationError, HibachiError
+from ..._feedforward.batcher import FeedforwardBatcher
+from ..._feedforward.stats import FeedforwardStats
 
 __all__ = ["BatcherReplica", "ReplicaStats", "ReplicaUnhealthy"]
 

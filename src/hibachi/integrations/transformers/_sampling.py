@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._core.values import describe_value
-from .._exceptions import InvalidRequest
+from ..._core.values import describe_value
+from ..._exceptions import InvalidRequest
 
 __all__ = ["Sampler", "Sampling"]
 

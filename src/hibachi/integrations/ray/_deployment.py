@@ -1,37 +1,4 @@
-"""Scale a hibachi batcher out on Ray Serve: one batcher per replica, many replicas.
-
-Importing this module imports Ray (the ``hibachi-batch[ray]`` extra);
-``import hibachi`` never does::
-
-    from ray import serve
-    from hibachi.integrations.ray import deployment
-
-    app = deployment(make_batcher, num_replicas=2)   # make_batcher() -> an unopened batcher
-    handle = serve.run(app)
-    async for token in handle.options(stream=True).run.remote(prompt, max_new_tokens=32):
-        ...                                           # autoregressive
-    vector = await handle.run.remote(x)               # feedforward
-
-Each replica calls ``make_batcher()`` once, in its constructor, on its own
-event loop, and opens the batcher there. ``run`` takes the arguments of the
-batcher's ``run``. Errors keep their hibachi types across the process
-boundary: Ray raises an exception that is both a ``ray.exceptions.RayTaskError``
-and the replica's `InvalidRequest`, `QueueFull`, `Timeout`, `ModelError` …,
-so ``except hibachi.InvalidRequest`` works in the caller (the model's own
-exception, chained in the replica, reaches the caller only as text in the
-message).
-
-A request is cancelled in the replica, its row freed at the batcher's next
-step, only by the response's ``cancel()``: leaving an ``async for`` over a
-raw Serve response early, or cancelling the task that awaits it, does not
-cancel it (Ray 2.60). `stream` and `call` send a request the same way and
-also cancel it then::
-
-    async for token in stream(handle, prompt, max_new_tokens=32): ...
-    vector = await call(handle, x)
-
-``handle.stats.remote()`` returns one replica's `ReplicaStats`. See docs/scaling.md.
-"""
+"""`deployment` and `serve_options`: a batcher as a Ray Serve application."""
 
 from __future__ import annotations
 
@@ -40,10 +7,10 @@ from typing import Any
 
 from ray import serve
 
-from .._core.values import describe_value
-from .._exceptions import ConfigurationError
-from ._ray_client import RemoteStream, call, stream
-from ._ray_replica import Batcher, BatcherReplica, ReplicaStats, ReplicaUnhealthy
+from ..._core.values import describe_value
+from ..._exceptions import ConfigurationError
+from ._client import RemoteStream, call, stream
+from ._replica import Batcher, BatcherReplica, ReplicaStats, ReplicaUnhealthy
 
 __all__ = [
     "RemoteStream",

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import get_layer_types_and_kwargs
 
-from .._exceptions import ConfigurationError
+from ..._exceptions import ConfigurationError
 from ._alibi import BLOOM, FALCON
 from ._zoo import REFUSED, SERVED
 

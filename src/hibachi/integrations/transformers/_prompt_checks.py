@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .._exceptions import InvalidRequest
+from ..._exceptions import InvalidRequest
 
 __all__ = ["check_token_ids", "vocabulary_size"]
 
