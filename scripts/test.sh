@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (once) and run hibachi's checks: ruff, mypy --strict, pytest.
-# Usage: bash scripts/test.sh [pytest args...]
+# Usage: bash scripts/test.sh [pytest args...]   (the fast lane: bash scripts/test.sh -m "not slow")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh

@@ -3,7 +3,7 @@
     PYTHONPATH=src .venv/bin/python scripts/zoo_sweep.py [model_type ...]
 
 For each model type of transformers' ``MODEL_FOR_CAUSAL_LM_MAPPING``: build a
-tiny random-weight model (``tests/_zoo_models.py``), run seven requests through
+tiny random-weight model (``tests/support/zoo_models.py``), run seven requests through
 a batcher of three slots with prompts crossing the sliding window, random
 arrivals and a cancellation, and compare every request with ``generate()`` on
 its prompt alone. Prints one line per model type:
@@ -36,7 +36,7 @@ import hibachi.integrations.transformers._architectures as architectures
 from hibachi.integrations.transformers import causal_lm_batcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from _zoo_models import OVERRIDES, VOCAB, reference, tiny_model
+from support.zoo_models import OVERRIDES, VOCAB, reference, tiny_model
 
 SECONDS_PER_TYPE = 60
 MEMORY = 5 * 2**30

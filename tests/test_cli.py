@@ -125,6 +125,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     yield {"status": status, "folder": folder, "stdout": out_file.read_text()}
 
 
+@pytest.mark.slow
 def test_bench_exits_0_and_prints_a_table_per_workload(bench_run: dict[str, Any]) -> None:
     assert bench_run["status"] == 0, bench_run["stdout"]
     out = bench_run["stdout"]
@@ -134,12 +135,14 @@ def test_bench_exits_0_and_prints_a_table_per_workload(bench_run: dict[str, Any]
     assert "figures:" in out and "plot:" in out
 
 
+@pytest.mark.slow
 def test_bench_writes_a_png(bench_run: dict[str, Any]) -> None:
     data = (bench_run["folder"] / "b.png").read_bytes()
     assert data.startswith(PNG_MAGIC)
     assert len(data) > 10_000
 
 
+@pytest.mark.slow
 def test_bench_writes_markdown_tables(bench_run: dict[str, Any]) -> None:
     text = (bench_run["folder"] / "b.md").read_text()
     assert text.count("| method |") == len(WORKLOADS)
@@ -147,6 +150,7 @@ def test_bench_writes_markdown_tables(bench_run: dict[str, Any]) -> None:
     assert "tiny preset" in text.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_bench_json_schema(bench_run: dict[str, Any]) -> None:
     report = json.loads((bench_run["folder"] / "b.json").read_text())
     assert report["version"] == hibachi.__version__
@@ -168,6 +172,7 @@ def test_bench_json_schema(bench_run: dict[str, Any]) -> None:
                 assert row["note"], row
 
 
+@pytest.mark.slow
 def test_generation_figures(bench_run: dict[str, Any]) -> None:
     section = json.loads((bench_run["folder"] / "b.json").read_text())["sections"]["generation"]
     rows = {row["method"]: row for row in section["rows"]}
@@ -187,6 +192,7 @@ def test_generation_figures(bench_run: dict[str, Any]) -> None:
     assert hibachi_rows[0]["values"]["matched"] is True
 
 
+@pytest.mark.slow
 def test_scaling_series_cover_every_concurrency(bench_run: dict[str, Any]) -> None:
     section = json.loads((bench_run["folder"] / "b.json").read_text())["sections"]["scaling"]
     panels = {s["panel"] for s in section["series"]}

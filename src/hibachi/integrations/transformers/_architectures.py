@@ -5,7 +5,7 @@ layer keeps per slot (keys and values, or a recurrent state) and how each
 kind of layer is masked — or raises `ConfigurationError` naming what is not
 supported and why. hibachi serves only the model types it has checked, token
 for token, against ``model.generate()`` (``_zoo.SERVED``, checked by
-``tests/test_transformers_zoo.py``), and refuses every other one: a model must
+``tests/integrations/transformers/test_zoo.py``), and refuses every other one: a model must
 never start serving and then give wrong tokens or fail on its first step.
 
 Attention masks are built here, one per kind of layer, at each row's own

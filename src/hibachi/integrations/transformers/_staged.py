@@ -13,7 +13,7 @@ Feeding hidden states as ``inputs_embeds`` is exact only where the decoder
 does nothing to its embeddings before the layers (no scaling as in Gemma, no
 position embeddings added as in GPT-2), and every layer keeps keys and
 values. ``STAGED`` lists the model types checked token for token against
-``generate()`` (``tests/test_transformers_stages.py``); any other is refused.
+``generate()`` (``tests/integrations/transformers/test_stages.py``); any other is refused.
 
 The groups of rows own disjoint slot ranges (`slot_ranges`), and each group
 has its own `StepPlanner` over physical rows of its own: a release in one

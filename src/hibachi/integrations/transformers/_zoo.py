@@ -4,7 +4,7 @@
 ``causal_lm_batcher``, exactly the tokens of ``model.generate()`` on each
 prompt alone (tiny random configs, greedy; float64, or float32 where the
 model's expert kernels have no float64 version), under continuous batching
-with prompts longer than the sliding window. ``tests/test_transformers_zoo.py``
+with prompts longer than the sliding window. ``tests/integrations/transformers/test_zoo.py``
 checks a zoo of them in CI; ``scripts/zoo_sweep.py`` checks them all.
 
 ``REFUSED``: model types refused with a known reason. Any other model type is
