@@ -150,22 +150,24 @@ class Scheduler:
         self._count_step(n)
         host = host_values(self.backend, column)
         rows, column = self.layout.record(column, n, host)
-        members: Sequence[int] = range(n)
         if rows is not None:  # a subset of the rows got a token (a `SlotLayout`'s step)
-            members = rows.tolist()
             host = None if host is None else host_values(self.backend, column)
         done = self._spend(rows, n, column, host)
-        kept: list[int] | None = None
-        if failed:
-            kept = [j for j, i in enumerate(members) if i not in failed]
-            members = [members[j] for j in kept]
-            done = None if done is None else done[kept]
-        requests = self.rows if rows is None and kept is None else [self.rows[i] for i in members]
+        members: Sequence[int] | None = None  # the rows that got a token: None, rows < n
+        kept: list[int] | None = None  # their positions in the step, where some failed
+        requests = self.rows
+        if rows is not None or failed:
+            members = range(n) if rows is None else rows.tolist()
+            if failed:
+                kept = [j for j, i in enumerate(members) if i not in failed]
+                members = [members[j] for j in kept]
+                done = None if done is None else done[kept]
+            requests = [requests[i] for i in members]
         overrun = self._deliver(requests, column, done, kept)
         self.counters.tokens += len(requests) - len(overrun)
         finished = [] if done is None else np.flatnonzero(done).tolist()
         if finished or overrun or failed:
-            self._end_finished(members, finished, overrun, failed)
+            self._end_finished(range(n) if members is None else members, finished, overrun, failed)
 
     def _spend(self, rows: Any, n: int, column: Any, host: list[Any] | None) -> Any:
         """Take a token from the budget of each row that got one (``rows``; None: rows < n);
