@@ -237,13 +237,7 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}")
-    return value
+    return _whole(text, 0, 65535, "a port 0-65535")
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -259,12 +253,17 @@ def _counts(text: str) -> tuple[int, ...]:
 
 
 def _positive(text: str) -> int:
+    return _whole(text, 1, None, "a whole number >= 1")
+
+
+def _whole(text: str, least: int, most: int | None, expected: str) -> int:
+    """``text`` as an int in ``least`` … ``most`` (None: no limit), or an argparse error."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+        value = least - 1
+    if value < least or (most is not None and value > most):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
 

@@ -23,12 +23,12 @@ def next_int(tokens: Any, mask: Any) -> Any:
 
 def balanced(stats: hibachi.AutoregressiveStats) -> bool:
     ended = (
-        stats.requests_finished
+        stats.requests_completed
         + stats.requests_cancelled
         + stats.requests_failed
         + stats.requests_timed_out
     )
-    return stats.requests_submitted == ended + stats.active_rows + stats.queue_depth
+    return stats.requests_submitted == ended + stats.requests_in_flight + stats.queue_depth
 
 
 class Counts:
@@ -108,7 +108,7 @@ def test_submitted_equals_the_sum_of_every_outcome_after_a_cancellation_storm(
     b = hibachi.AutoregressiveBatcher(
         next_int,
         stop_token=np.int64(-1),
-        padding_token=np.int64(0),
+        pad_value=np.int64(0),
         max_batch_size=8,
         max_queue_size=40,
     )
@@ -130,5 +130,5 @@ def test_submitted_equals_the_sum_of_every_outcome_after_a_cancellation_storm(
     b.close()
     stats = b.stats()
     assert stats.requests_submitted == counts.accepted + len(leftovers)
-    assert stats.active_rows == stats.queue_depth == 0
+    assert stats.requests_in_flight == stats.queue_depth == 0
     assert balanced(stats), stats

@@ -54,7 +54,7 @@ def raising(make_exc: Callable[[], BaseException], *, is_async: bool) -> Any:
 
 def batcher_over(model: Any, **options: Any) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), **options
+        model, stop_token=np.int64(-1), pad_value=np.int64(0), **options
     )
 
 

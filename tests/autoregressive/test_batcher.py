@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("no_leaked_engines")
 
 
 def test_the_quick_start(make_batcher: Make) -> None:
-    batcher = make_batcher(next_int, stop_token=np.int64(9), padding_token=np.int64(0))
+    batcher = make_batcher(next_int, stop_token=np.int64(9), pad_value=np.int64(0))
 
     async def main() -> list[int]:
         async with batcher:
@@ -91,7 +91,7 @@ def test_a_sync_model_does_not_block_the_callers_event_loop(make_batcher: Make) 
             raise RuntimeError("the caller's event loop was blocked")
         return tokens[:, -1] + 1
 
-    batcher = make_batcher(model, stop_token=np.int64(-1), padding_token=np.int64(0))
+    batcher = make_batcher(model, stop_token=np.int64(-1), pad_value=np.int64(0))
 
     async def other_work() -> None:
         release.set()
@@ -115,7 +115,7 @@ def test_an_async_model_runs_on_its_own_loop(make_batcher: Make) -> None:
         await asyncio.sleep(0)
         return tokens[:, -1] + 1
 
-    batcher = make_batcher(model, stop_token=np.int64(4), padding_token=np.int64(0))
+    batcher = make_batcher(model, stop_token=np.int64(4), pad_value=np.int64(0))
 
     async def main() -> tuple[list[int], asyncio.AbstractEventLoop]:
         async with batcher:
@@ -125,7 +125,7 @@ def test_an_async_model_runs_on_its_own_loop(make_batcher: Make) -> None:
     tokens, caller_loop = run_async(main())
     assert tokens == [2, 3, 4]
     assert loops and caller_loop not in loops
-    with make_batcher(model, stop_token=np.int64(4), padding_token=np.int64(0)) as threaded:
+    with make_batcher(model, stop_token=np.int64(4), pad_value=np.int64(0)) as threaded:
         assert [int(token) for token in threaded.run(np.array([2]))] == [3, 4]
 
 
@@ -139,7 +139,7 @@ def test_a_bound_method_is_a_model(make_batcher: Make) -> None:
             return tokens[:, -1] + 1
 
     counter = Counter()
-    with make_batcher(counter.step, stop_token=np.int64(5), padding_token=np.int64(0)) as batcher:
+    with make_batcher(counter.step, stop_token=np.int64(5), pad_value=np.int64(0)) as batcher:
         assert [int(token) for token in batcher.run(np.array([1]))] == [2, 3, 4, 5]
     assert counter.calls == 4
 
@@ -157,7 +157,7 @@ def test_a_torch_module_is_a_model(make_batcher: Make) -> None:
 
     module = Next()
     stop, pad = torch.tensor(4), torch.tensor(0)
-    with make_batcher(module, stop_token=stop, padding_token=pad) as batcher:
+    with make_batcher(module, stop_token=stop, pad_value=pad) as batcher:
         tokens = list(batcher.run(torch.tensor([0, 1])))
     assert [int(token) for token in tokens] == [2, 3, 4]
     assert all(isinstance(token, torch.Tensor) for token in tokens)
@@ -190,7 +190,7 @@ def test_the_thread_api_from_several_threads_at_once(make_batcher: Make) -> None
 
 
 def test_a_thread_stream_cannot_be_iterated_with_async_for(make_batcher: Make) -> None:
-    with make_batcher(next_int, stop_token=np.int64(3), padding_token=np.int64(0)) as batcher:
+    with make_batcher(next_int, stop_token=np.int64(3), pad_value=np.int64(0)) as batcher:
         stream = batcher.run(np.array([1]))
 
         async def main() -> None:
@@ -263,7 +263,7 @@ def test_stream_cancel_frees_the_row(make_batcher: Make) -> None:
             assert (await stream.__anext__()).tolist() == [1, 1]
             assert await in_flight(gate) == [2, 1]
             stream.cancel()
-            assert stream.finished
+            assert stream.done()
             assert await stream.collect() == []
             await freed_at_next_step(gate)
             other.cancel()
@@ -291,7 +291,7 @@ def test_cancelling_the_callers_task_frees_the_row(make_batcher: Make) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert stream.finished
+            assert stream.done()
             await freed_at_next_step(gate)
             other.cancel()
 
@@ -326,7 +326,7 @@ def test_leaving_async_for_early_frees_the_row_of_a_stream_still_held(make_batch
             async for _ in stream:
                 assert await in_flight(gate) == [2, 1]
                 break
-            assert stream.finished  # the caller still holds it, but left the loop
+            assert stream.done()  # the caller still holds it, but left the loop
             await freed_at_next_step(gate)
             other.cancel()
 
@@ -343,7 +343,7 @@ def test_leaving_a_for_loop_early_frees_the_row_of_a_stream_still_held(make_batc
         for _ in stream:
             assert [gate.next_batch() for _ in range(2)] == [[2, 1], [2, 1]]
             break
-        assert stream.finished
+        assert stream.done()
         gate.release()
         assert gate.next_batch() == [2]
         gate.open()
@@ -400,12 +400,12 @@ def test_stats_of_a_scripted_run(make_batcher: Make) -> None:
             return during
 
     during = run_async(main())
-    assert (during.queue_depth, during.active_rows, during.steps) == (2, 1, 0)
+    assert (during.queue_depth, during.requests_in_flight, during.steps) == (2, 1, 0)
     stats = batcher.stats()
     assert dataclasses.astuple(stats) == dataclasses.astuple(
         hibachi.AutoregressiveStats(
             requests_admitted=3,
-            requests_finished=2,
+            requests_completed=2,
             requests_cancelled=1,
             requests_failed=1,
             requests_timed_out=0,
@@ -414,7 +414,7 @@ def test_stats_of_a_scripted_run(make_batcher: Make) -> None:
             mean_batch_fill=4 / 6,
             padding_fraction=1 / 8,
             queue_depth=0,
-            active_rows=0,
+            requests_in_flight=0,
             requests_submitted=4,
         )
     )

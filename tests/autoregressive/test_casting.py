@@ -33,7 +33,7 @@ def batcher(name: str, dtype: str, model: Any = None, **options: Any) -> Any:
     return hibachi.AutoregressiveBatcher(
         model or next_one,
         stop_token=array(name, [99], dtype)[0],
-        padding_token=array(name, [0], dtype)[0],
+        pad_value=array(name, [0], dtype)[0],
         max_batch_size=2,
         **options,
     )
@@ -115,7 +115,7 @@ def test_a_prompt_that_requires_grad_builds_no_graph() -> None:
         assert not buffer.tokens.requires_grad and buffer.tokens.grad_fn is None
     assert seen and not any(seen)
     with hibachi.AutoregressiveBatcher(
-        model, stop_token=torch.tensor(99.0), padding_token=pad, max_new_tokens=2
+        model, stop_token=torch.tensor(99.0), pad_value=pad, max_new_tokens=2
     ) as b:
         assert [float(t) for t in b.run(prompt)] == [2, 3]
         assert not b._scheduler.layout.tokens.requires_grad

@@ -37,8 +37,12 @@ BAD_PROMPTS = [
     pytest.param(np.zeros((1, 1, 2), np.int64), r"got \(1, 1, 2\)", id="rank-too-high"),
     pytest.param(np.zeros((3, 4), np.int64), r"got \(3, 4\)", id="wrong-token-shape"),
     pytest.param(np.zeros((0, 2), np.int64), "empty", id="empty"),
-    pytest.param(np.zeros((2, 2), np.float64), "float64 cannot be cast safely", id="unsafe-dtype"),
-    pytest.param(np.zeros((2, 2), np.uint64), "uint64 cannot be cast safely", id="unsafe-uint"),
+    pytest.param(
+        np.zeros((2, 2), np.float64), "dtype float64, which does not cast safely", id="unsafe-dtype"
+    ),
+    pytest.param(
+        np.zeros((2, 2), np.uint64), "dtype uint64, which does not cast safely", id="unsafe-uint"
+    ),
     pytest.param(torch.zeros((2, 2), dtype=torch.int64), "got torch.Tensor", id="other-backend"),
 ]
 
@@ -346,7 +350,7 @@ BAD_SETTINGS = [
     pytest.param({"stop_token": np.zeros(3, np.int64)}, "shape", id="stop-shape"),
     pytest.param({"stop_token": np.zeros(2, np.float64)}, "cast safely", id="stop-dtype"),
     pytest.param({"stop_token": [0, 0]}, "must be a numpy array", id="stop-list"),
-    pytest.param({"padding_token": "pad"}, "must be a numpy array", id="padding-str"),
+    pytest.param({"pad_value": "pad"}, "must be a numpy array", id="padding-str"),
     pytest.param({"stop_token": torch.zeros(2, dtype=torch.int64)}, "numpy", id="mixed-libraries"),
     pytest.param({"backend": "numpy"}, "Backend", id="backend-not-a-backend"),
 ]
@@ -354,7 +358,7 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize(("changes", "message"), BAD_SETTINGS)
 def test_bad_settings_are_a_configuration_error(changes: dict[str, Any], message: str) -> None:
-    settings: dict[str, Any] = {"model": tagging_model, "stop_token": STOP, "padding_token": PAD}
+    settings: dict[str, Any] = {"model": tagging_model, "stop_token": STOP, "pad_value": PAD}
     settings.update(changes)
     model = settings.pop("model")
     with pytest.raises(hibachi.ConfigurationError, match=message):
@@ -362,5 +366,5 @@ def test_bad_settings_are_a_configuration_error(changes: dict[str, Any], message
 
 
 def test_python_scalar_tokens_are_numpy(make_batcher: Make) -> None:
-    with make_batcher(next_int, stop_token=3, padding_token=0) as batcher:
+    with make_batcher(next_int, stop_token=3, pad_value=0) as batcher:
         assert [int(token) for token in batcher.run(np.array([1]))] == [2, 3]

@@ -137,7 +137,7 @@ def nothing_left_behind() -> Iterator[None]:
 
 def batcher(model: Any = next_int, **options: Any) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), **options
+        model, stop_token=np.int64(-1), pad_value=np.int64(0), **options
     )
 
 
@@ -270,8 +270,8 @@ def test_every_kind_of_exception_from_the_model(error: BaseException, is_async: 
 # -- the constructor and close ---------------------------------------------------------------
 
 SETTINGS = [
-    "max_batch_size", "max_queue_size", "max_new_tokens", "prefill_chunk",
-    "max_prompt_length", "max_unread_tokens", "stop_token", "padding_token", "backend",
+    "max_batch_size", "max_queue_size", "max_new_tokens", "max_batch_tokens",
+    "max_prompt_length", "max_unread_tokens", "stop_token", "pad_value", "backend",
 ]  # fmt: skip
 settings_values = st.one_of(st.integers(-2, 70), anything)
 
@@ -284,7 +284,7 @@ settings_values = st.one_of(st.integers(-2, 70), anything)
 )
 @example(kwargs={}, model=next_int, cancel=np.array([]))  # found by the fuzz: close() half done
 def test_arbitrary_settings(kwargs: dict[str, Any], model: Any, cancel: Any) -> None:
-    options = {"stop_token": np.int64(-1), "padding_token": np.int64(0), **kwargs}
+    options = {"stop_token": np.int64(-1), "pad_value": np.int64(0), **kwargs}
     try:
         b = hibachi.AutoregressiveBatcher(model, **options)
     except hibachi.ConfigurationError:

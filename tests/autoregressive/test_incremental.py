@@ -259,7 +259,7 @@ def batcher(model: Any, **options: Any) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
         model,
         stop_token=np.int64(STOP),
-        padding_token=np.int64(PAD),
+        pad_value=np.int64(PAD),
         max_batch_size=model.slots,
         **options,
     )
@@ -277,7 +277,7 @@ def test_run_vets_requests_with_the_model() -> None:
 def test_run_refuses_options_for_a_stateless_model() -> None:
     with (
         hibachi.AutoregressiveBatcher(
-            lambda tokens, mask: tokens[:, -1], stop_token=np.int64(2), padding_token=np.int64(0)
+            lambda tokens, mask: tokens[:, -1], stop_token=np.int64(2), pad_value=np.int64(0)
         ) as b,
         pytest.raises(hibachi.InvalidRequest, match="options"),
     ):
@@ -319,7 +319,7 @@ def test_concurrent_callers_with_cancellations(model_type: type[HistoryModel]) -
         return got
 
     async def main() -> list[list[int]]:
-        async with batcher(model, prefill_chunk=16) as b:
+        async with batcher(model, max_batch_tokens=16) as b:
             return await asyncio.wait_for(
                 asyncio.gather(*(client(b, tag) for tag in range(24))), TIMEOUT
             )

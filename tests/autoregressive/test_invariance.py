@@ -161,7 +161,7 @@ async def through_the_batcher(
     batcher = hibachi.AutoregressiveBatcher(
         MODEL,
         stop_token=special(STOP_VALUE, token_shape, library),
-        padding_token=special(PAD_VALUE, token_shape, library),
+        pad_value=special(PAD_VALUE, token_shape, library),
         max_batch_size=max_batch_size,
     )
 

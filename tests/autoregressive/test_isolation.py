@@ -70,7 +70,7 @@ def test_only_the_bad_rows_of_a_full_step_fail() -> None:
     d.run_until_idle()
     check_stateless(sinks, bad)
     assert d.scheduler.counters.failed == 2
-    assert d.scheduler.counters.finished == 6
+    assert d.scheduler.counters.completed == 6
 
 
 def test_a_retry_hands_the_model_the_rows_as_they_would_be_alone() -> None:
@@ -129,7 +129,7 @@ def test_an_unusable_output_for_a_bad_row_fails_that_row_only() -> None:
 
 
 def incremental(rows: int = 4, chunk: int = 8, **options: Any) -> SlotDriver:
-    return SlotDriver(HistoryModel(rows, **options), max_batch_size=rows, prefill_chunk=chunk)
+    return SlotDriver(HistoryModel(rows, **options), max_batch_size=rows, max_batch_tokens=chunk)
 
 
 def tokens(sink: Any) -> list[int]:

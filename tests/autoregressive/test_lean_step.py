@@ -82,7 +82,7 @@ def test_torch_rows_end_alone_at_the_stop_token_or_budget(
 
     stop, pad = torch.full(token_shape, 9, dtype=dtype), torch.zeros(token_shape, dtype=dtype)
     runs = {"stops": (5, 100), "budget": (1, 3), "long": (3, 100)}
-    with hibachi.AutoregressiveBatcher(model, stop_token=stop, padding_token=pad) as batcher:
+    with hibachi.AutoregressiveBatcher(model, stop_token=stop, pad_value=pad) as batcher:
         streams = {
             name: batcher.run(torch.full((1, *token_shape), start, dtype=dtype), max_new_tokens=n)
             for name, (start, n) in runs.items()
@@ -143,9 +143,9 @@ def test_torch_prompts_fed_in_chunks_beside_decoding_rows_get_what_they_get_alon
         batcher = hibachi.AutoregressiveBatcher(
             TorchRunningSum(size),
             stop_token=torch.tensor(0),
-            padding_token=torch.tensor(0),
+            pad_value=torch.tensor(0),
             max_batch_size=size,
-            prefill_chunk=16,
+            max_batch_tokens=16,
         )
         with batcher:
             streams = [batcher.run(prompt, max_new_tokens=12) for prompt in batch]
@@ -154,3 +154,31 @@ def test_torch_prompts_fed_in_chunks_beside_decoding_rows_get_what_they_get_alon
     alone = [serve([prompt], 1)[0] for prompt in prompts]
     assert serve(prompts, 3) == alone
     assert serve(prompts, 6) == alone
+
+
+def test_slot_writes_through_the_backend_are_those_through_numpy_views(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hibachi._autoregressive import slots
+
+    prompts = [list(range(1, 1 + n)) for n in (3, 17, 9, 1, 12, 6)]
+
+    def serve() -> tuple[list[list[int]], list[Any]]:
+        d = driver(slots=3, chunk=8)
+        sinks = [d.submit(i, prompt, budget=5 + i)[1] for i, prompt in enumerate(prompts)]
+        d.run_until_idle()
+        return [tokens(sink) for sink in sinks], d.model.calls
+
+    assert isinstance(slots.writes_for(*slot_storage()), slots._HostWrites)
+    through_views = serve()
+    monkeypatch.setattr(slots, "writes_for", lambda backend, padding: slots._BackendWrites())
+    assert serve() == through_views
+
+
+def slot_storage() -> tuple[Any, Any]:
+    from hibachi._backends import backend_of
+
+    pad = np.int64(0)
+    backend = backend_of(np.zeros(()))
+    assert backend is not None
+    return backend, backend.to_storage(pad, pad)

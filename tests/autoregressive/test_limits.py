@@ -20,7 +20,7 @@ def next_int(tokens: Any, mask: Any) -> Any:
 
 def batcher(**options: Any) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
-        next_int, stop_token=np.int64(-1), padding_token=np.int64(0), **options
+        next_int, stop_token=np.int64(-1), pad_value=np.int64(0), **options
     )
 
 
@@ -46,7 +46,7 @@ def test_the_largest_budget_is_served() -> None:
 
 
 @pytest.mark.parametrize(
-    "setting", ["max_new_tokens", "max_batch_size", "prefill_chunk", "max_prompt_length"]
+    "setting", ["max_new_tokens", "max_batch_size", "max_batch_tokens", "max_prompt_length"]
 )
 @pytest.mark.parametrize("value", HUGE, ids=lambda v: f"{v.bit_length()}-bits")
 def test_a_setting_too_large_is_refused_at_construction(setting: str, value: int) -> None:

@@ -19,7 +19,7 @@ def next_int(tokens: Any, mask: Any) -> Any:
 
 def batcher(model: Any = next_int, **options: Any) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), **options
+        model, stop_token=np.int64(-1), pad_value=np.int64(0), **options
     )
 
 
@@ -48,7 +48,7 @@ def test_a_stream_never_read_is_ended_after_max_unread_tokens() -> None:
                 tokens.append(int(token))
         assert tokens == list(range(2, 12))  # what was sent before it was ended
         stats = b.stats()
-        assert (stats.requests_failed, stats.requests_finished) == (1, 1)
+        assert (stats.requests_failed, stats.requests_completed) == (1, 1)
 
 
 def test_a_reader_that_keeps_up_is_never_ended() -> None:
@@ -81,7 +81,7 @@ class Echo(hibachi.IncrementalModel):
 
 
 def test_the_prefill_staging_holds_what_steps_use_not_max_batch_size_by_prefill_chunk() -> None:
-    with batcher(Echo(), max_batch_size=64, prefill_chunk=2**16) as b:
+    with batcher(Echo(), max_batch_size=64, max_batch_tokens=2**16) as b:
         layout = b._scheduler.layout
         assert [int(t) for t in b.run(np.arange(1, 6), max_new_tokens=2)] == [6, 7]
         staged = layout._tokens.nbytes + layout._mask.nbytes  # type: ignore[attr-defined]

@@ -125,7 +125,7 @@ def make_pipeline(kind: str, groups: int | None, transient: bool) -> hibachi.Pip
 
 async def serve(pipe: hibachi.Pipeline, requests: list[Spec], max_batch_size: int) -> Any:
     batcher = hibachi.AutoregressiveBatcher(
-        pipe, stop_token=np.int64(STOP), padding_token=np.int64(PAD), max_batch_size=max_batch_size
+        pipe, stop_token=np.int64(STOP), pad_value=np.int64(PAD), max_batch_size=max_batch_size
     )
 
     async def caller(spec: Spec) -> tuple[list[int], bool]:
@@ -168,9 +168,9 @@ def test_a_pipeline_equals_the_composed_model_alone(
         if spec.cancel_after is not None and spec.cancel_after <= len(want):
             want, fails = want[: spec.cancel_after], fails and spec.cancel_after > len(want)
         assert (tokens, failed) == (want, fails and spec.cancel_after != 0)
-    ended = stats.requests_finished + stats.requests_cancelled + stats.requests_failed
+    ended = stats.requests_completed + stats.requests_cancelled + stats.requests_failed
     assert stats.requests_submitted == ended + stats.requests_timed_out
-    assert stats.active_rows == 0 and stats.queue_depth == 0
+    assert stats.requests_in_flight == 0 and stats.queue_depth == 0
     assert len(stats.stage_busy) == len(pipe.stages)
 
 
@@ -193,7 +193,7 @@ def test_two_groups_are_in_different_stages_at_once() -> None:
 
     pipe = hibachi.Pipeline(first, last)
     with hibachi.AutoregressiveBatcher(
-        pipe, stop_token=np.int64(STOP), padding_token=np.int64(PAD), max_batch_size=2
+        pipe, stop_token=np.int64(STOP), pad_value=np.int64(PAD), max_batch_size=2
     ) as batcher:
         streams = [batcher.run(np.array([v]), max_new_tokens=3) for v in (1, 4)]
         got = [[int(t) for t in stream] for stream in streams]
@@ -215,7 +215,7 @@ def test_max_batch_size_bounds_the_rows_of_all_groups_together(
 
     pipe = hibachi.Pipeline(first, reduce_stage, groups=groups)
     with hibachi.AutoregressiveBatcher(
-        pipe, stop_token=np.int64(99), padding_token=np.int64(PAD), max_batch_size=max_batch_size
+        pipe, stop_token=np.int64(99), pad_value=np.int64(PAD), max_batch_size=max_batch_size
     ) as batcher:
         streams = [batcher.run(np.array([1]), max_new_tokens=4) for _ in range(3 * max_batch_size)]
         for stream in streams:
@@ -229,7 +229,7 @@ def test_a_light_load_is_spread_over_every_group() -> None:
     have work. Driven by hand: the stage threads are not started, so jobs stay queued."""
     pipe = hibachi.Pipeline(hash_stage, reduce_stage)
     batcher = hibachi.AutoregressiveBatcher(
-        pipe, stop_token=np.int64(99), padding_token=np.int64(PAD), max_batch_size=8
+        pipe, stop_token=np.int64(99), pad_value=np.int64(PAD), max_batch_size=8
     )
     engine = batcher._engine
     assert isinstance(engine, PipelinedEngine)

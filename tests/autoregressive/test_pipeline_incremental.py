@@ -46,7 +46,7 @@ specs = st.builds(
 
 def batcher(model: StagedHistoryModel) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(STOP), padding_token=np.int64(PAD), max_batch_size=model.slots
+        model, stop_token=np.int64(STOP), pad_value=np.int64(PAD), max_batch_size=model.slots
     )
 
 
@@ -54,9 +54,9 @@ async def serve(model: StagedHistoryModel, requests: list[Spec], chunk: int) -> 
     b = hibachi.AutoregressiveBatcher(
         model,
         stop_token=np.int64(STOP),
-        padding_token=np.int64(PAD),
+        pad_value=np.int64(PAD),
         max_batch_size=model.slots,
-        prefill_chunk=chunk,
+        max_batch_tokens=chunk,
     )
 
     async def caller(tag: int, spec: Spec) -> tuple[list[int], bool]:
@@ -114,7 +114,7 @@ def test_a_staged_model_equals_the_same_model_alone(
     fed = {tag for call in model.calls for tag in call.tags}
     assert sorted(model.released) == sorted(fed)  # every row that stepped, released once
     stats = b.stats()
-    assert stats.active_rows == 0 and len(stats.stage_busy) == 2
+    assert stats.requests_in_flight == 0 and len(stats.stage_busy) == 2
 
 
 def test_each_group_owns_a_contiguous_range_of_slots() -> None:

@@ -250,7 +250,7 @@ def test_counters_of_a_scripted_run() -> None:
     d.run_until_idle()
     c = d.scheduler.counters
     # step 1: widths 3, rows [3, 1]; step 2: width 4, rows [4, 2]; step 3: width 3, row [3]
-    assert (c.admitted, c.finished, c.cancelled, c.failed) == (2, 2, 1, 0)
+    assert (c.admitted, c.completed, c.cancelled, c.failed) == (2, 2, 1, 0)
     assert (c.steps, c.tokens, c.filled_rows) == (3, 5, 5)
     assert (c.cells, c.padding_cells) == (6 + 8 + 3, 2 + 2 + 0)
 
@@ -296,3 +296,17 @@ def test_float_vector_tokens_such_as_audio_frames() -> None:
     assert sink.tokens() == [[0.75] * 4, [1.0] * 4, [-1.0] * 4]
     assert int_prompt.tokens() == [[-1.0] * 4]
     assert all(item.dtype == np.float32 for item in sink.items)
+
+
+def test_a_scheduler_sends_its_tokens_the_way_it_was_built_to() -> None:
+    sent: list[tuple[list[int], list[int]]] = []
+
+    def send(sinks: list[tuple[Any, int]], column: Any) -> None:
+        sent.append(([i for _, i in sinks], column.tolist()))
+
+    d = Driver(next_int, stop=np.int64(99), pad=np.int64(0), send=send)
+    _, a = d.submit(np.array([1]), max_new_tokens=2)
+    _, b = d.submit(np.array([5]), max_new_tokens=2)
+    d.run_until_idle()
+    assert sent == [([0, 1], [2, 6]), ([0, 1], [3, 7])]
+    assert a.items == b.items == [] and a.ended and b.ended  # no token went past ``send``

@@ -31,7 +31,7 @@ def ints(tokens: Any) -> list[int]:
 
 def batcher(model: Any = next_int, **options: Any) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=4, **options
+        model, stop_token=np.int64(-1), pad_value=np.int64(0), max_batch_size=4, **options
     )
 
 

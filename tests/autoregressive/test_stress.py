@@ -23,7 +23,7 @@ PAD = np.zeros(2, dtype=np.int64)
 
 
 def tagging_batcher(**options: Any) -> hibachi.AutoregressiveBatcher:
-    return hibachi.AutoregressiveBatcher(model, stop_token=STOP, padding_token=PAD, **options)
+    return hibachi.AutoregressiveBatcher(model, stop_token=STOP, pad_value=PAD, **options)
 
 
 async def one_stream(
@@ -72,7 +72,7 @@ def test_1000_concurrent_streams_with_random_cancellations() -> None:
         assert got == want, f"stream {tag} differs"
         assert all(token[1] != POISON for token in got)
     stats = batcher.stats()
-    assert stats.requests_finished + stats.requests_cancelled == 1000
+    assert stats.requests_completed + stats.requests_cancelled == 1000
     assert stats.requests_failed == 0
     assert stats.mean_batch_fill > 0.5, "the streams were hardly batched"
 
@@ -125,7 +125,7 @@ async def wave(batcher: hibachi.AutoregressiveBatcher, size: int) -> None:
 
 def test_memory_is_flat_after_100000_requests() -> None:
     batcher = hibachi.AutoregressiveBatcher(
-        next_int, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=256
+        next_int, stop_token=np.int64(-1), pad_value=np.int64(0), max_batch_size=256
     )
 
     def measure() -> tuple[int, int]:
@@ -144,6 +144,6 @@ def test_memory_is_flat_after_100000_requests() -> None:
 
     (objects_before, blocks_before), (objects_after, blocks_after) = run_async(main(), 60)
     stats = batcher.stats()
-    assert stats.requests_finished + stats.requests_cancelled == 100_000
+    assert stats.requests_completed + stats.requests_cancelled == 100_000
     assert objects_after - objects_before < 1_000, "objects are kept after their request"
     assert blocks_after - blocks_before < 5_000, "memory is kept after its request"

@@ -103,7 +103,7 @@ def test_streams_are_correct_and_in_the_callers_library(
     batcher = hibachi.AutoregressiveBatcher(
         model,
         stop_token=library.make(np.full(token_shape, STOP, dtype=dtype)),
-        padding_token=library.make(np.full(token_shape, 11, dtype=dtype)),
+        pad_value=library.make(np.full(token_shape, 11, dtype=dtype)),
         max_batch_size=4,
     )
 
@@ -124,7 +124,7 @@ def test_torch_tokens_come_back_on_the_callers_device() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pad = torch.tensor(0, device=device)
     with hibachi.AutoregressiveBatcher(
-        sum_model, stop_token=torch.tensor(STOP, device=device), padding_token=pad
+        sum_model, stop_token=torch.tensor(STOP, device=device), pad_value=pad
     ) as batcher:
         tokens = list(batcher.run(torch.tensor([1, 2], device=device), max_new_tokens=3))
         with pytest.raises(hibachi.InvalidRequest):
@@ -140,7 +140,7 @@ import numpy as np
 import hibachi
 heavy = {"torch", "jax", "jaxlib", "array_api_strict", "cupy"}
 assert not heavy & set(sys.modules), heavy & set(sys.modules)
-with hibachi.AutoregressiveBatcher(lambda t, m: t[:, -1] + 1, stop_token=3, padding_token=0) as b:
+with hibachi.AutoregressiveBatcher(lambda t, m: t[:, -1] + 1, stop_token=3, pad_value=0) as b:
     assert [int(t) for t in b.run(np.array([1]))] == [2, 3]
 assert not heavy & set(sys.modules), heavy & set(sys.modules)
 """
@@ -218,7 +218,7 @@ def run_boxed(backend: BoxedBackend | None) -> list[Any]:
     with hibachi.AutoregressiveBatcher(
         boxed_model,
         stop_token=Boxed(np.int64(STOP)),
-        padding_token=Boxed(np.int64(0)),
+        pad_value=Boxed(np.int64(0)),
         backend=backend,
     ) as batcher:
         with pytest.raises(hibachi.InvalidRequest, match="boxed array, got numpy"):

@@ -116,7 +116,7 @@ def test_the_autoregressive_engine_crash_path_ends_every_stream(
     batcher = hibachi.AutoregressiveBatcher(
         lambda tokens, mask: tokens[:, -1] + 1,
         stop_token=np.int64(-1),
-        padding_token=np.int64(0),
+        pad_value=np.int64(0),
         max_batch_size=2,
     )
 

@@ -63,7 +63,7 @@ def test_an_autoregressive_model_that_closes_its_batcher() -> None:
         return tokens[:, -1] + 1
 
     batcher = hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2
+        model, stop_token=np.int64(-1), pad_value=np.int64(0), max_batch_size=2
     )
     batcher.start()
     stream = batcher.run(np.array([1, 2]), max_new_tokens=3)

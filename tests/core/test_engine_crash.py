@@ -17,7 +17,7 @@ def next_int(tokens: Any, mask: Any) -> Any:
 
 def test_autoregressive_engine_failure_ends_every_stream(caplog: pytest.LogCaptureFixture) -> None:
     batcher = hibachi.AutoregressiveBatcher(
-        next_int, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2
+        next_int, stop_token=np.int64(-1), pad_value=np.int64(0), max_batch_size=2
     )
 
     def broken(output: Any) -> None:
@@ -62,7 +62,7 @@ class Unprintable(KeyError):
 def test_an_engine_failure_that_cannot_be_printed_still_ends_every_stream() -> None:
     """The message is written without the exception's own ``__str__``'s help."""
     batcher = hibachi.AutoregressiveBatcher(
-        next_int, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2
+        next_int, stop_token=np.int64(-1), pad_value=np.int64(0), max_batch_size=2
     )
 
     def broken(output: Any) -> None:

@@ -29,7 +29,7 @@ class Gate:
 
 def autoregressive(model: Any) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2
+        model, stop_token=np.int64(-1), pad_value=np.int64(0), max_batch_size=2
     )
 
 

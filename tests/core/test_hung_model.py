@@ -45,7 +45,7 @@ def next_int(tokens: Any, mask: Any) -> Any:
 
 def autoregressive(model: Any, **options: Any) -> hibachi.AutoregressiveBatcher:
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=STOP, padding_token=PAD, max_batch_size=2, **options
+        model, stop_token=STOP, pad_value=PAD, max_batch_size=2, **options
     )
 
 
@@ -72,7 +72,7 @@ def test_an_async_caller_times_out_while_the_model_is_stuck() -> None:
 
     run_async(main())
     stats = batcher.stats()
-    assert stats.requests_timed_out == 1 and stats.active_rows == 0
+    assert stats.requests_timed_out == 1 and stats.requests_in_flight == 0
 
 
 def test_a_thread_caller_times_out_while_the_model_is_stuck() -> None:
@@ -154,7 +154,7 @@ def test_an_incremental_model_stuck_at_close_releases_its_slots_when_it_returns(
     gate = Stuck(lambda *args: HistoryModel.step(history, *args))
     gate.stuck.set()
     batcher = hibachi.AutoregressiveBatcher(
-        history, stop_token=np.int64(2), padding_token=np.int64(0), max_batch_size=2
+        history, stop_token=np.int64(2), pad_value=np.int64(0), max_batch_size=2
     )
     batcher.start()
     stream = batcher.run(np.array([4, 5]), max_new_tokens=5, options="a")

@@ -29,7 +29,7 @@ def stage_threads() -> list[threading.Thread]:
 def ar(pipe: hibachi.Pipeline, **options: Any) -> hibachi.AutoregressiveBatcher:
     options.setdefault("max_batch_size", 4)
     return hibachi.AutoregressiveBatcher(
-        pipe, stop_token=np.int64(-1), padding_token=np.int64(0), **options
+        pipe, stop_token=np.int64(-1), pad_value=np.int64(0), **options
     )
 
 
@@ -81,7 +81,7 @@ def test_close_drains_every_stream() -> None:
     streams = [batcher.run(np.array([i]), max_new_tokens=20) for i in range(10)]
     batcher.close()
     assert [len(list(stream)) for stream in streams] == [20] * 10
-    assert batcher.stats().requests_finished == 10
+    assert batcher.stats().requests_completed == 10
 
 
 def test_close_with_cancel_ends_every_stream_while_a_stage_holds_a_step() -> None:
@@ -171,7 +171,7 @@ def test_a_request_times_out_while_a_stage_holds_its_step() -> None:
         gate.opened.set()
         assert len(list(batcher.run(np.array([1]), max_new_tokens=5))) == 5
     stats = batcher.stats()
-    assert stats.requests_timed_out == 1 and stats.requests_finished == 1
+    assert stats.requests_timed_out == 1 and stats.requests_completed == 1
 
 
 def test_stats_count_each_stage_busy_time() -> None:
@@ -184,9 +184,7 @@ def test_stats_count_each_stage_busy_time() -> None:
     first, second = batcher.stats().stage_busy
     assert second >= 5 * 0.002 and first >= 0.0
     assert (
-        hibachi.AutoregressiveBatcher(
-            next_token, stop_token=np.int64(-1), padding_token=np.int64(0)
-        )
+        hibachi.AutoregressiveBatcher(next_token, stop_token=np.int64(-1), pad_value=np.int64(0))
         .stats()
         .stage_busy
         == ()

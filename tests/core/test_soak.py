@@ -29,7 +29,7 @@ def test_the_soak_sees_an_innocent_failure(monkeypatch: Any) -> None:
     from hibachi._autoregressive import engine
 
     def fail_everyone(scheduler: Any, call: Any, size: int, failed: Any) -> None:
-        backend, pad = scheduler.backend, scheduler.padding_token
+        backend, pad = scheduler.backend, scheduler.pad_value
         column = backend.full((size, *pad.shape), pad)
         scheduler.apply(column, dict.fromkeys(range(size), failed.error))
 

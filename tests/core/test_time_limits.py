@@ -120,7 +120,7 @@ def test_autoregressive_run_with_huge_timeouts(seconds: Any) -> None:
     batcher = hibachi.AutoregressiveBatcher(
         lambda tokens, mask: tokens[:, -1] + 1,
         stop_token=np.int64(-1),
-        padding_token=np.int64(0),
+        pad_value=np.int64(0),
     )
     with batcher:
         stream = batcher.run(np.array([1]), max_new_tokens=2, timeout=seconds)

@@ -110,8 +110,8 @@ def test_items_of_different_shapes_or_dtypes_are_never_stacked_together() -> Non
     assert sorted(driver.drain()) == [3, 3, 3, 3]
     assert len({(call.shape[1:], call.dtype) for call in driver.calls}) == 4
     for item in items:
-        np.testing.assert_array_equal(item.result, item.leaves * 2)
-        assert item.result.dtype == item.leaves.dtype
+        np.testing.assert_array_equal(item.result, item._leaves * 2)
+        assert item.result.dtype == item._leaves.dtype
 
 
 def test_groups_go_first_come_first_served() -> None:
@@ -137,7 +137,7 @@ def test_a_lone_item_of_another_shape_does_not_starve_behind_full_batches() -> N
         if lone.answered:
             break
     assert lone.answered
-    assert driver.clock.now - lone.arrival <= 0.010 + 0.003
+    assert driver.clock.now - lone._arrival <= 0.010 + 0.003
 
 
 # -- padding -------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_similar_lengths_go_together_and_the_oldest_always_goes() -> None:
 def test_a_group_of_one_length_gives_its_oldest_items_within_the_bounds(
     waiting: int, count: int, length: int, max_cells: int | None
 ) -> None:
-    items: list[Any] = [mock.Mock(length=length, seq=i) for i in range(waiting)]
+    items: list[Any] = [mock.Mock(_length=length, _seq=i) for i in range(waiting)]
     group = Group(mock.Mock())
     group.extend(items)
     room = count if max_cells is None or length == 0 else max(1, max_cells // length)

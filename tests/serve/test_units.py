@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -128,3 +128,52 @@ def test_a_stream_interval_groups_pieces_but_sends_the_first_at_once(
         return [group async for group in grouped(pieces(), every)]
 
     assert asyncio.run(collect()) == expected
+
+
+def test_a_request_naming_no_budget_gets_openai_s_default_for_its_endpoint() -> None:
+    from types import SimpleNamespace
+
+    from hibachi.serve._requests import max_tokens
+    from hibachi.serve._schemas import ChatRequest, CompletionRequest
+
+    engine: Any = SimpleNamespace(max_length=512, default_max_tokens=16)
+    chat = [{"role": "user", "content": "hi"}]
+    assert max_tokens(CompletionRequest(prompt="hi"), engine) == 16
+    assert max_tokens(CompletionRequest(prompt="hi", max_tokens=3), engine) == 3
+    assert max_tokens(ChatRequest(messages=chat), engine) == 512  # the room the sequence has
+    assert max_tokens(ChatRequest(messages=chat, max_tokens=7), engine) == 7
+    both = ChatRequest(messages=chat, max_tokens=7, max_completion_tokens=5)
+    assert max_tokens(both, engine) == 5
+
+
+def test_a_full_queue_is_429_with_the_time_to_drain_it_whichever_engine() -> None:
+    from hibachi.serve._engines import queue_full
+
+    clock = [0.0]
+    drain = DrainRate(10.0, clock=lambda: clock[0])
+    for _ in range(20):
+        drain.note_finished()  # 2 per second
+    error = queue_full(9, "inputs", drain)
+    assert (error.status, error.code, error.retry_after) == (429, "queue_full", 5)
+    assert "the queue is full (9 inputs waiting): retry in 5 s" in str(error)
+
+
+def test_each_serve_flag_is_the_server_setting_of_its_name_with_its_default() -> None:
+    import dataclasses
+
+    from hibachi._cli import _parser
+    from hibachi.serve import ServeSettings
+
+    commands = next(a for a in _parser()._actions if a.dest == "command")
+    serve = commands.choices["serve"]  # type: ignore[index]
+    flags = {a.dest: a.default for a in serve._actions if a.option_strings}
+    settings = {f.name: f.default for f in dataclasses.fields(ServeSettings)}
+    shared = set(flags) & set(settings)
+    assert shared == {
+        "max_batch_size",
+        "max_queue_size",
+        "max_length",
+        "shutdown_grace",
+        "stream_interval",
+    }
+    assert {name: flags[name] for name in shared} == {name: settings[name] for name in shared}

@@ -46,23 +46,20 @@ class Recorded:
         deadline: float | None = None,
         tag: Any = None,
     ) -> None:
-        self.leaves, self.layout, self.length = described
-        self.arrival = arrival
-        self.deadline = deadline
-        self.seq = 0
+        self._leaves, self._layout, self._length = described
+        self._arrival = arrival
+        self._deadline = deadline
+        self._seq = 0
         self.tag = tag
         self.cancelled = False
+        self._expired = False
         self.outcomes: list[Any] = []
 
     @property
-    def departed(self) -> bool:
+    def _departed(self) -> bool:
         return self.cancelled
 
-    @property
-    def expired(self) -> bool:
-        return False
-
-    def deliver(self, outcome: Any) -> None:
+    def _deliver(self, outcome: Any) -> None:
         assert not self.outcomes, "an item was answered twice"
         self.outcomes.append(outcome)
 

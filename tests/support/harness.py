@@ -10,7 +10,7 @@ import numpy as np
 from hibachi._autoregressive.engine import run_step
 from hibachi._autoregressive.layout import Layout
 from hibachi._autoregressive.request import Request, check_prompt
-from hibachi._autoregressive.scheduler import Scheduler
+from hibachi._autoregressive.scheduler import Scheduler, Send
 from hibachi._backends import Backend, backend_of
 from hibachi._core.queue import WorkQueue
 from support.models import to_numpy
@@ -70,6 +70,7 @@ class Driver:
         max_queue_size: int | None = None,
         backend: Backend | None = None,
         layout: Callable[[Backend, Any], Layout] | None = None,
+        send: Send | None = None,
     ) -> None:
         found = backend or backend_of(pad)
         assert found is not None
@@ -82,11 +83,12 @@ class Driver:
         self.scheduler = Scheduler(
             found,
             stop_token=found.to_storage(stop, self.pad),
-            padding_token=self.pad,
+            pad_value=self.pad,
             max_batch_size=max_batch_size,
             queue=self.queue,
             clock=self.clock,
             layout=self.layout,
+            send=send,
         )
         self.seen: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
 
@@ -125,4 +127,4 @@ class Driver:
 
     @property
     def width(self) -> int:
-        return self.scheduler.buffer.width
+        return self.scheduler.layout.width

@@ -151,10 +151,16 @@ class SlotDriver(Driver):
 
     model: HistoryModel
 
-    def __init__(self, model: HistoryModel, *, max_batch_size: int, prefill_chunk: int = 8) -> None:
+    def __init__(
+        self, model: HistoryModel, *, max_batch_size: int, max_batch_tokens: int = 8
+    ) -> None:
         def slots(backend: Backend, pad: Any) -> SlotLayout:
             return SlotLayout(
-                backend, pad, max_batch_size, prefill_chunk=prefill_chunk, release=model.release
+                backend,
+                pad,
+                max_batch_size,
+                max_batch_tokens=max_batch_tokens,
+                release=model.release,
             )
 
         super().__init__(
@@ -274,7 +280,7 @@ class StagedHistoryModel(HistoryModel):
 def driver(slots: int = 2, chunk: int = 8, **model_options: Any) -> SlotDriver:
     """A `SlotDriver` over a `HistoryModel` of ``slots`` slots."""
     return SlotDriver(
-        HistoryModel(slots, **model_options), max_batch_size=slots, prefill_chunk=chunk
+        HistoryModel(slots, **model_options), max_batch_size=slots, max_batch_tokens=chunk
     )
 
 

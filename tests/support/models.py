@@ -212,7 +212,7 @@ def tagging(
     make: Make, model: Any = tagging_model, **options: Any
 ) -> hibachi.AutoregressiveBatcher:
     """A batcher over 2-vector tagged tokens, made by ``make`` (a fixture's factory)."""
-    return make(model, stop_token=STOP, padding_token=PAD, **options)
+    return make(model, stop_token=STOP, pad_value=PAD, **options)
 
 
 def next_int(tokens: Any, mask: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Delivery beside the model (``overlap=True``): a courier thread hands out each step's tokens.
+"""Delivery beside the model (``delivery_thread=True``): a courier thread hands out tokens.
 
 Without it, the engine thread delivers a step's tokens itself between two model
 calls: it splits the step's column into one token per row (``unbind``), puts

@@ -32,7 +32,7 @@ class Engine(EngineThread):
         *,
         courier: Courier | None = None,
     ):
-        """``courier``: delivers the tokens beside the next step (``overlap=True``)."""
+        """``courier``: delivers the tokens beside the next step (``delivery_thread=True``)."""
         super().__init__(scheduler.queue, runner, name)
         self.runner: ModelRunner = runner
         self.scheduler = scheduler

@@ -18,7 +18,7 @@ class IncrementalModel(abc.ABC):
     Give one to `AutoregressiveBatcher` in place of a ``model(tokens, mask)``
     callable and the batcher runs it incrementally: at each step the model gets,
     for each row of the step, only the tokens that row's slot has not seen yet —
-    the prompt (in chunks of at most ``prefill_chunk`` cells per step) when the
+    the prompt (in chunks of at most ``max_batch_tokens`` cells per step) when the
     row is new, then the token it produced last. The slot is the row's for its
     whole life; when the row ends, for whatever reason (stop token, budget,
     cancellation, deadline, model error, close), `release` is called before the
@@ -50,7 +50,7 @@ class IncrementalModel(abc.ABC):
 
         Args:
             tokens: (B, W, *token_shape), each row's unseen tokens, left-padded
-                with the padding token (the batcher's backend and device).
+                with ``pad_value`` (the batcher's backend and device).
             mask: (B, W) bool, True on real tokens. Every row has at least one.
             slots: (B,) int64, each row's slot, in 0 … max_batch_size-1; no
                 two rows of a step share one.

@@ -66,7 +66,7 @@ def isolate(scheduler: Scheduler, call: Callable[..., Any], size: int, failed: F
     Rows that succeed in some retry get that retry's token; the others end
     with the error of their last failure.
     """
-    backend, padding = scheduler.backend, scheduler.padding_token
+    backend, padding = scheduler.backend, scheduler.pad_value
     column = backend.full((size, *padding.shape), padding)
     failures: dict[int, BaseException] = {}
     pending: list[tuple[list[int], int]] = []

@@ -80,7 +80,7 @@ class PipelinedEngine(EngineThread):
         courier: Courier | None = None,
     ) -> None:
         """``release``: the runner of an `IncrementalModel`'s release, closed with the engine;
-        ``courier``: delivers the tokens on a thread of its own (``overlap=True``)."""
+        ``courier``: delivers the tokens on a thread of its own (``delivery_thread=True``)."""
         super().__init__(schedulers[0].queue, stages, name)
         self.stages = stages
         self._release = release

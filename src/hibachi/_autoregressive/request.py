@@ -7,13 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._backends import Backend
-from .._core.values import as_int, describe_int
-from .._exceptions import InvalidRequest
+from .._core.settings import check_count
+from .._exceptions import HibachiError, InvalidRequest
 
-__all__ = ["MAX_COUNT", "Request", "Sink", "check_budget", "check_prompt"]
-
-MAX_COUNT = 2**63 - 1
-"""The largest count the engine's int64 bookkeeping holds (budgets, prompt lengths, chunks)."""
+__all__ = ["Request", "Sink", "check_budget", "check_cast", "check_prompt"]
 
 _ids = itertools.count()
 
@@ -84,7 +81,7 @@ def check_prompt(
     token_shape = tuple(padding.shape)
     if len(arr.shape) != 1 + len(token_shape) or tuple(arr.shape[1:]) != token_shape:
         raise InvalidRequest(
-            f"the prompt must have shape (S, *{token_shape}) to match the padding token, "
+            f"the prompt must have shape (S, *{token_shape}) to match pad_value, "
             f"got {tuple(arr.shape)}"
         )
     if arr.shape[0] < 1:
@@ -93,11 +90,7 @@ def check_prompt(
         raise InvalidRequest(
             f"the prompt has {arr.shape[0]} tokens, more than max_prompt_length={max_length}"
         )
-    if not backend.can_cast(arr.dtype, padding.dtype):
-        raise InvalidRequest(
-            f"the prompt's dtype {arr.dtype} cannot be cast safely to the padding "
-            f"token's dtype {padding.dtype}"
-        )
+    check_cast(backend, arr.dtype, padding, "the prompt", InvalidRequest)
     if backend.device(arr) != device:
         raise InvalidRequest(
             f"the prompt is on device {backend.device(arr)}, the batcher on {device}"
@@ -105,15 +98,17 @@ def check_prompt(
     return backend.to_storage(arr, padding)
 
 
-def check_budget(
-    value: object, name: str = "max_new_tokens", *, most: int | None = MAX_COUNT
-) -> int:
-    """An int in 1 … ``most`` (None: no upper limit), or InvalidRequest."""
-    count = as_int(value)  # a NumPy or other integer becomes a plain int; bools do not
-    if count is None:
-        raise InvalidRequest(f"{name} must be an int, got {type(value).__name__}")
-    if count < 1:
-        raise InvalidRequest(f"{name} must be at least 1, got {describe_int(count)}")
-    if most is not None and count > most:
-        raise InvalidRequest(f"{name} must be at most {most}, got {describe_int(count)}")
-    return count
+def check_budget(value: object) -> int:
+    """A request's ``max_new_tokens``: an int in 1 … 2**63-1, or InvalidRequest."""
+    return check_count(value, "max_new_tokens", error=InvalidRequest)
+
+
+def check_cast(
+    backend: Backend, dtype: Any, padding: Any, what: str, error: type[HibachiError]
+) -> None:
+    """``error`` unless ``dtype`` (``what``'s) casts safely to the tokens' (``padding``'s)."""
+    if not backend.can_cast(dtype, padding.dtype):
+        raise error(
+            f"{what} has dtype {dtype}, which does not cast safely to the tokens' dtype "
+            f"{padding.dtype} (the pad_value's)"
+        )

@@ -19,6 +19,7 @@ row for a stateless model, or each row's unseen tokens for an incremental one.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import threading
 import time
@@ -34,9 +35,13 @@ from .._core.queue import WorkQueue
 from .._exceptions import ModelError, QueueFull, Timeout
 from .buffer import SequenceBuffer
 from .layout import Layout
-from .request import Request
+from .request import Request, check_cast
 
-__all__ = ["Counters", "Scheduler", "copy_error"]
+__all__ = ["Counters", "Scheduler", "Send", "copy_error"]
+
+Send = Callable[[list[tuple[Any, int]], Any], None]
+"""How a step's tokens reach their callers: ``send([(sink, i), …], column)`` puts row
+``i`` of ``column`` (storage, one token per row of the step) in each ``sink``."""
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Counters:
 
     submitted: int = 0
     admitted: int = 0
-    finished: int = 0
+    completed: int = 0
     cancelled: int = 0
     failed: int = 0
     timed_out: int = 0
@@ -64,32 +69,34 @@ class Scheduler:
         backend: Backend,
         *,
         stop_token: Any,
-        padding_token: Any,
+        pad_value: Any,
         max_batch_size: int,
         queue: WorkQueue[Request],
         clock: Callable[[], float] = time.monotonic,
         layout: Layout | None = None,
         max_unread_tokens: int | None = None,
+        send: Send | None = None,
     ) -> None:
+        """``send``: how a step's tokens reach their sinks (a `Courier`'s ``send``);
+        None: this thread puts them in the sinks itself (`send_tokens`)."""
         self.backend = backend
         self.max_unread_tokens = max_unread_tokens
         self.stop_token = stop_token
-        self.padding_token = padding_token
+        self.pad_value = pad_value
         self.max_batch_size = max_batch_size
         self.queue = queue
         self.clock = clock
         self.rows: list[Request] = []
         self.remaining = np.zeros(max_batch_size, dtype=np.int64)
-        self.layout: Layout = layout or SequenceBuffer(backend, padding_token, max_batch_size)
+        self.layout: Layout = layout or SequenceBuffer(backend, pad_value, max_batch_size)
         self.counters = Counters()
         self._deadlines: list[tuple[float, int, Request]] = []
         self._deadline_lock = threading.Lock()
         self._departures_pending = False
         self._stop_value = host_values(backend, stop_token)
         self._checked: tuple[type, Any] | None = None  # the output kind last found sound
-        self._token_shape = tuple(padding_token.shape)
-        self.send: Callable[[list[tuple[Any, int]], Any], None] = self._send
-        """How a step's tokens reach their sinks: `_send` here, or a `Courier`'s ``send``."""
+        self._token_shape = tuple(pad_value.shape)
+        self._send: Send = send or functools.partial(_put_tokens, backend)
 
     # -- called from any thread -------------------------------------------------
 
@@ -104,11 +111,6 @@ class Scheduler:
     def note_departure(self) -> None:
         """A caller left: look for departed rows at the next step."""
         self._departures_pending = True
-
-    @property
-    def buffer(self) -> Any:
-        """The layout (a `SequenceBuffer` for a stateless model)."""
-        return self.layout
 
     # -- one step -----------------------------------------------------------------
 
@@ -148,47 +150,42 @@ class Scheduler:
         self._count_step(n)
         host = host_values(self.backend, column)
         rows, column = self.layout.record(column, n, host)
-        if rows is None and not failed:
-            self._apply_all(column, host, n)
-            return
-        if (
-            rows is not None and not rows.size
-        ):  # every row of the step is still taking its prompt in
+        if rows is not None:  # a subset of the rows got a token (a `SlotLayout`'s step)
+            host = None if host is None else host_values(self.backend, column)
+        done = self._spend(rows, n, column, host)
+        members: Sequence[int] | None = None  # the rows that got a token: None, rows < n
+        kept: list[int] | None = None  # their positions in the step, where some failed
+        requests = self.rows
+        if rows is not None or failed:
+            members = range(n) if rows is None else rows.tolist()
             if failed:
-                self.counters.failed += len(failed)
-                self._end_rows(failed)
-            return
-        index = slice(0, n) if rows is None else rows
-        stopped = self._stopped(column, host if rows is None else host_values(self.backend, column))
-        self.remaining[index] -= 1
-        done = stopped | (self.remaining[index] <= 0)
-        members: Sequence[int] = range(n) if rows is None else rows.tolist()
-        kept: list[int] | None = None
-        if failed:
-            kept = [j for j, i in enumerate(members) if i not in failed]
-            members, done = [members[j] for j in kept], done[kept]
-        requests = self.rows if rows is None and not failed else [self.rows[i] for i in members]
+                kept = [j for j, i in enumerate(members) if i not in failed]
+                members = [members[j] for j in kept]
+                done = None if done is None else done[kept]
+            requests = [requests[i] for i in members]
         overrun = self._deliver(requests, column, done, kept)
         self.counters.tokens += len(requests) - len(overrun)
-        self._end_finished(members, np.flatnonzero(done).tolist(), overrun, failed)
-
-    def _apply_all(self, column: Any, host: list[Any] | None, n: int) -> None:
-        """`apply` for the common step: every row got a token and none failed.
-
-        The same outcome as the general path in fewer pieces of code, each of
-        which costs tens of µs when it runs once per step between forward
-        passes: with ``host`` (the tokens as Python values), a step where no
-        row ends is one look for the stop token and one for a spent budget.
-        """
-        left = self.remaining[:n]
-        left -= 1
-        quiet = host is not None and left.all() and self._stop_value not in host
-        done = None if quiet else self._stopped(column, host) | (left <= 0)
-        overrun = self._deliver(self.rows, column, done)
-        self.counters.tokens += n - len(overrun)
         finished = [] if done is None else np.flatnonzero(done).tolist()
-        if finished or overrun:
-            self._end_finished(range(n), finished, overrun, {})
+        if finished or overrun or failed:
+            self._end_finished(range(n) if members is None else members, finished, overrun, failed)
+
+    def _spend(self, rows: Any, n: int, column: Any, host: list[Any] | None) -> Any:
+        """Take a token from the budget of each row that got one (``rows``; None: rows < n);
+        which of them are done, by the stop token or their budget (None: none is).
+
+        With ``host`` (the tokens as Python values), a step where no row ends
+        costs one look for the stop token and one for a spent budget: this
+        runs once per step, between two forward passes.
+        """
+        if rows is None:
+            left = self.remaining[:n]
+            left -= 1
+        else:
+            left = self.remaining[rows] - 1
+            self.remaining[rows] = left
+        if host is not None and left.all() and self._stop_value not in host:
+            return None
+        return self._stopped(column, host) | (left <= 0)
 
     def _stopped(self, column: Any, host: list[Any] | None) -> np.ndarray[Any, np.dtype[np.bool_]]:
         """Which rows of ``column`` (``host``: its values, or None) are the stop token."""
@@ -205,13 +202,12 @@ class Scheduler:
         failed: dict[int, BaseException | None],
     ) -> None:
         """End the rows of the step that finished, overran, or failed (positions in ``members``)."""
-        if finished or overrun or failed:
-            ended: dict[int, BaseException | None] = dict(failed)
-            ended.update((members[j], None) for j in finished)
-            ended.update((members[j], _OVERRUN) for j in overrun)
-            self._end_rows(ended)
-            self.counters.finished += len(finished)
-            self.counters.failed += len(overrun) + len(failed)
+        ended: dict[int, BaseException | None] = dict(failed)
+        ended.update((members[j], None) for j in finished)
+        ended.update((members[j], _OVERRUN) for j in overrun)
+        self._end_rows(ended)
+        self.counters.completed += len(finished)
+        self.counters.failed += len(overrun) + len(failed)
 
     def _failed_rows(
         self, failures: Mapping[int, BaseException], n: int
@@ -244,14 +240,9 @@ class Scheduler:
                 continue
             sinks.append((request.sink, j if positions is None else positions[j]))
             request.sent = sent + 1
-        self.send(sinks, column)
+        if sinks:
+            self._send(sinks, column)
         return overrun
-
-    def _send(self, sinks: list[tuple[Any, int]], column: Any) -> None:
-        """Put row ``i`` of ``column`` in each ``(sink, i)`` (`Courier.send` replaces this)."""
-        tokens = self.backend.unbind(self.backend.to_user(column))
-        for sink, i in sinks:
-            sink.put(tokens[i])
 
     def fail(self, error: BaseException) -> None:
         """The model failed this step: every row in it gets a ModelError."""
@@ -397,7 +388,7 @@ class Scheduler:
                 f"expected {(n, *self._token_shape)}: one new token per row"
             )
         try:
-            return self.backend.to_storage(output, self.padding_token)
+            return self.backend.to_storage(output, self.pad_value)
         except Exception as exc:
             raise ModelError(
                 f"the model's output could not be stored: {type(exc).__name__}: {exc}"
@@ -406,17 +397,20 @@ class Scheduler:
     def _check_kind(self, output: Any) -> None:
         """ModelError unless ``output`` is an array whose dtype casts to the tokens'; the
         kind (type, dtype) found sound is kept, so later steps check only the shape."""
-        backend, pad = self.backend, self.padding_token
+        backend = self.backend
         if not backend.is_array(output):
             raise ModelError(
                 f"the model returned {type(output).__qualname__}, expected a {backend.name} array"
             )
-        if not backend.can_cast(output.dtype, pad.dtype):
-            raise ModelError(
-                f"the model returned dtype {output.dtype}, which does not cast safely to "
-                f"the tokens' dtype {pad.dtype}"
-            )
+        check_cast(backend, output.dtype, self.pad_value, "the model's output", ModelError)
         self._checked = (type(output), output.dtype)
+
+
+def _put_tokens(backend: Backend, sinks: list[tuple[Any, int]], column: Any) -> None:
+    """The `Send` of a scheduler that delivers on its own thread."""
+    tokens = backend.unbind(backend.to_user(column))
+    for sink, i in sinks:
+        sink.put(tokens[i])
 
 
 _OVERRUN = QueueFull(

@@ -9,12 +9,12 @@ Two kinds of step keep long prompts from stalling rows that are decoding:
 
 - a *decode* step runs every row whose prompt is in, one token each;
 - a *prefill* step runs rows whose prompt is not, oldest first, at most
-  ``prefill_chunk`` cells (rows * width, padding included) in all, with the
+  ``max_batch_tokens`` cells (rows * width, padding included) in all, with the
   width that feeds the most prompt tokens. A row whose prompt is longer than
   the step's width gets the next ``width`` tokens of it.
 
 While both kinds have work they alternate, so a decoding row waits at most one
-prefill step (of at most ``prefill_chunk`` cells) between two of its tokens.
+prefill step (of at most ``max_batch_tokens`` cells) between two of its tokens.
 
 Slots come from a free list; a row keeps its slot for its life. When a row
 leaves, for whatever reason, the model's ``release(slot)`` is called before the
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._backends import Backend
-from .._backends._host import host_view
+from .._backends._host import host_values, host_view
 from .._core.model import is_fatal
 from .._exceptions import ModelError
 from .layout import Emitted, RowIndex, gather_rows
@@ -50,7 +50,7 @@ class SlotLayout:
         padding: Any,
         rows: int,
         *,
-        prefill_chunk: int,
+        max_batch_tokens: int,
         release: Callable[[int], object],
         first_slot: int = 0,
     ) -> None:
@@ -58,20 +58,20 @@ class SlotLayout:
         self._backend = backend
         self._padding = padding
         self._release = release
-        self.prefill_chunk = prefill_chunk
+        self.max_batch_tokens = max_batch_tokens
         token_shape = tuple(padding.shape)
+        self._writes = writes_for(backend, padding)
         # per row (the scheduler's rows, dense)
         self.slots = np.zeros(rows, dtype=np.int64)
         self.fed = np.zeros(rows, dtype=np.int64)
         self.admitted = np.zeros(rows, dtype=np.int64)
         self.prefilling = np.zeros(rows, dtype=bool)
-        self.prompts: list[Any] = [None] * rows
-        self._prompt_views: list[Any] = [None] * rows  # NumPy views of the prompts, or None
+        self.prompts: list[Any] = [None] * rows  # as `_writes` reads them
         self.options: list[Any] = [None] * rows
         self.last = backend.full((rows, 1, *token_shape), padding)
-        self._last_host = host_view(backend, self.last)  # None: write ``last`` through the backend
+        self._last = self._writes.target(self.last)
         self._gathered = backend.full((rows, 1, *token_shape), padding)  # a decode step's subset
-        self._gathered_host = host_view(backend, self._gathered)
+        self._gathered_target = self._writes.target(self._gathered)
         # slots
         self.free = list(range(first_slot, first_slot + rows))
         self.retired: list[tuple[int, BaseException]] = []
@@ -80,7 +80,7 @@ class SlotLayout:
         self._admissions = 0
         # prefill steps are staged here, grown to the largest step yet (see `_staging`)
         self._rows = rows
-        self._pad_view = host_view(backend, padding)
+        self._pad = self._writes.target(padding)
         self._allocate_staging(0, 0)
         self._ones = backend.zeros_bool((rows, 1), padding)
         self._ones[...] = True
@@ -103,8 +103,7 @@ class SlotLayout:
 
     def enter(self, row: int, request: Request, n: int) -> None:
         self.slots[row] = heapq.heappop(self.free)
-        self.prompts[row] = request.prompt
-        self._prompt_views[row] = host_view(self._backend, request.prompt)
+        self.prompts[row] = self._writes.target(request.prompt)
         self.options[row] = request.options
         self.fed[row] = 0
         self.prefilling[row] = True
@@ -122,14 +121,10 @@ class SlotLayout:
             self.admitted[row] = self.admitted[last]
             self.prefilling[row] = self.prefilling[last]
             self.prompts[row] = self.prompts[last]
-            self._prompt_views[row] = self._prompt_views[last]
             self.options[row] = self.options[last]
-            if self._last_host is not None:
-                self._last_host[row] = self._last_host[last]
-            else:
-                self.last[row] = self.last[last]
+            self._last[row] = self._last[last]
         self.prefilling[last] = False
-        self.prompts[last] = self.options[last] = self._prompt_views[last] = None
+        self.prompts[last] = self.options[last] = None
 
     def settle(self, n: int) -> None:
         # A fatal exception from release() (see `is_fatal`) stops the engine, but only
@@ -175,19 +170,14 @@ class SlotLayout:
     def _decode_inputs(self, rows: RowIndex) -> tuple[Any, Any, Any, list[Any]]:
         self._step = _Step(rows, width=1, chunks=None)
         to_user = self._backend.to_user
-        k = rows.size
-        last, gathered = self._last_host, self._gathered_host
-        if last is None or gathered is None:
-            tokens = self.last[rows.tolist()]
-        else:  # gathered through NumPy into the first k rows of a kept buffer
-            tokens = self._gathered[:k]
-            np.take(last, rows, axis=0, out=gathered[:k])
-        return to_user(tokens), to_user(self._ones[:k]), self.slots[rows], self._options_of(rows)
+        tokens = self._writes.gather(self._last, rows, self._gathered, self._gathered_target)
+        ones = self._ones[: rows.size]
+        return to_user(tokens), to_user(ones), self.slots[rows], self._options_of(rows)
 
     def _prefill_inputs(self, waiting: RowIndex) -> tuple[Any, Any, Any, list[Any]]:
         waiting = waiting[np.argsort(self.admitted[waiting], kind="stable")]
         left = [int(self.prompts[i].shape[0]) - int(self.fed[i]) for i in waiting.tolist()]
-        count, width = _pack(left, self.prefill_chunk)
+        count, width = _pack(left, self.max_batch_tokens)
         rows = waiting[:count]
         chunks = [min(r, width) for r in left[:count]]
         self._staging(count, width)
@@ -204,31 +194,21 @@ class SlotLayout:
         if count <= held_rows and width <= held_width:
             return
         rows = min(max(held_rows, _doubled(count)), self._rows)
-        width = min(max(held_width, _doubled(width)), self.prefill_chunk)
+        width = min(max(held_width, _doubled(width)), self.max_batch_tokens)
         self._allocate_staging(rows, width)
 
     def _allocate_staging(self, rows: int, width: int) -> None:
         backend = self._backend
         self._tokens = backend.full((rows, width, *self._padding.shape), self._padding)
         self._mask = backend.zeros_bool((rows, width), self._padding)
-        tokens, mask = host_view(backend, self._tokens), host_view(backend, self._mask)
-        self._staged = None if tokens is None or mask is None else (tokens, mask)
+        self._staged = self._writes.target(self._tokens), self._writes.target(self._mask)
 
     def _stage(self, j: int, row: int, chunk: int, width: int) -> None:
         start = int(self.fed[row])
         pad = width - chunk
-        prompt, staged = self._prompt_views[row], self._staged
-        if prompt is None or staged is None or self._pad_view is None:
-            tokens, mask, prompt, padding = (
-                self._tokens,
-                self._mask,
-                self.prompts[row],
-                self._padding,
-            )
-        else:  # the same writes through NumPy views: a fraction of a tensor library's cost
-            (tokens, mask), padding = staged, self._pad_view
-        tokens[j, :pad] = padding
-        tokens[j, pad:width] = prompt[start : start + chunk]
+        tokens, mask = self._staged
+        tokens[j, :pad] = self._pad
+        tokens[j, pad:width] = self.prompts[row][start : start + chunk]
         mask[j, :pad] = False
         mask[j, pad:width] = True
 
@@ -272,32 +252,26 @@ class SlotLayout:
 
     def record(self, column: Any, n: int, host: Any = None) -> Emitted:
         step = self._step
+        tokens = self._writes.values(column, host)
         if step.rows is None:
-            if host is not None and self._last_host is not None:
-                self._last_host[:n, 0] = host
-            else:
-                self.last[:n, 0] = column
+            self._last[:n, 0] = tokens
             return None, column
         if step.chunks is None:
             self.last[step.rows.tolist(), 0] = column
             return step.rows, column
-        return self._record_prefill(step.rows, step.chunks, column, host)
+        return self._record_prefill(step.rows, step.chunks, column, tokens)
 
     def _record_prefill(
-        self, rows: RowIndex, chunks: list[int], column: Any, host: list[Any] | None
+        self, rows: RowIndex, chunks: list[int], column: Any, tokens: Any
     ) -> Emitted:
         done = []
-        last = self._last_host if host is not None else None
         for j, (row, chunk) in enumerate(zip(rows.tolist(), chunks, strict=True)):
             self.fed[row] += chunk
             if self.fed[row] == self.prompts[row].shape[0]:
-                self.prompts[row] = self._prompt_views[row] = None
+                self.prompts[row] = None
                 self.prefilling[row] = False
                 self._waiting -= 1
-                if last is not None and host is not None:
-                    last[row, 0] = host[j]
-                else:
-                    self.last[row, 0] = column[j]
+                self._last[row, 0] = tokens[j]
                 done.append(j)
         return rows[done], column[done]
 
@@ -340,3 +314,48 @@ def _pack(left: list[int], budget: int) -> tuple[int, int]:
     fed[np.triu_indices(remaining.size, 1)] = 0  # the rows after each count
     best = int(np.argmax(fed.sum(axis=1)))
     return best + 1, int(width[best])
+
+
+class _BackendWrites:
+    """The layout's per-step writes, made through the backend on its own arrays."""
+
+    def target(self, array: Any) -> Any:
+        """What to write ``array`` (storage) through, or read it through for a write."""
+        return array
+
+    def values(self, column: Any, host: list[Any] | None) -> Any:
+        """A step's tokens as they are written into a target: ``column`` itself."""
+        return column
+
+    def gather(self, source: Any, rows: RowIndex, kept: Any, kept_target: Any) -> Any:
+        """Rows ``rows`` of ``source`` (a target), in order, as storage: a fresh array here."""
+        return source[rows.tolist()]
+
+
+class _HostWrites:
+    """The same writes through NumPy views of host storage: a fraction of a tensor
+    library's cost per write, which counts once per step between forward passes."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def target(self, array: Any) -> Any:
+        view = host_view(self._backend, array)
+        # storage of the layout's own dtype and device has a view (`writes_for`)
+        return view if view is not None else np.asarray(host_values(self._backend, array))
+
+    def values(self, column: Any, host: list[Any] | None) -> Any:
+        return host if host is not None else self.target(column)
+
+    def gather(self, source: Any, rows: RowIndex, kept: Any, kept_target: Any) -> Any:
+        """The same, gathered through NumPy into the first rows of ``kept`` (storage)."""
+        np.take(source, rows, axis=0, out=kept_target[: rows.size])
+        return kept[: rows.size]
+
+
+def writes_for(backend: Backend, padding: Any) -> _BackendWrites | _HostWrites:
+    """How a layout holding storage like ``padding`` writes: through NumPy views where
+    that storage has them (and the backend gives a step's tokens as Python values)."""
+    if host_view(backend, padding) is None or getattr(backend, "host_values", None) is None:
+        return _BackendWrites()
+    return _HostWrites(backend)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, final
 
 from .._core.delivery import END, AsyncSink, Failure, ThreadSink
+from .._core.settings import warn_renamed
 from . import caller_deadline
 from .request import Request
 
@@ -53,9 +54,14 @@ class TokenStream:
         """A number unique to this request within the process."""
         return self._request.id
 
+    def done(self) -> bool:
+        """Whether the stream has ended (normally, with an error, or cancelled)."""
+        return self._done
+
     @property
     def finished(self) -> bool:
-        """Whether the stream has ended (normally, with an error, or cancelled)."""
+        """Deprecated: `done`, as `ResultHandle.done` and ``asyncio.Future.done``."""
+        warn_renamed("TokenStream.finished", "done()")
         return self._done
 
     def cancel(self) -> None:

@@ -145,7 +145,7 @@ def stateless_batcher(model: Any, *, batch_size: int, eos: int, device: str) -> 
     return AutoregressiveBatcher(
         FullForward(model),
         stop_token=torch.tensor(eos, device=device),
-        padding_token=torch.tensor(PAD, device=device),
+        pad_value=torch.tensor(PAD, device=device),
         max_batch_size=batch_size,
     )
 

@@ -140,7 +140,7 @@ async def autoregressive_per_token(size: OverheadSize, prompt_len: int = 16) -> 
     batcher = hibachi.AutoregressiveBatcher(
         _last_column,
         stop_token=np.int64(-1),
-        padding_token=np.int64(0),
+        pad_value=np.int64(0),
         max_batch_size=size.rows,
     )
     prompt = np.arange(prompt_len, dtype=np.int64) % 1000 + 1

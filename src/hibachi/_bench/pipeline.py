@@ -108,7 +108,7 @@ def _compose(first: Callable[..., Any], second: Callable[..., Any]) -> Callable[
 
 async def _ar(model: Any, size: PipelineSize) -> Result:
     batcher = hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=size.batch_size
+        model, stop_token=np.int64(-1), pad_value=np.int64(0), max_batch_size=size.batch_size
     )
     async with batcher:
         before, start = batcher.stats().stage_busy, time.perf_counter()

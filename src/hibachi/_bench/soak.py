@@ -296,10 +296,10 @@ def make_batcher(kind: str, settings: Settings, faults: models.Faults) -> Any:
     return AutoregressiveBatcher(
         model,
         stop_token=np.int64(models.STOP),
-        padding_token=np.int64(0),
+        pad_value=np.int64(0),
         max_batch_size=size,
         max_queue_size=None,
-        prefill_chunk=4 * size,
+        max_batch_tokens=4 * size,
     )
 
 

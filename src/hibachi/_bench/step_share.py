@@ -93,9 +93,9 @@ def kv_cache_run(
     batcher = AutoregressiveBatcher(
         timed,
         stop_token=torch.tensor(eos),
-        padding_token=torch.tensor(eos),
+        pad_value=torch.tensor(eos),
         max_batch_size=batch_size,
-        prefill_chunk=prefill_chunk,
+        max_batch_tokens=prefill_chunk,
     )
     with _forward_timed(model) as forward:
         outcome = asyncio.run(serve_with_hibachi(batcher, requests, "cpu"))

@@ -31,7 +31,7 @@ class Batch:
     def __init__(self, items: list[Item], layout: Layout) -> None:
         self.items = items
         self.layout = layout
-        self.length = max(item.length for item in items) if layout.padded else 0
+        self.length = max(item._length for item in items) if layout.padded else 0
         self.tries = 0  # the model calls this very batch has failed
 
     def __len__(self) -> int:
@@ -51,10 +51,10 @@ def assemble(batch: Batch) -> tuple[Any, int, int]:
     layout, items = batch.layout, batch.items
     backend = layout.backend
     if layout.structure is LEAF:
-        xs = [item.leaves for item in items]
+        xs = [item._leaves for item in items]
         leaf, padding = _column(backend, xs, layout.pads[0], batch.length)
         return leaf, math.prod(leaf.shape), padding
-    columns = zip(*(item.leaves for item in items), strict=True)
+    columns = zip(*(item._leaves for item in items), strict=True)
     leaves, cells, padding = [], 0, 0
     for column, pad in zip(columns, layout.pads, strict=True):
         leaf, padded = _column(backend, column, pad, batch.length)
@@ -173,7 +173,7 @@ def _rows(leaf: Any, count: int, backend: Backend | None) -> Sequence[Any]:
 def _trimmed(rows: Sequence[Any], batch: Batch) -> list[Any]:
     longest = batch.length
     return [
-        row[: item.length] if item.length < longest and _first_axis(row) == longest else row
+        row[: item._length] if item._length < longest and _first_axis(row) == longest else row
         for row, item in zip(rows, batch.items, strict=True)
     ]
 

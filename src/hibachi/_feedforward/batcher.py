@@ -9,11 +9,11 @@ from typing import Any, final
 
 from .._backends import Backend
 from .._core.delivery import Channels
-from .._core.flags import as_flag
 from .._core.lifecycle import Lifecycle, State
 from .._core.model import ModelRunner
 from .._core.pipeline import Pipeline, Stages
 from .._core.queue import WorkQueue
+from .._core.settings import UNSET, check_count, check_flag, renamed
 from .._core.time_limits import check_timeout
 from .._core.values import describe_value
 from .._exceptions import ConfigurationError
@@ -79,14 +79,18 @@ class FeedforwardBatcher(Lifecycle):
             autograd work). False: each result is a view into the model's
             output for the whole batch, which it keeps alive, and with torch
             an inference tensor; it saves a copy per result.
-        overlap: stack and pad the next batch on a helper thread while the
-            model runs the current one, for kinds of input whose stacking has
-            cost at least ``STACK_AHEAD_MIN`` seconds and when a full batch
+        stack_ahead: stack and pad the next batch on a helper thread while
+            the model runs the current one, for kinds of input whose stacking
+            has cost at least ``STACK_AHEAD_MIN`` seconds and when a full batch
             waits. False (the default): every batch is stacked on the
             batcher's thread, just before its model call. It pays only with a
-            core to spare beside the model and the callers' event loop; on
-            2 CPU cores it was measured slower (README, *Overlap*). Not with
-            a `Pipeline` model, whose stages already run side by side.
+            core to spare beside the model and the callers' event loop. Not
+            with a `Pipeline` model, whose stages already run side by side.
+        overlap: the old name of ``stack_ahead``; deprecated.
+
+    Counts (``max_batch_size``, ``max_batch_tokens``, ``max_queue_size``) are
+    ints (NumPy's too) from 1, and yes/no settings bools: anything else is
+    refused with `ConfigurationError`.
     """
 
     def __init__(
@@ -101,25 +105,26 @@ class FeedforwardBatcher(Lifecycle):
         backend: Backend | None = None,
         max_batch_tokens: int | None = None,
         copy_results: bool = True,
-        overlap: bool = False,
+        stack_ahead: bool = False,
+        overlap: bool = UNSET,
     ) -> None:
         super().__init__()
-        _check_count(max_batch_size, "max_batch_size")
+        stack_ahead = renamed(
+            "FeedforwardBatcher", "overlap", "stack_ahead", overlap, stack_ahead, False
+        )
+        max_batch_size = check_count(max_batch_size, "max_batch_size")
         if max_batch_tokens is not None:
-            _check_count(max_batch_tokens, "max_batch_tokens")
+            max_batch_tokens = check_count(max_batch_tokens, "max_batch_tokens")
             if pad_value is None:
                 raise ConfigurationError("max_batch_tokens needs a pad_value: it bounds padding")
         if max_queue_size is not None:
-            _check_count(max_queue_size, "max_queue_size")
-        trim_output = as_flag(trim_output, "trim_output", ConfigurationError)
-        if not isinstance(overlap, bool):  # as the autoregressive batcher's overlap
-            raise ConfigurationError(f"overlap must be a bool, got {describe_value(overlap)}")
-        if overlap and isinstance(model, Pipeline):
+            max_queue_size = check_count(max_queue_size, "max_queue_size", most=None)
+        _check_settings(max_wait, pad_value, check_flag(trim_output, "trim_output"))
+        if check_flag(stack_ahead, "stack_ahead") and isinstance(model, Pipeline):
             raise ConfigurationError(
-                "overlap stacks the next batch beside the model; a Pipeline already runs "
+                "stack_ahead stacks the next batch beside the model; a Pipeline already runs "
                 "its stages side by side: make the stacking a stage of it instead"
             )
-        _check_settings(max_wait, pad_value, trim_output)
         self._inputs = InputChecker(pad_value, backend)
         self._queue: WorkQueue[Item] = WorkQueue(max_queue_size)
         self._core = FeedforwardCore(
@@ -127,8 +132,8 @@ class FeedforwardBatcher(Lifecycle):
             max_wait=_seconds(max_wait),
             max_batch_tokens=max_batch_tokens,
             trim_output=trim_output,
-            copy_results=as_flag(copy_results, "copy_results", ConfigurationError),
-            stack_ahead_min=STACK_AHEAD_MIN if overlap else None,
+            copy_results=check_flag(copy_results, "copy_results"),
+            stack_ahead_min=STACK_AHEAD_MIN if stack_ahead else None,
         )
         self._inboxes = LoopInboxes(Channels(), self._queue.wake_sleeper)
         self._stages = (
@@ -175,7 +180,7 @@ class FeedforwardBatcher(Lifecycle):
             self._queue.put(handle, wake=False)
             inbox.hand_over()
         if seconds is not None:
-            handle.arm(seconds)
+            handle._arm(seconds)
         return handle
 
     def stats(self) -> FeedforwardStats:
@@ -208,12 +213,7 @@ def _seconds(max_wait: float) -> float:
     return math.inf if max_wait >= threading.TIMEOUT_MAX else float(max_wait)
 
 
-def _check_count(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive int, got {describe_value(value)}")
-
-
-def _check_settings(max_wait: object, pad_value: object, trim_output: object) -> None:
+def _check_settings(max_wait: object, pad_value: object, trim_output: bool) -> None:
     number = isinstance(max_wait, int | float) and not isinstance(max_wait, bool)
     if not number or not 0 <= max_wait <= math.inf:  # type: ignore[operator]
         raise ConfigurationError(

@@ -48,7 +48,7 @@ __all__ = ["STACK_AHEAD_MIN", "FeedforwardCore", "FeedforwardCounters"]
 _TRIES_ALONE = 2  # an item fails only after failing this many times in a batch of its own
 
 STACK_AHEAD_MIN = 0.001
-"""Seconds: with ``overlap``, a kind of input is stacked ahead once stacking its batches
+"""Seconds: with ``stack_ahead``, a kind of input is stacked ahead once stacking its batches
 takes this long."""
 _PRICE_UNKNOWN = 0.001  # seconds: a model call's price before the cost model knows it
 _PRICE_CAP = 0.05  # seconds: the most `call_price` answers, whatever was learnt
@@ -86,7 +86,7 @@ class FeedforwardCounters:
         else:
             self.released_eager += 1
         self.dispatched += len(items)
-        self.queue_wait += len(items) * now - sum(item.arrival for item in items)
+        self.queue_wait += len(items) * now - sum(item._arrival for item in items)
 
 
 class FeedforwardCore:
@@ -204,7 +204,7 @@ class FeedforwardCore:
                 f"the model's output could not be split per item: {describe(exc)}"
             ) from exc
         for item, result in zip(batch.items, results, strict=True):
-            item.deliver(result)
+            item._deliver(result)
         self.counters.completed += len(results)
         self._learn(batch, seconds)
 
@@ -243,7 +243,7 @@ class FeedforwardCore:
             self.counters.retried_batches += 1
             return
         self.counters.failed += 1
-        batch.items[0].deliver(Failure(error))
+        batch.items[0]._deliver(Failure(error))
 
     def abort(
         self, message: str, *, cause: BaseException | None = None, running: Batch | None = None
@@ -258,7 +258,7 @@ class FeedforwardCore:
             self.counters.failed += 1
             error = BatcherClosed(message)
             error.__cause__ = cause
-            item.deliver(Failure(error))
+            item._deliver(Failure(error))
 
     def waiting(self) -> list[Item]:
         """A copy of the items waiting (retries included), for another thread while
@@ -313,19 +313,19 @@ class FeedforwardCore:
         """``items`` whose caller still waits; the others are ended and counted."""
         live = []
         for item in items:
-            if item.departed:
+            if item._departed:
                 self._drop(item)
-            elif item.deadline is not None and item.deadline <= now:
+            elif item._deadline is not None and item._deadline <= now:
                 self.counters.timed_out += 1
-                item.deliver(Failure(Timeout("the request reached its deadline in the queue")))
+                item._deliver(Failure(Timeout("the request reached its deadline in the queue")))
             else:
                 live.append(item)
         return live
 
     def _drop(self, item: Item) -> None:
-        if item.expired:
+        if item._expired:
             self.counters.timed_out += 1
-            item.deliver(Failure(Timeout("the request timed out before it reached the model")))
+            item._deliver(Failure(Timeout("the request timed out before it reached the model")))
         else:
             self.counters.cancelled += 1
-            item.deliver(Failure(CancelledError()))
+            item._deliver(Failure(CancelledError()))

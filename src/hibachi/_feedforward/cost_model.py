@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from typing import Generic, TypeVar, overload
 
 import numpy as np
 
@@ -55,6 +56,35 @@ Point = tuple[float, float, float]  # cells, cells times padded length, seconds
 Terms = tuple[float, float, float]  # fixed, per_cell, per_cell_length
 
 
+T = TypeVar("T")
+
+
+class _Term(Generic[T]):
+    """A term of a `CostModel`: reading it refits the model first if batches were seen
+    since the last fit; setting it pins it until the next fit."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self._slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}"
+
+    @overload
+    def __get__(self, model: None, owner: type) -> _Term[T]: ...
+    @overload
+    def __get__(self, model: CostModel, owner: type) -> T: ...
+    def __get__(self, model: CostModel | None, owner: type) -> T | _Term[T]:
+        if model is None:
+            return self
+        model._refresh()
+        value: T = getattr(model, self._slot)
+        return value
+
+    def __set__(self, model: CostModel, value: T) -> None:
+        setattr(model, self._slot, value)
+
+
 class CostModel:
     """Seconds a padded batch of one kind of input costs, as
     ``fixed + per_cell · cells + per_cell_length · cells · length``."""
@@ -69,46 +99,13 @@ class CostModel:
         self._fitted = False
         self._stale = False  # batches were observed since the last fit
 
-    @property
-    def fixed(self) -> float:
-        """A call's own price (seconds once fitted)."""
-        self._refresh()
-        return self._fixed
-
-    @fixed.setter
-    def fixed(self, value: float) -> None:
-        self._fixed = value
-
-    @property
-    def per_cell(self) -> float:
-        """The price of one padded cell (seconds once fitted)."""
-        self._refresh()
-        return self._per_cell
-
-    @per_cell.setter
-    def per_cell(self, value: float) -> None:
-        self._per_cell = value
-
-    @property
-    def per_cell_length(self) -> float:
-        """The price of one padded cell per position of its padded length (attention);
-        0 until the batches seen span lengths enough to tell it apart."""
-        self._refresh()
-        return self._per_cell_length
-
-    @per_cell_length.setter
-    def per_cell_length(self, value: float) -> None:
-        self._per_cell_length = value
-
-    @property
-    def fitted(self) -> bool:
-        """Whether the terms come from batches seen rather than the prior."""
-        self._refresh()
-        return self._fitted
-
-    @fitted.setter
-    def fitted(self, value: bool) -> None:
-        self._fitted = value
+    fixed = _Term[float]("A call's own price (seconds once fitted).")
+    per_cell = _Term[float]("The price of one padded cell (seconds once fitted).")
+    per_cell_length = _Term[float](
+        "The price of one padded cell per position of its padded length (attention); "
+        "0 until the batches seen span lengths enough to tell it apart."
+    )
+    fitted = _Term[bool]("Whether the terms come from batches seen rather than the prior.")
 
     @property
     def fitted_fixed(self) -> float | None:

@@ -64,7 +64,7 @@ class FeedforwardEngine(EngineThread):
         items = (running.items if running is not None else []) + self.core.waiting()
         items += ahead[0].items if ahead is not None else []
         for item in items + self.queue.snapshot():
-            item.abandon(error)
+            item._abandon(error)
 
     def _loop(self) -> None:
         try:

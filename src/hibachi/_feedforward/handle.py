@@ -23,6 +23,7 @@ from concurrent.futures import CancelledError
 from typing import Any, final
 
 from .._core.delivery import Failure
+from .._core.settings import warn_renamed
 from .._core.time_limits import check_wait
 from .._exceptions import Timeout
 from .item import Layout
@@ -34,7 +35,7 @@ _Future = asyncio.Future  # what loop.create_future() makes, without its Python 
 _get_running_loop = asyncio._get_running_loop  # the C function, without get_running_loop's raise
 _PENDING: Any = object()
 _TIMED_OUT = "the request was not answered within its timeout"
-_ITEM_SLOTS = ("arrival", "deadline", "layout", "leaves", "length", "seq")
+_ITEM_SLOTS = ("_arrival", "_deadline", "_layout", "_leaves", "_length", "_seq")
 
 
 class ResultHandle:
@@ -48,12 +49,12 @@ class ResultHandle:
     """
 
     __slots__ = ("_cancelled", "_expired", "_outcome", *_ITEM_SLOTS)
-    leaves: Any
-    layout: Layout
-    length: int
-    arrival: float
-    deadline: float | None
-    seq: int
+    _leaves: Any
+    _layout: Layout
+    _length: int
+    _arrival: float
+    _deadline: float | None
+    _seq: int
     _cancelled: bool
     _expired: bool
     _outcome: Any
@@ -77,28 +78,55 @@ class ResultHandle:
         """Drop the request if it has not been answered; False if it had. Idempotent."""
         raise NotImplementedError
 
-    def arm(self, seconds: float) -> None:
+    # -- the batcher's side: private ----------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
         """Fail with `Timeout` after ``seconds`` unless answered by then.
 
         A thread's handle needs no timer: `result` waits until the deadline.
         """
 
-    def abandon(self, error: BaseException) -> None:
+    def _abandon(self, error: BaseException) -> None:
         """Fail with ``error`` now, from any thread (the engine is stuck in the model)."""
         raise NotImplementedError
 
-    # -- as an `Item`, on the engine's thread -------------------------------------------
+    @property
+    def _departed(self) -> bool:
+        """As an `Item`, on the engine's thread: the caller no longer waits."""
+        raise NotImplementedError
+
+    def _deliver(self, outcome: Any) -> None:
+        """As an `Item`, on the engine's thread: the outcome, once."""
+        raise NotImplementedError
+
+    # -- the old public names of the private members: deprecated ------------------------
+
+    def arm(self, seconds: float) -> None:
+        """Deprecated: arming the timeout is the batcher's (``run(timeout=)``)."""
+        warn_renamed("ResultHandle.arm()", "run(timeout=)")
+        self._arm(seconds)
+
+    def abandon(self, error: BaseException) -> None:
+        """Deprecated: failing a handle is the batcher's; a caller calls `cancel`."""
+        warn_renamed("ResultHandle.abandon()", "cancel()")
+        self._abandon(error)
+
+    def deliver(self, outcome: Any) -> None:
+        """Deprecated: delivering the outcome is the batcher's."""
+        warn_renamed("ResultHandle.deliver()", "nothing: delivering is the batcher's")
+        self._deliver(outcome)
 
     @property
     def departed(self) -> bool:
-        raise NotImplementedError
+        """Deprecated: `done` says whether the handle is settled."""
+        warn_renamed("ResultHandle.departed", "done()")
+        return self._departed
 
     @property
     def expired(self) -> bool:
+        """Deprecated: a handle whose timeout passed raises `hibachi.Timeout`."""
+        warn_renamed("ResultHandle.expired", "done() and the Timeout it raises")
         return self._expired
-
-    def deliver(self, outcome: Any) -> None:
-        raise NotImplementedError
 
 
 def make_handle(
@@ -126,9 +154,9 @@ class _LoopHandle(ResultHandle):
         arrival: float,
         deadline: float | None,
     ) -> None:
-        self.leaves, self.layout, self.length = described
-        self.arrival = arrival
-        self.deadline = deadline
+        self._leaves, self._layout, self._length = described
+        self._arrival = arrival
+        self._deadline = deadline
         self._inbox = inbox
         self._future: asyncio.Future[Any] = _Future(loop=inbox.channel.loop)
         self._cancelled = False
@@ -182,7 +210,7 @@ class _LoopHandle(ResultHandle):
                 loop.call_soon_threadsafe(future.cancel)
         return True
 
-    def arm(self, seconds: float) -> None:
+    def _arm(self, seconds: float) -> None:
         if not self._future.done():
             self._timer = self._future.get_loop().call_later(seconds, self._expire)
 
@@ -191,7 +219,7 @@ class _LoopHandle(ResultHandle):
             self._expired = True
             self._future.set_exception(Timeout(_TIMED_OUT))
 
-    def abandon(self, error: BaseException) -> None:
+    def _abandon(self, error: BaseException) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits the future
             self._future.get_loop().call_soon_threadsafe(self._fail, error)
 
@@ -202,10 +230,10 @@ class _LoopHandle(ResultHandle):
     # -- as an `Item`, on the engine's thread -------------------------------------------
 
     @property
-    def departed(self) -> bool:
+    def _departed(self) -> bool:
         return self._cancelled or self._future.done() or self._inbox.channel.dead
 
-    def deliver(self, outcome: Any) -> None:
+    def _deliver(self, outcome: Any) -> None:
         self._outcome = outcome
         self._inbox.handles.append(self)  # the engine posts the inbox after the batch
 
@@ -234,9 +262,9 @@ class _ThreadHandle(ResultHandle):
     def __init__(
         self, described: tuple[Any, Layout, int], arrival: float, deadline: float | None
     ) -> None:
-        self.leaves, self.layout, self.length = described
-        self.arrival = arrival
-        self.deadline = deadline
+        self._leaves, self._layout, self._length = described
+        self._arrival = arrival
+        self._deadline = deadline
         self._event = threading.Event()
         self._outcome: Any = _PENDING
         self._cancelled = False
@@ -244,7 +272,7 @@ class _ThreadHandle(ResultHandle):
 
     def result(self, timeout: float | None = None) -> Any:
         if not self._event.wait(self._wait_seconds(check_wait(timeout))):
-            if self.deadline is None or time.monotonic() < self.deadline:
+            if self._deadline is None or time.monotonic() < self._deadline:
                 raise Timeout(f"no result within {timeout} s (the request goes on)")
             self._expired = True
         if self._cancelled:
@@ -257,9 +285,9 @@ class _ThreadHandle(ResultHandle):
         return outcome
 
     def _wait_seconds(self, timeout: float | None) -> float | None:
-        if self.deadline is None:
+        if self._deadline is None:
             return timeout
-        left = max(0.0, self.deadline - time.monotonic())
+        left = max(0.0, self._deadline - time.monotonic())
         return left if timeout is None else min(left, timeout)
 
     def done(self) -> bool:
@@ -272,7 +300,7 @@ class _ThreadHandle(ResultHandle):
         self._event.set()
         return True
 
-    def abandon(self, error: BaseException) -> None:
+    def _abandon(self, error: BaseException) -> None:
         if not self.done():
             self._outcome = Failure(error)
             self._event.set()
@@ -280,10 +308,10 @@ class _ThreadHandle(ResultHandle):
     # -- as an `Item`, on the engine's thread -------------------------------------------
 
     @property
-    def departed(self) -> bool:
+    def _departed(self) -> bool:
         return self._cancelled or self._expired
 
-    def deliver(self, outcome: Any) -> None:
+    def _deliver(self, outcome: Any) -> None:
         self._outcome = outcome
         self._event.set()
 

@@ -46,36 +46,35 @@ class Layout:
 class Item(Protocol):
     """One caller's input, waiting for or inside a batch, and where its outcome goes.
 
-    ``leaves`` is the input itself when it is a lone array (the layout's
-    structure is ``LEAF``), else the tuple of its leaves. ``length`` is the
+    ``_leaves`` is the input itself when it is a lone array (the layout's
+    structure is ``LEAF``), else the tuple of its leaves. ``_length`` is the
     longest first axis among its padded leaves (0 when none is padded).
-    ``arrival`` is a reading of the core's clock (`time.monotonic`), ``seq``
-    the item's place in line, set by the core; past ``deadline`` an item that
-    has not reached the model is dropped.
+    ``_arrival`` is a reading of the core's clock (`time.monotonic`), ``_seq``
+    the item's place in line, set by the core; past ``_deadline`` an item that
+    has not reached the model is dropped. Every member is private: the
+    `ResultHandle` that is the item shows its caller only its own surface.
     """
 
-    leaves: Any
-    layout: Layout
-    length: int
-    arrival: float
-    deadline: float | None
-    seq: int
+    _leaves: Any
+    _layout: Layout
+    _length: int
+    _arrival: float
+    _deadline: float | None
+    _seq: int
+
+    _expired: bool
+    """The caller stopped waiting because its own timeout passed."""
 
     @property
-    def departed(self) -> bool:
+    def _departed(self) -> bool:
         """The caller no longer waits: it cancelled, timed out, or its event loop is gone."""
         ...
 
-    @property
-    def expired(self) -> bool:
-        """The caller stopped waiting because its own timeout passed."""
-        ...
-
-    def deliver(self, outcome: Any) -> None:
+    def _deliver(self, outcome: Any) -> None:
         """Called once by the core: the result, or a `Failure` (see `hibachi._core.delivery`)."""
         ...
 
-    def abandon(self, error: BaseException) -> None:
+    def _abandon(self, error: BaseException) -> None:
         """Fail with ``error`` now, from a thread other than the engine's (stuck in the model)."""
         ...
 

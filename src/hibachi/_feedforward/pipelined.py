@@ -53,7 +53,7 @@ class PipelinedFeedforwardEngine(FeedforwardEngine):
         super()._abandon(error)
         for batch, _ in list(self._flight):
             for item in batch.items:
-                item.abandon(error)
+                item._abandon(error)
 
     def _loop(self) -> None:
         self.stages.start()

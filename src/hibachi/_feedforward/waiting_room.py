@@ -40,7 +40,7 @@ class Group:
 
     def extend(self, items: list[Item]) -> None:
         """Items of one length, oldest first."""
-        length = items[0].length
+        length = items[0]._length
         bucket = self.buckets.get(length)
         if bucket is None:
             bucket = self.buckets[length] = deque()
@@ -75,15 +75,15 @@ class Group:
     def put_back(self, items: list[Item]) -> None:
         """Return ``items`` just taken (oldest first) to the front of their buckets."""
         for item in reversed(items):
-            bucket = self.buckets.get(item.length)
+            bucket = self.buckets.get(item._length)
             if bucket is None:
-                bucket = self.buckets[item.length] = deque()
+                bucket = self.buckets[item._length] = deque()
             bucket.appendleft(item)
         self.size += len(items)
 
     def _take_cheapest(self, count: int, max_cells: int | None, cost: CostModel) -> list[Item]:
         lengths = sorted(self.buckets)
-        anchor = lengths.index(self.oldest().length)
+        anchor = lengths.index(self.oldest()._length)
         counts = [len(self.buckets[length]) for length in lengths]
         taken: list[Item] = []
         picked = pick_counts(lengths, counts, anchor, count, max_cells, cost)
@@ -95,7 +95,7 @@ class Group:
 
 
 def _seq(item: Item) -> int:
-    return item.seq
+    return item._seq
 
 
 class WaitingRoom:
@@ -116,12 +116,12 @@ class WaitingRoom:
         run: list[Item] = []  # consecutive items of one layout and length: one bucket
         layout, length, seq = None, -1, self._next_seq
         for item in items:
-            item.seq = seq
+            item._seq = seq
             seq += 1
-            if item.layout is not layout or item.length != length:
+            if item._layout is not layout or item._length != length:
                 if run:
                     self._add_run(run)
-                run, layout, length = [], item.layout, item.length
+                run, layout, length = [], item._layout, item._length
             run.append(item)
         if run:
             self._add_run(run)
@@ -129,7 +129,7 @@ class WaitingRoom:
         self.size += len(items)
 
     def _add_run(self, run: list[Item]) -> None:
-        layout = run[0].layout
+        layout = run[0]._layout
         group = self._groups.get(layout)
         if group is None:
             group = self._groups[layout] = Group(layout)
@@ -142,7 +142,7 @@ class WaitingRoom:
         for group in self._groups.values():
             release = self._release(group, now, closing)
             if release is not None:
-                seq = group.oldest().seq
+                seq = group.oldest()._seq
                 if found is None or seq < first:
                     found, first = (group, release), seq
         return found
@@ -152,7 +152,7 @@ class WaitingRoom:
             return Release.FULL
         if self.max_wait <= 0 or closing:
             return Release.EAGER
-        if now >= group.oldest().arrival + self.max_wait:
+        if now >= group.oldest()._arrival + self.max_wait:
             return Release.WAITED
         return None
 
@@ -175,7 +175,7 @@ class WaitingRoom:
         """Seconds until some group's wait runs out (0: one is ready); None when empty."""
         if not self._groups:
             return None
-        due = min(group.oldest().arrival for group in self._groups.values()) + self.max_wait
+        due = min(group.oldest()._arrival for group in self._groups.values()) + self.max_wait
         return max(0.0, due - now)
 
     def snapshot(self) -> list[Item]:

@@ -26,7 +26,7 @@ from ._metrics import Metrics
 from ._models import EmbeddingModel, LanguageModel
 from ._settings import ServeSettings
 
-__all__ = ["EmbeddingEngine", "LanguageEngine", "Ticket", "TrackedAdapter"]
+__all__ = ["EmbeddingEngine", "LanguageEngine", "Ticket", "TrackedAdapter", "queue_full"]
 
 
 @dataclass(eq=False)
@@ -84,7 +84,7 @@ class LanguageEngine:
         self.batcher = AutoregressiveBatcher(
             TrackedAdapter(adapter, lambda rows: fill.observe(rows / size)),
             stop_token=torch.tensor(lm.eos_token_id),
-            padding_token=torch.tensor(pad),
+            pad_value=torch.tensor(pad),
             max_batch_size=size,
             max_queue_size=settings.max_queue_size,
             max_new_tokens=settings.max_length,
@@ -124,20 +124,9 @@ class LanguageEngine:
                 torch.tensor(ids), max_new_tokens=max_tokens, timeout=timeout, options=ticket
             )
         except QueueFull as exc:
-            raise self._queue_full() from exc
+            raise queue_full(self.batcher.stats().queue_depth, "requests", self.drain) from exc
         except InvalidRequest as exc:
             raise APIError(400, str(exc)) from exc
-
-    def _queue_full(self) -> APIError:
-        waiting = self.batcher.stats().queue_depth
-        seconds = self.drain.retry_after(waiting)
-        return APIError(
-            429,
-            f"the queue is full ({waiting} requests waiting): retry in {seconds} s",
-            kind="rate_limit_error",
-            code="queue_full",
-            retry_after=seconds,
-        )
 
 
 class EmbeddingEngine:
@@ -180,7 +169,7 @@ class EmbeddingEngine:
         except QueueFull as exc:
             for handle in handles:
                 handle.cancel()
-            raise self._queue_full() from exc
+            raise queue_full(self.batcher.stats().queue_depth, "inputs", self.drain) from exc
         try:
             results = await asyncio.gather(*handles)
         except BaseException:
@@ -190,13 +179,14 @@ class EmbeddingEngine:
         self.drain.note_finished()
         return list(results)
 
-    def _queue_full(self) -> APIError:
-        waiting = self.batcher.stats().queue_depth
-        seconds = self.drain.retry_after(waiting)
-        return APIError(
-            429,
-            f"the queue is full ({waiting} inputs waiting): retry in {seconds} s",
-            kind="rate_limit_error",
-            code="queue_full",
-            retry_after=seconds,
-        )
+
+def queue_full(waiting: int, what: str, drain: DrainRate) -> APIError:
+    """429 for a full queue of ``waiting`` ``what``, with the ``Retry-After`` of ``drain``."""
+    seconds = drain.retry_after(waiting)
+    return APIError(
+        429,
+        f"the queue is full ({waiting} {what} waiting): retry in {seconds} s",
+        kind="rate_limit_error",
+        code="queue_full",
+        retry_after=seconds,
+    )

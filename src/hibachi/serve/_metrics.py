@@ -119,20 +119,7 @@ class _BatcherCollector(Collector):
         )
         for model, batcher in self._batchers.items():
             stats = batcher.stats()
-            running.add_metric([model], _running(stats))
+            running.add_metric([model], stats.requests_in_flight)
             waiting.add_metric([model], stats.queue_depth)
         yield running
         yield waiting
-
-
-def _running(stats: Any) -> int:
-    active = getattr(stats, "active_rows", None)
-    if active is not None:
-        return int(active)
-    ended = (
-        stats.requests_completed
-        + stats.requests_failed
-        + stats.requests_cancelled
-        + stats.requests_timed_out
-    )
-    return max(0, int(stats.requests_submitted - ended - stats.queue_depth))

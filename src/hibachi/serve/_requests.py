@@ -12,7 +12,7 @@ from ._errors import APIError
 from ._generation import GenerationParams
 from ._schemas import ChatMessage, ChatRequest, CompletionRequest
 
-__all__ = ["chat_ids", "deadline", "generation_params", "prompt_ids"]
+__all__ = ["chat_ids", "deadline", "generation_params", "max_tokens", "prompt_ids"]
 
 TIMEOUT_HEADER = "x-request-timeout"
 
@@ -89,8 +89,12 @@ def _text_of(message: ChatMessage, index: int) -> str:
 
 
 def generation_params(
-    body: CompletionRequest | ChatRequest, ids: list[int], max_tokens: int, timeout: float | None
+    body: CompletionRequest | ChatRequest,
+    ids: list[int],
+    engine: LanguageEngine,
+    timeout: float | None,
 ) -> GenerationParams:
+    """The request as the engine takes it: ids, budget, sampling, stop strings, deadline."""
     sampling = {
         name: value
         for name in ("temperature", "top_p", "top_k", "seed")
@@ -98,4 +102,18 @@ def generation_params(
     }
     sampling.setdefault("temperature", 1.0)
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    return GenerationParams(ids, max_tokens, sampling, stop, timeout)
+    return GenerationParams(ids, max_tokens(body, engine), sampling, stop, timeout)
+
+
+def max_tokens(body: CompletionRequest | ChatRequest, engine: LanguageEngine) -> int:
+    """The completion's budget: the request's own, or OpenAI's default for its endpoint.
+
+    OpenAI documents ``max_tokens`` on ``/v1/completions`` as defaulting to
+    16 (here ``ServeSettings.default_max_tokens``); a chat completion that
+    names no ``max_completion_tokens`` (nor the older ``max_tokens``) runs
+    until it stops or fills the context (here the sequence's ``max_length``,
+    which the adapter trims to what the prompt leaves), as vLLM's does too.
+    """
+    if isinstance(body, ChatRequest):
+        return body.max_completion_tokens or body.max_tokens or engine.max_length
+    return body.max_tokens or engine.default_max_tokens

@@ -6,7 +6,9 @@ import base64
 import dataclasses
 import time
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -15,9 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .._exceptions import Timeout
 from ._chunks import chat_chunks, completion_chunks, usage_of, wants_usage
-from ._engines import EmbeddingEngine
+from ._engines import EmbeddingEngine, LanguageEngine
 from ._errors import APIError, ClientGone
-from ._generation import Generation, GenerationParams
+from ._generation import Generation
 from ._metrics import Reason
 from ._requests import chat_ids, deadline, generation_params, prompt_ids
 from ._schemas import (
@@ -56,48 +58,72 @@ async def models(request: Request) -> ModelList:
 
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Completion | EventStream:
-    arrived = time.monotonic()
-    state = _state(request)
-    engine = state.language_for(body.model)
-    ids = prompt_ids(engine, body.prompt)
-    max_tokens = body.max_tokens or engine.default_max_tokens
-    params = generation_params(body, ids, max_tokens, deadline(request, body.timeout))
-    generation = _started(state, params, arrived)
-    ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    if body.stream:
-        return EventStream(completion_chunks(generation, ident, created, wants_usage(body)))
-    text = await until_gone(request, generation.text())
-    choice = CompletionChoice(text=text, finish_reason=generation.finish_reason)  # type: ignore[arg-type]
-    return Completion(
-        id=ident, created=created, model=engine.name, choices=[choice], usage=usage_of(generation)
-    )
+    return await _generate(request, body, _COMPLETIONS)
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletion | EventStream:
+    return await _generate(request, body, _CHAT)
+
+
+Body = TypeVar("Body", CompletionRequest, ChatRequest)
+Answer = TypeVar("Answer", Completion, ChatCompletion)
+
+
+@dataclass(frozen=True)
+class _Endpoint(Generic[Body, Answer]):
+    """What a generating endpoint does its own way: the prompt's ids, the response's id
+    prefix, its stream of chunks, and its whole answer."""
+
+    ids: Callable[[LanguageEngine, Body], list[int]]
+    prefix: str
+    chunks: Callable[[Generation, str, int, bool], AsyncIterator[str]]
+    answer: Callable[[Generation, str, str, int], Answer]
+
+
+async def _generate(
+    request: Request, body: Body, endpoint: _Endpoint[Body, Answer]
+) -> Answer | EventStream:
+    """One completion or chat completion, from the request's body to its answer or stream."""
     arrived = time.monotonic()
     state = _state(request)
     engine = state.language_for(body.model)
-    ids = chat_ids(engine, body.messages)
-    max_tokens = body.max_completion_tokens or body.max_tokens or engine.max_length
-    params = generation_params(body, ids, max_tokens, deadline(request, body.timeout))
-    generation = _started(state, params, arrived)
-    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    ids = endpoint.ids(engine, body)
+    params = generation_params(body, ids, engine, deadline(request, body.timeout))
+    generation = Generation(engine, params, arrived=arrived, live=state.live)
+    generation.start()
+    ident, created = f"{endpoint.prefix}-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
-        return EventStream(chat_chunks(generation, ident, created, wants_usage(body)))
+        return EventStream(endpoint.chunks(generation, ident, created, wants_usage(body)))
     text = await until_gone(request, generation.text())
+    return endpoint.answer(generation, text, ident, created)
+
+
+def _completion(generation: Generation, text: str, ident: str, created: int) -> Completion:
+    choice = CompletionChoice(text=text, finish_reason=generation.finish_reason)  # type: ignore[arg-type]
+    model, usage = generation.engine.name, usage_of(generation)
+    return Completion(id=ident, created=created, model=model, choices=[choice], usage=usage)
+
+
+def _chat_completion(generation: Generation, text: str, ident: str, created: int) -> ChatCompletion:
     message = ChatMessage(role="assistant", content=text)
     choice = ChatChoice(message=message, finish_reason=generation.finish_reason)  # type: ignore[arg-type]
-    return ChatCompletion(
-        id=ident, created=created, model=engine.name, choices=[choice], usage=usage_of(generation)
-    )
+    model, usage = generation.engine.name, usage_of(generation)
+    return ChatCompletion(id=ident, created=created, model=model, choices=[choice], usage=usage)
 
 
-def _started(state: ServerState, params: GenerationParams, arrived: float) -> Generation:
-    assert state.language is not None
-    generation = Generation(state.language, params, arrived=arrived, live=state.live)
-    generation.start()
-    return generation
+_COMPLETIONS = _Endpoint[CompletionRequest, Completion](
+    ids=lambda engine, body: prompt_ids(engine, body.prompt),
+    prefix="cmpl",
+    chunks=completion_chunks,
+    answer=_completion,
+)
+_CHAT = _Endpoint[ChatRequest, ChatCompletion](
+    ids=lambda engine, body: chat_ids(engine, body.messages),
+    prefix="chatcmpl",
+    chunks=chat_chunks,
+    answer=_chat_completion,
+)
 
 
 @router.post("/v1/embeddings")

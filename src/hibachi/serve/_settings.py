@@ -15,7 +15,9 @@ class ServeSettings:
         max_batch_size: rows per generation step, and texts per embedding call.
         max_queue_size: requests that may wait per batcher; beyond, 429.
         max_length: the most tokens (prompt and completion) one sequence holds.
-        default_max_tokens: the completion budget of a request that names none.
+        default_max_tokens: the budget of a ``/v1/completions`` request that
+            names none (OpenAI's default, 16). A chat completion that names
+            none runs until it stops or fills ``max_length``, as OpenAI's does.
         stuck_after: ``/health`` answers 503 once a model call has run this long.
         shutdown_grace: seconds in-flight requests get to finish after SIGINT /
             SIGTERM; the rest then end with an error event.

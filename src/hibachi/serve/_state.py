@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TypeVar
 
 from ._engines import EmbeddingEngine, LanguageEngine
 from ._errors import APIError
@@ -21,6 +22,8 @@ from ._models import EmbeddingModel, LanguageModel
 from ._settings import ServeSettings
 
 __all__ = ["ServerState"]
+
+Engine = TypeVar("Engine", LanguageEngine, EmbeddingEngine)
 
 
 class ServerState:
@@ -86,21 +89,17 @@ class ServerState:
 
     def language_for(self, model: str | None) -> LanguageEngine:
         """The language engine a request names (404 if another), if admitting (503)."""
-        self._check_admitting()
-        engine = self.language
-        if engine is None:
-            raise APIError(
-                404, "this server serves no language model", param="model", code="model_not_found"
-            )
-        _check_name(model, engine.name)
-        return engine
+        return self._engine_for(self.language, model, "language")
 
     def embedder_for(self, model: str | None) -> EmbeddingEngine:
+        """The embedding engine a request names (404 if another), if admitting (503)."""
+        return self._engine_for(self.embedder, model, "embedding")
+
+    def _engine_for(self, engine: Engine | None, model: str | None, kind: str) -> Engine:
         self._check_admitting()
-        engine = self.embedder
         if engine is None:
             raise APIError(
-                404, "this server serves no embedding model", param="model", code="model_not_found"
+                404, f"this server serves no {kind} model", param="model", code="model_not_found"
             )
         _check_name(model, engine.name)
         return engine

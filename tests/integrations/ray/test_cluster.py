@@ -56,7 +56,7 @@ def make_counting_batcher(max_batch_size: int = 4) -> hibachi.AutoregressiveBatc
     return hibachi.AutoregressiveBatcher(
         counting_model,
         stop_token=np.int64(STOP),
-        padding_token=np.int64(0),
+        pad_value=np.int64(0),
         max_batch_size=max_batch_size,
     )
 
@@ -167,7 +167,7 @@ def test_a_caller_that_leaves_frees_its_row(counting: Any) -> None:
         before = (await counting.stats.remote()).batcher.requests_cancelled
         async for _ in stream(counting, np.array([1]), max_new_tokens=10**6):
             break
-        left = await until(lambda s: s.batcher.active_rows == 0, counting)
+        left = await until(lambda s: s.batcher.requests_in_flight == 0, counting)
         started = asyncio.Event()
 
         async def consume() -> None:
@@ -179,8 +179,8 @@ def test_a_caller_that_leaves_frees_its_row(counting: Any) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        cancelled = await until(lambda s: s.batcher.active_rows == 0, counting)
-        assert (left.batcher.active_rows, cancelled.batcher.active_rows) == (0, 0)
+        cancelled = await until(lambda s: s.batcher.requests_in_flight == 0, counting)
+        assert (left.batcher.requests_in_flight, cancelled.batcher.requests_in_flight) == (0, 0)
         assert cancelled.batcher.requests_cancelled == before + 2
 
     arun(main())
@@ -240,7 +240,7 @@ def gated_counting_model(gate: Any, tokens: Any, mask: Any) -> Any:
 def make_gated_batcher(gate: Any) -> hibachi.AutoregressiveBatcher:
     model = functools.partial(gated_counting_model, gate)
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(STOP), padding_token=np.int64(0), max_batch_size=4
+        model, stop_token=np.int64(STOP), pad_value=np.int64(0), max_batch_size=4
     )
 
 

@@ -76,7 +76,7 @@ def test_greedy_tokens_equal_generate_on_each_prompt_alone(build: Callable[[], A
             }
         )
     batcher = causal_lm_batcher(
-        model, max_batch_size=3, max_length=64, eos_token_id=EOS, prefill_chunk=16
+        model, max_batch_size=3, max_length=64, eos_token_id=EOS, max_batch_tokens=16
     )
     results = serve(batcher, jobs)
     for job, got in zip(jobs, results, strict=True):
@@ -165,7 +165,7 @@ def test_a_sequence_ends_when_it_fills_max_length(llama: Any) -> None:
 def test_the_cache_is_allocated_once_and_reused(llama: Any) -> None:
     adapter = CausalLMAdapter(llama, slots=2, max_length=48)
     batcher = hibachi.AutoregressiveBatcher(
-        adapter, stop_token=torch.tensor(EOS), padding_token=torch.tensor(0), max_batch_size=2
+        adapter, stop_token=torch.tensor(EOS), pad_value=torch.tensor(0), max_batch_size=2
     )
     rng = random.Random(3)
     jobs = [
@@ -180,12 +180,12 @@ def test_the_cache_is_allocated_once_and_reused(llama: Any) -> None:
         pointers = [layer.keys.data_ptr() for layer in adapter._cache.layers]
     results = serve(
         hibachi.AutoregressiveBatcher(
-            adapter, stop_token=torch.tensor(EOS), padding_token=torch.tensor(0), max_batch_size=2
+            adapter, stop_token=torch.tensor(EOS), pad_value=torch.tensor(0), max_batch_size=2
         ),
         jobs,
     )
     assert [layer.keys.data_ptr() for layer in adapter._cache.layers] == pointers
-    assert adapter._rows.count == 0 and not adapter._lengths.any()
+    assert adapter._planner.rows.count == 0 and not adapter._planner.lengths.any()
     for job, got in zip(jobs, results, strict=True):
         assert got == generate(llama, job["prompt"], job["max_new_tokens"])
 

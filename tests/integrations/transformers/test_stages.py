@@ -99,7 +99,7 @@ def test_staged_tokens_equal_generate(model_type: str, stages: Any, settings: An
     model = tiny_model(model_type, **LAYERS, **settings)
     work = jobs(3, 14)
     batcher = causal_lm_batcher(
-        model, max_batch_size=5, max_length=64, eos_token_id=EOS, prefill_chunk=24, stages=stages
+        model, max_batch_size=5, max_length=64, eos_token_id=EOS, max_batch_tokens=24, stages=stages
     )
     results = serve(batcher, work)
     for (prompt, budget, _, quit), got in zip(work, results, strict=True):

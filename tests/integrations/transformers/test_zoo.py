@@ -116,7 +116,7 @@ def test_served_architectures_give_generates_tokens(
     eos = None if len(model_type) % 2 else EOS  # both ends: by budget alone, and by a stop token
     jobs = workload(seed=len(model_type))
     batcher = causal_lm_batcher(
-        model, max_batch_size=3, max_length=40, eos_token_id=eos, prefill_chunk=12
+        model, max_batch_size=3, max_length=40, eos_token_id=eos, max_batch_tokens=12
     )
     results = serve(batcher, jobs)
     for job, got in zip(jobs, results, strict=True):
@@ -159,7 +159,7 @@ def test_sliding_window_rows_equal_generate_alone(
         for length, budget in zip(lengths, budgets, strict=False)
     ]
     batcher = causal_lm_batcher(
-        mistral, max_batch_size=2, max_length=64, eos_token_id=None, prefill_chunk=chunk
+        mistral, max_batch_size=2, max_length=64, eos_token_id=None, max_batch_tokens=chunk
     )
     results = serve(batcher, jobs)
     for job, got in zip(jobs, results, strict=True):
@@ -216,7 +216,7 @@ def test_a_step_that_raised_midway_changes_no_recurrent_state(
     handle = layers[1].register_forward_pre_hook(fault)
     try:
         batcher = causal_lm_batcher(
-            model, max_batch_size=3, max_length=40, eos_token_id=None, prefill_chunk=12
+            model, max_batch_size=3, max_length=40, eos_token_id=None, max_batch_tokens=12
         )
         results = serve(batcher, jobs)
     finally:
@@ -254,5 +254,5 @@ def test_a_step_of_several_passes_that_raised_leaves_lengths_and_states_as_they_
     handle.remove()
     after = [*adapter._states._conv.values(), *adapter._states._recurrent.values()]
     assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
-    assert adapter._lengths.tolist() == [2, 3]
+    assert adapter._planner.lengths.tolist() == [2, 3]
     assert torch.equal(adapter.step(*then, slots, options), want)

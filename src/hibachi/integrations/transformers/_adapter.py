@@ -12,6 +12,7 @@ import torch
 from ..._autoregressive.batcher import AutoregressiveBatcher
 from ..._autoregressive.incremental import IncrementalModel
 from ..._core.pipeline import Pipeline
+from ..._core.settings import UNSET, renamed
 from ..._core.values import describe_value
 from ..._exceptions import ConfigurationError, InvalidRequest
 from ._alibi import decoder_layers, layer_arguments, scheme_arguments
@@ -35,10 +36,16 @@ def causal_lm_batcher(
     max_length: int = 1024,
     eos_token_id: int | None,
     pad_token_id: int | None = None,
-    prefill_chunk: int = 512,
+    max_batch_tokens: int = 512,
     device: Any = "cpu",
     stages: int | Sequence[str | torch.device] = 1,
-    **batcher_kwargs: Any,
+    max_queue_size: int | None = 65536,
+    max_new_tokens: int = 1024,
+    max_prompt_length: int | None = None,
+    max_unread_tokens: int | None = 65536,
+    delivery_thread: bool = False,
+    prefill_chunk: int = UNSET,
+    overlap: bool = UNSET,
 ) -> AutoregressiveBatcher:
     """An `AutoregressiveBatcher` serving transformers causal LM ``model`` with a KV cache.
 
@@ -52,8 +59,10 @@ def causal_lm_batcher(
         eos_token_id: the token that ends a sequence (yielded last), or None:
             then a sequence ends by its budget (``max_new_tokens``) alone.
         pad_token_id: fills the left of shorter rows (never seen by the
-            model); ``eos_token_id`` if None, or 0 if that is None too.
-        prefill_chunk: the most prompt cells (rows * width) one step feeds.
+            model); ``eos_token_id`` if None, or 0 if that is None too. Token
+            ids keep Hugging Face's names: the batcher's ``pad_value`` and
+            ``stop_token`` are these ids as tensors on ``device``.
+        max_batch_tokens: the most prompt cells (rows * width) one step feeds.
         device: where prompts and the tokens handed back live (the CPU by
             default, whatever device the model is on).
         stages: split the decoder's layers evenly into this many stages, each
@@ -68,21 +77,33 @@ def causal_lm_batcher(
             modules are moved** (stage i's layers to device i, the embeddings
             to the first, the norm and head to the last; a one-device list
             moves the whole model there). Untested on real GPUs.
-        batcher_kwargs: the rest of `AutoregressiveBatcher`'s settings.
+        max_queue_size, max_new_tokens, max_prompt_length, max_unread_tokens,
+            delivery_thread: as `AutoregressiveBatcher`'s.
+        prefill_chunk, overlap: the old names of ``max_batch_tokens`` and
+            ``delivery_thread``; deprecated.
 
     A request's ``options`` is None (greedy) or a mapping with ``temperature``,
     ``top_k``, ``top_p`` and ``seed`` (see `Sampling`).
     """
+    owner = "causal_lm_batcher"
+    chunk = renamed(
+        owner, "prefill_chunk", "max_batch_tokens", prefill_chunk, max_batch_tokens, 512
+    )
+    courier = renamed(owner, "overlap", "delivery_thread", overlap, delivery_thread, False)
     stop = _NO_TOKEN if eos_token_id is None else _token_id(eos_token_id, "eos_token_id")
     pad = _token_id(_first_given(pad_token_id, eos_token_id, 0), "pad_token_id")
     adapter = CausalLMAdapter(model, slots=max_batch_size, max_length=max_length, stages=stages)
     return AutoregressiveBatcher(
         adapter,
         stop_token=torch.tensor(stop, device=device),
-        padding_token=torch.tensor(pad, device=device),
+        pad_value=torch.tensor(pad, device=device),
         max_batch_size=max_batch_size,
-        prefill_chunk=prefill_chunk,
-        **batcher_kwargs,
+        max_queue_size=max_queue_size,
+        max_new_tokens=max_new_tokens,
+        max_batch_tokens=chunk,
+        max_prompt_length=max_prompt_length,
+        max_unread_tokens=max_unread_tokens,
+        delivery_thread=courier,
     )
 
 
@@ -113,8 +134,8 @@ class CausalLMAdapter(IncrementalModel):
         recurrent = [i for i, kind in enumerate(layers) if kind in RECURRENT]
         self._states = RecurrentSlots(slots, recurrent, self._serving.states_per_layer)
         self._planner = StepPlanner(slots, max_length, self.device)
-        self._lengths = self._planner.lengths  # the same arrays, named for the tests
-        self._rows = self._planner.rows
+        self._lengths = self._planner.lengths  # shorthands for the planner's own arrays,
+        self._rows = self._planner.rows  # which step() and release() use (tests read the planner)
         self._keys = torch.arange(max_length + 1, device=self.device)
         self._sampler = Sampler(slots, self.device if devices is None else devices[-1])
         self._call = _call_arguments(model)

@@ -1,4 +1,4 @@
-"""Stacking batch k+1 while the model runs batch k (issue #15, overlap): the core decides
+"""Stacking batch k+1 while the model runs batch k (``stack_ahead``): the core decides
 when it is worth it (fake clock), and the engine does it on a helper thread."""
 
 from __future__ import annotations
@@ -128,20 +128,20 @@ def test_the_engine_stacks_the_next_batch_while_the_model_runs(
     assert any("-stack" in name for name in threads)
 
 
-def test_overlap_is_the_public_switch_for_stacking_ahead() -> None:
+def test_stack_ahead_is_the_public_switch_for_stacking_ahead() -> None:
     off = hibachi.FeedforwardBatcher(lambda batch: batch)
-    on = hibachi.FeedforwardBatcher(lambda batch: batch, overlap=True)
+    on = hibachi.FeedforwardBatcher(lambda batch: batch, stack_ahead=True)
     assert off._core.stack_ahead_min is None
     assert on._core.stack_ahead_min == core_module.STACK_AHEAD_MIN
 
 
 @pytest.mark.parametrize("value", [1, "yes", None])
-def test_overlap_must_be_a_bool(value: Any) -> None:
-    with pytest.raises(hibachi.ConfigurationError, match="overlap"):
-        hibachi.FeedforwardBatcher(lambda batch: batch, overlap=value)
+def test_stack_ahead_must_be_a_bool(value: Any) -> None:
+    with pytest.raises(hibachi.ConfigurationError, match="stack_ahead"):
+        hibachi.FeedforwardBatcher(lambda batch: batch, stack_ahead=value)
 
 
-def test_overlap_is_refused_for_a_pipeline_whose_stages_already_overlap() -> None:
+def test_stack_ahead_is_refused_for_a_pipeline_whose_stages_already_overlap() -> None:
     pipeline = hibachi.Pipeline(lambda batch: batch, lambda batch: batch)
     with pytest.raises(hibachi.ConfigurationError, match="Pipeline"):
-        hibachi.FeedforwardBatcher(pipeline, overlap=True)
+        hibachi.FeedforwardBatcher(pipeline, stack_ahead=True)

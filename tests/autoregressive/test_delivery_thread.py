@@ -1,7 +1,7 @@
-"""``overlap=True``: the courier thread delivers each step's tokens beside the next step.
+"""``delivery_thread=True``: the courier thread delivers each step's tokens beside the next step.
 
 The property: whatever the arrivals, cancellations, stops, budgets, failing
-rows, transient faults and closes, every caller gets with ``overlap=True``
+rows, transient faults and closes, every caller gets with ``delivery_thread=True``
 exactly what its request gets alone, for a stateless model, an
 `IncrementalModel` and an `IncrementalModel` in stages; nothing hangs, and the
 courier's thread is gone after close. Then each mechanism on its own: tokens go
@@ -81,10 +81,10 @@ async def serve(
     b = hibachi.AutoregressiveBatcher(
         model,
         stop_token=np.int64(STOP),
-        padding_token=np.int64(PAD),
+        pad_value=np.int64(PAD),
         max_batch_size=slots,
-        prefill_chunk=6,
-        overlap=True,
+        max_batch_tokens=6,
+        delivery_thread=True,
     )
 
     async def caller(tag: int, spec: Spec) -> tuple[list[int], str]:
@@ -131,7 +131,7 @@ async def serve(
     transient=st.integers(0, 1),
     close_after=st.none() | st.none() | st.integers(0, 30),
 )
-def test_with_overlap_each_request_gets_what_it_gets_alone(
+def test_with_a_delivery_thread_each_request_gets_what_it_gets_alone(
     kind: str, requests: list[Spec], slots: int, transient: int, close_after: int | None
 ) -> None:
     model = make_model(kind, requests, max(slots, 2), transient if kind != "stateless" else 0)
@@ -162,9 +162,9 @@ def test_callers_on_plain_threads_get_their_tokens() -> None:
     with hibachi.AutoregressiveBatcher(
         model,
         stop_token=np.int64(STOP),
-        padding_token=np.int64(PAD),
+        pad_value=np.int64(PAD),
         max_batch_size=3,
-        overlap=True,
+        delivery_thread=True,
     ) as b:
 
         def caller(tag: int) -> None:
@@ -179,10 +179,10 @@ def test_callers_on_plain_threads_get_their_tokens() -> None:
     assert got == {tag: expected(p, 6) for tag, p in enumerate(prompts)}
 
 
-def test_overlap_must_be_a_bool() -> None:
-    with pytest.raises(hibachi.ConfigurationError, match="overlap"):
+def test_delivery_thread_must_be_a_bool() -> None:
+    with pytest.raises(hibachi.ConfigurationError, match="delivery_thread"):
         hibachi.AutoregressiveBatcher(
-            stateless, stop_token=np.int64(STOP), padding_token=np.int64(PAD), overlap=1
+            stateless, stop_token=np.int64(STOP), pad_value=np.int64(PAD), delivery_thread=1
         )
 
 
@@ -299,7 +299,11 @@ def next_int(tokens: Any, mask: Any) -> Any:
 
 def test_an_engine_failure_ends_every_stream_through_the_courier() -> None:
     b = hibachi.AutoregressiveBatcher(
-        next_int, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2, overlap=True
+        next_int,
+        stop_token=np.int64(-1),
+        pad_value=np.int64(0),
+        max_batch_size=2,
+        delivery_thread=True,
     )
 
     def broken(output: Any) -> None:
@@ -326,7 +330,11 @@ def test_a_fatal_exception_from_the_model_ends_every_stream_through_the_courier(
         return next_int(tokens, mask)
 
     b = hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2, overlap=True
+        model,
+        stop_token=np.int64(-1),
+        pad_value=np.int64(0),
+        max_batch_size=2,
+        delivery_thread=True,
     )
     with b:
         streams = [b.run(np.array([1, 2]), max_new_tokens=5, timeout=TIMEOUT) for _ in range(3)]
@@ -349,7 +357,11 @@ def test_close_with_cancel_while_the_model_is_stuck_ends_callers_and_later_the_c
         return next_int(tokens, mask)
 
     b = hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(-1), padding_token=np.int64(0), max_batch_size=2, overlap=True
+        model,
+        stop_token=np.int64(-1),
+        pad_value=np.int64(0),
+        max_batch_size=2,
+        delivery_thread=True,
     )
     b.start()
     stream = b.run(np.array([1, 2]), max_new_tokens=10, timeout=TIMEOUT)
