@@ -29,7 +29,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hibachi  # noqa: E402
-from hibachi._bench.overhead import autoregressive_per_token, floor_per_token  # noqa: E402
+from hibachi._bench.methods.per_token import autoregressive_per_token, floor_per_token  # noqa: E402
 from hibachi._bench.settings import OverheadSize  # noqa: E402
 
 ROWS = 64

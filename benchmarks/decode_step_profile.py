@@ -35,10 +35,11 @@ import transformers
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from hibachi import AutoregressiveBatcher
-from hibachi._bench.llm import build_llama, eos_of, make_requests
-from hibachi._bench.serving import serve_with_hibachi
+from hibachi._bench.methods.streams import serve_with_hibachi
+from hibachi._bench.models.llama import build_llama, eos_of
+from hibachi._bench.models.requests import make_requests
 from hibachi._bench.settings import preset
-from hibachi._bench.step_share import TimedModel
+from hibachi._bench.timing.steps import TimedModel
 from hibachi.integrations import transformers as adapter_module
 from hibachi.integrations.transformers import _architectures, _kv_cache, _sampling
 

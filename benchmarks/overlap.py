@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from hibachi._bench.llm import build_llama, eos_of, make_requests
-from hibachi._bench.serving import serve_with_hibachi
+from hibachi._bench.methods.streams import serve_with_hibachi
+from hibachi._bench.models.llama import build_llama, eos_of
+from hibachi._bench.models.requests import make_requests
 from hibachi._bench.settings import preset
 from hibachi.integrations.transformers import causal_lm_batcher
 
