@@ -38,9 +38,10 @@ alternatives:
                vs the asyncio floor and the peer libraries batched and
                async-batcher.
   scaling      throughput as the number of concurrent clients grows (the plot).
-  pipeline     (only with --workloads pipeline) two matmul stages in a
-               hibachi.Pipeline, each on its own thread, vs the same two
-               composed into one model; both batchers; each stage's busy share.
+  pipeline     (only with --workloads pipeline) two stand-in stages (matmuls;
+               --stage-work adds sleeps and no-ops) in a hibachi.Pipeline, each
+               on its own thread, vs the same two composed into one model; both
+               batchers; each stage's busy share.
 
 It prints a table per workload, and writes every figure to a JSON file and the
 charts to a PNG; --results DIR writes the run's results document (date, machine,
