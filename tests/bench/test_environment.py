@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +56,18 @@ def test_releasing_the_openmp_pool_leaves_torch_working() -> None:
     released = release_openmp_pool()
     assert isinstance(released, bool)
     assert float(x.add(2).sum()) == 3.0 * (1 << 17)
+
+
+def test_an_installed_hibachi_inside_another_repository_names_no_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hibachi._bench.environment import machine
+
+    folder = tmp_path / "venv" / "site-packages" / "hibachi" / "_bench" / "environment"
+    folder.mkdir(parents=True)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    if subprocess.run([*git, "init", "-q"], check=False).returncode:
+        pytest.skip("no git here")
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "theirs"], check=True)
+    monkeypatch.setattr(machine, "__file__", str(folder / "machine.py"))
+    assert machine.source_commit() is None

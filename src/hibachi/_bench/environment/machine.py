@@ -41,16 +41,20 @@ def describe_machine(device: str) -> dict[str, Any]:
 
 def source_commit() -> str | None:
     """The git commit of hibachi's source tree (``abc1234``, ``abc1234+dirty`` with uncommitted
-    changes to tracked files), or None where hibachi is not run from a git checkout."""
-    folder = Path(__file__).resolve().parent
+    changes to tracked files), or None where hibachi is not run from its own checkout (an
+    installed hibachi inside another project's repository is not that project's commit)."""
+    here = Path(__file__).resolve()
 
     def git(*args: str) -> str:
         done = subprocess.run(
-            ["git", *args], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+            ["git", *args], cwd=here.parent, capture_output=True, text=True, timeout=10, check=True
         )
         return done.stdout.strip()
 
     try:
+        top = Path(git("rev-parse", "--show-toplevel")).resolve()
+        if not here.is_relative_to(top / "src" / "hibachi"):
+            return None
         commit = git("rev-parse", "--short", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
