@@ -29,7 +29,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hibachi  # noqa: E402
-from hibachi._bench.overhead import autoregressive_per_token, floor_per_token  # noqa: E402
+from hibachi._bench.methods.per_token import autoregressive_per_token, floor_per_token  # noqa: E402
 from hibachi._bench.settings import OverheadSize  # noqa: E402
 
 ROWS = 64
@@ -77,7 +77,7 @@ async def throughput(
 ) -> float:
     """Tokens per second for ``requests`` requests, together or one at a time."""
     batcher = hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(0), padding_token=np.int64(0), max_batch_size=requests
+        model, stop_token=np.int64(0), pad_value=np.int64(0), max_batch_size=requests
     )
     prompts = [np.arange(1, 5 + i, dtype=np.int64) for i in range(requests)]
     async with batcher:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hibachi._bench.minilm import load_minilm
+from hibachi._bench.models.minilm import load_minilm
 
 Point = tuple[int, int, float]  # items, padded length, seconds
 

@@ -35,10 +35,11 @@ import transformers
 from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from hibachi import AutoregressiveBatcher
-from hibachi._bench.llm import build_llama, eos_of, make_requests
-from hibachi._bench.serving import serve_with_hibachi
+from hibachi._bench.methods.streams import serve_with_hibachi
+from hibachi._bench.models.llama import build_llama, eos_of
+from hibachi._bench.models.requests import make_requests
 from hibachi._bench.settings import preset
-from hibachi._bench.step_share import TimedModel
+from hibachi._bench.timing.steps import TimedModel
 from hibachi.integrations import transformers as adapter_module
 from hibachi.integrations.transformers import _architectures, _kv_cache, _sampling
 
@@ -180,7 +181,7 @@ def engine_outside(model: Any, rows: int, length: int, steps: int) -> dict[str, 
     batcher = AutoregressiveBatcher(
         timed_model,
         stop_token=torch.tensor(-1),
-        padding_token=torch.tensor(eos),
+        pad_value=torch.tensor(eos),
         max_batch_size=rows,
     )
     requests = make_requests(rows, (length, length), (steps, steps), 1000, 0)

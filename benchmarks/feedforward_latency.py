@@ -97,7 +97,7 @@ def torch_dict_workload(items: int) -> tuple[Callable[[Any], Any], list[Any], di
 
 
 def minilm_workload(items: int) -> tuple[Callable[[Any], Any], list[Any], dict[str, Any]]:
-    from hibachi._bench.minilm import PAD_VALUE, load_minilm, make_texts
+    from hibachi._bench.models.minilm import PAD_VALUE, load_minilm, make_texts
 
     minilm = load_minilm("cpu")
     xs = [minilm.tokenize(text) for text in make_texts(items, (4, 120), 0)]

@@ -305,7 +305,7 @@ def report(local: Run, http: Run) -> None:
 def embeddings(url: str, args: argparse.Namespace) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from hibachi._bench.minilm import make_texts
+    from hibachi._bench.models.minilm import make_texts
     from hibachi.serve._models import minilm_folder
 
     texts = make_texts(args.texts, (4, 120), seed=0)

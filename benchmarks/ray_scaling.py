@@ -67,7 +67,7 @@ def cpu_model(step_s: float) -> Any:
 def make_batcher(kind: str, step_s: float, batch: int) -> hibachi.AutoregressiveBatcher:
     model = device_model(step_s) if kind == "device" else cpu_model(step_s)
     return hibachi.AutoregressiveBatcher(
-        model, stop_token=np.int64(STOP), padding_token=np.int64(0), max_batch_size=batch
+        model, stop_token=np.int64(STOP), pad_value=np.int64(0), max_batch_size=batch
     )
 
 
@@ -148,7 +148,7 @@ def report(kind: str, results: dict[int, Result]) -> None:
     print(f"\n{kind} model: 2 replicas / 1 replica = {two.tokens_per_s / one.tokens_per_s:.2f}x")
     for count, r in results.items():
         split = ", ".join(
-            f"{s.batcher.requests_finished} req fill {s.batcher.mean_batch_fill:.2f}"
+            f"{s.batcher.requests_completed} req fill {s.batcher.mean_batch_fill:.2f}"
             for s in r.replicas
         )
         print(

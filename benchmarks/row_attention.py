@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hibachi._bench.llm import build_llama
+from hibachi._bench.models.llama import build_llama
 from hibachi._bench.settings import preset
 from hibachi.integrations import transformers as adapter_module
 from hibachi.integrations.transformers import _row_attention

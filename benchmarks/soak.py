@@ -5,7 +5,8 @@ Drives a stateless autoregressive batcher, an incremental one (an
 ``--requests`` requests from asyncio tasks on several event loops and from plain
 threads: random arrivals, 10% cancelled at a random point, 5% bad inputs (the
 model raises on them), a model that now and then raises on a good batch, and
-random deadlines. Prints one row per batcher (see `hibachi._bench.soak`).
+random deadlines. Prints one row per batcher. The harness is the tests' own
+(``tests/support/soak.py``; ``tests/core/test_soak.py`` runs it small).
 
 Usage: python benchmarks/soak.py [--requests 100000] [--kinds stateless,incremental,feedforward]
 """
@@ -18,8 +19,11 @@ import os
 import platform
 import sys
 import tracemalloc
+from pathlib import Path
 
-from hibachi._bench.soak import KINDS, Settings, Tally, soak
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from support.soak import KINDS, Settings, Tally, soak
 
 
 def row(t: Tally) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -58,8 +60,10 @@ def test_the_cli_imports_nothing_heavy() -> None:
 def test_bench_help_explains_every_workload_and_flag(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run_cli(capsys, "bench", "--help")
     assert status == 0
-    flags = ["--quick", "--device", "--concurrency", "--json", "--plot", "--threads"]
-    for word in [*WORKLOADS, *flags]:
+    flags = ["--quick", "--device", "--concurrency", "--json", "--plot", "--threads", "--results"]
+    flags += ["--clients", "--batch-size", "--repeat", "--rounds", "--texts", "--words"]
+    flags += ["--callers", "--worker-reference", "--release-loop-pool", "--stage-work"]
+    for word in [*WORKLOADS, "pipeline", *flags]:
         assert word in out
     assert "--tiny" not in out  # a test-only flag stays hidden
 
@@ -79,6 +83,11 @@ def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) ->
         pytest.param(["--workloads", "generation,nope"], "unknown workload nope", id="workload"),
         pytest.param(["--device", "tpu"], "invalid choice", id="device"),
         pytest.param(["--threads", "0"], ">= 1", id="threads"),
+        pytest.param(["--words", "9,3"], "1 <= LO <= HI", id="words-backwards"),
+        pytest.param(["--words", "9"], "expected LO,HI", id="words-one"),
+        pytest.param(["--stage-work", "blas,gpu"], "unknown stage work gpu", id="stage-work"),
+        pytest.param(["--rounds", "0"], ">= 1", id="rounds"),
+        pytest.param(["--batch-size", "8,32"], "embeddings workload", id="batch-sizes"),
     ],
 )
 def test_bad_arguments_are_refused(
@@ -90,10 +99,23 @@ def test_bad_arguments_are_refused(
 
 
 def test_concurrency_and_workloads_are_normalised() -> None:
-    from hibachi._cli import _counts, _workloads
+    from hibachi._cli import _counts, _stage_work, _workloads
 
     assert _counts("16,1,4,4") == (1, 4, 16)
     assert _workloads("scaling, generation") == ("generation", "scaling")
+    assert _stage_work("noop, blas,noop") == ("noop", "blas")
+
+
+def test_the_workload_options_become_overrides() -> None:
+    from hibachi._bench.settings import Overrides
+    from hibachi._cli import _overrides, _parser
+
+    argv = ["bench", "--workloads", "embeddings", "--batch-size", "32,8", "--rounds", "5"]
+    argv += ["--texts", "128", "--words", "4,400", "--release-loop-pool"]
+    args = _parser().parse_args(argv)
+    assert _overrides(args) == Overrides(
+        batch_sizes=(8, 32), rounds=5, texts=128, words=(4, 400), release_loop_pool=True
+    )
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,21 +130,32 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys: pytest.CaptureFixture[str])
 # -- hibachi bench end to end -----------------------------------------------------------
 
 
+BENCH_ARGV = ["bench", "--quick", "--tiny", "--concurrency", "1,3"]
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One tiny ``hibachi bench`` run with every workload, shared by the tests below."""
+    """One tiny ``hibachi bench`` run with every workload, shared by the tests below: its
+    results document in ``results/``, with the JSON and the plot beside it."""
     folder = tmp_path_factory.mktemp("bench")
-    files = ["--json", str(folder / "b.json"), "--plot", str(folder / "b.png")]
-    files += ["--markdown", str(folder / "b.md")]
+    files = ["--results", str(folder / "results"), "--markdown", str(folder / "b.md")]
     capture = pytest.MonkeyPatch()
     out_file = folder / "stdout.txt"
     with out_file.open("w") as out:
         capture.setattr(sys, "stdout", out)
         try:
-            status = main(["bench", "--quick", "--tiny", "--concurrency", "1,3", *files])
+            status = main([*BENCH_ARGV, *files])
         finally:
             capture.undo()
-    yield {"status": status, "folder": folder, "stdout": out_file.read_text()}
+    (document,) = (folder / "results").glob("*.md")
+    yield {
+        "status": status,
+        "folder": folder,
+        "stdout": out_file.read_text(),
+        "document": document,
+        "json": document.with_suffix(".json"),
+        "png": document.with_suffix(".png"),
+    }
 
 
 @pytest.mark.slow
@@ -132,30 +165,42 @@ def test_bench_exits_0_and_prints_a_table_per_workload(bench_run: dict[str, Any]
     for title in ["Generation:", "Embeddings:", "Overhead:", "Scaling:"]:
         assert title in out
     assert "generate(), one at a time" in out
-    assert "figures:" in out and "plot:" in out
+    assert "figures:" in out and "plot:" in out and "results:" in out
 
 
 @pytest.mark.slow
 def test_bench_writes_a_png(bench_run: dict[str, Any]) -> None:
-    data = (bench_run["folder"] / "b.png").read_bytes()
+    data = bench_run["png"].read_bytes()
     assert data.startswith(PNG_MAGIC)
     assert len(data) > 10_000
 
 
 @pytest.mark.slow
-def test_bench_writes_markdown_tables(bench_run: dict[str, Any]) -> None:
-    text = (bench_run["folder"] / "b.md").read_text()
+def test_bench_writes_a_results_document(bench_run: dict[str, Any]) -> None:
+    document = bench_run["document"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d-\d{4}-[a-z0-9-]+-\d+cpu-tiny\.md", document.name)
+    text = document.read_text()
     assert text.count("| method |") == len(WORKLOADS)
     assert "| generate(), one at a time |" in text
     assert "tiny preset" in text.splitlines()[-1]
+    command = shlex.join(["hibachi", *BENCH_ARGV])
+    assert f"| command | `{command} --results " in text
+    for row in ["| date |", "| code | hibachi ", "| machine |", "| load average at start |"]:
+        assert row in text
+    stem = document.stem
+    assert f"[json]({stem}.json)" in text and f"![the charts of this run]({stem}.png)" in text
+    # --markdown writes the same document elsewhere, its links relative to where it is.
+    copy = (bench_run["folder"] / "b.md").read_text()
+    assert f"[json](results/{stem}.json)" in copy
 
 
 @pytest.mark.slow
 def test_bench_json_schema(bench_run: dict[str, Any]) -> None:
-    report = json.loads((bench_run["folder"] / "b.json").read_text())
+    report = json.loads(bench_run["json"].read_text())
     assert report["version"] == hibachi.__version__
     assert isinstance(report["created"], str)
     assert isinstance(report["seconds"], float)
+    assert report["command"].startswith("hibachi bench --quick --tiny")
     assert {"device", "device_name", "cpu_count", "python", "torch"} <= set(report["machine"])
     assert report["settings"]["preset"] == "tiny"
     assert report["settings"]["concurrency"] == [1, 3]
@@ -174,7 +219,7 @@ def test_bench_json_schema(bench_run: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_generation_figures(bench_run: dict[str, Any]) -> None:
-    section = json.loads((bench_run["folder"] / "b.json").read_text())["sections"]["generation"]
+    section = json.loads(bench_run["json"].read_text())["sections"]["generation"]
     rows = {row["method"]: row for row in section["rows"]}
     assert rows["generate(), one at a time"]["values"]["speedup"] == 1.0
     hibachi_rows = [row for method, row in rows.items() if method.startswith("hibachi")]
@@ -194,7 +239,7 @@ def test_generation_figures(bench_run: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_scaling_series_cover_every_concurrency(bench_run: dict[str, Any]) -> None:
-    section = json.loads((bench_run["folder"] / "b.json").read_text())["sections"]["scaling"]
+    section = json.loads(bench_run["json"].read_text())["sections"]["scaling"]
     panels = {s["panel"] for s in section["series"]}
     assert panels == {"generation", "embeddings"}
     for series in section["series"]:

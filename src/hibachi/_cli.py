@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._bench.settings import WORKLOADS
+from ._bench.settings import STAGE_WORK, WORKLOADS
 
 __all__ = ["main"]
 
@@ -38,12 +38,18 @@ alternatives:
                vs the asyncio floor and the peer libraries batched and
                async-batcher.
   scaling      throughput as the number of concurrent clients grows (the plot).
-  pipeline     (only with --workloads pipeline) two matmul stages in a
-               hibachi.Pipeline, each on its own thread, vs the same two
-               composed into one model; both batchers; each stage's busy share.
+  pipeline     (only with --workloads pipeline) two stand-in stages (matmuls;
+               --stage-work adds sleeps and no-ops) in a hibachi.Pipeline, each
+               on its own thread, vs the same two composed into one model; both
+               batchers; each stage's busy share.
 
 It prints a table per workload, and writes every figure to a JSON file and the
-charts to a PNG. Methods whose library is not installed are skipped with a note.
+charts to a PNG; --results DIR writes the run's results document (date, machine,
+commit, command, every table) there, with its JSON and PNG beside it. Methods
+whose library is not installed are skipped with a note.
+
+The workload options change a preset's sizes, for the workloads that have them
+(the settings in the JSON file say what ran).
 """
 
 BENCH_EPILOG = """\
@@ -51,7 +57,9 @@ examples:
   hibachi bench --quick                      about a minute on a laptop CPU
   hibachi bench                              the full run, a few minutes
   hibachi bench --workloads generation,scaling --concurrency 1,8,64
-  hibachi bench --device cuda --json gpu.json --plot gpu.png
+  hibachi bench --device cuda --results benchmarks/results
+  hibachi bench --workloads embeddings --texts 128 --batch-size 8,32 --rounds 5
+  hibachi bench --workloads pipeline --stage-work blas,sleep,noop
 
 exit status: 0 when every method ran or was skipped, 1 when one failed,
 2 for bad arguments.
@@ -75,12 +83,17 @@ header or a "timeout" field (seconds).
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hibachi`` command line; returns the exit status."""
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     if args.command == "serve":
         return _serve(args)
+    problem = _bench_problem(args)
+    if problem:
+        parser.error(problem)
     return _bench(args)
 
 
@@ -204,27 +217,34 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
         type=_workloads,
         metavar="NAME,...",
         help=f"which workloads to run, comma-separated, from: {', '.join(WORKLOADS)} "
-        "(default: all)",
+        "(default: all but pipeline)",
     )
     bench.add_argument(
         "--json",
         type=Path,
-        default=Path("bench-out/bench.json"),
         metavar="PATH",
-        help="where to write every figure as JSON (default: bench-out/bench.json)",
+        help="where to write every figure as JSON (default: bench-out/bench.json, or beside "
+        "the results document)",
     )
     bench.add_argument(
         "--plot",
         type=Path,
-        default=Path("bench-out/bench.png"),
         metavar="PATH",
-        help="where to write the charts as PNG (default: bench-out/bench.png)",
+        help="where to write the charts as PNG (default: bench-out/bench.png, or beside "
+        "the results document)",
     )
     bench.add_argument(
         "--markdown",
         type=Path,
         metavar="PATH",
-        help="also write the tables as Markdown (for a README)",
+        help="also write the results document (Markdown) to PATH",
+    )
+    bench.add_argument(
+        "--results",
+        type=Path,
+        metavar="DIR",
+        help="write the results document to DIR/<date>-<time>-<machine>-<preset>.md, with "
+        "its JSON and PNG beside it (bash scripts/bench.sh: benchmarks/results)",
     )
     bench.add_argument(
         "--threads",
@@ -234,6 +254,61 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     )
     # For hibachi's own tests: every workload end to end in seconds. Figures are meaningless.
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    _workload_arguments(bench.add_argument_group("workload options (override the preset)"))
+
+
+def _workload_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--clients", type=_positive, metavar="N", help="generation: concurrent clients"
+    )
+    group.add_argument(
+        "--batch-size",
+        type=_counts,
+        metavar="N[,N...]",
+        help="generation, overhead (per item), pipeline: max_batch_size; embeddings: hibachi's "
+        "max_batch_size and the sorted loop's batch, each of several in turn",
+    )
+    group.add_argument(
+        "--repeat",
+        type=_positive,
+        metavar="N",
+        help="every workload: runs of each method, the best counts, all N whatever they take",
+    )
+    group.add_argument(
+        "--rounds",
+        type=_positive,
+        metavar="N",
+        help="embeddings, scaling: every method once a round, the order turning, for N rounds "
+        "(ratios: the median of the rounds')",
+    )
+    group.add_argument("--texts", type=_positive, metavar="N", help="embeddings: how many texts")
+    group.add_argument(
+        "--words",
+        type=_word_range,
+        metavar="LO,HI",
+        help="embeddings, scaling: each text's words, drawn from LO to HI",
+    )
+    group.add_argument(
+        "--callers", type=_positive, metavar="N", help="overhead: concurrent callers per item"
+    )
+    group.add_argument(
+        "--worker-reference",
+        action="store_true",
+        help="scaling: also one call per text, each awaited on a worker thread",
+    )
+    group.add_argument(
+        "--release-loop-pool",
+        action="store_true",
+        help="embeddings, scaling: the main thread ends its OpenMP workers before each run on "
+        "another thread (docs/cpu-threads.md)",
+    )
+    group.add_argument(
+        "--stage-work",
+        type=_stage_work,
+        metavar="KIND,...",
+        help=f"pipeline: what the stand-in stages do, from: {', '.join(STAGE_WORK)} "
+        "(default: blas)",
+    )
 
 
 def _port(text: str) -> int:
@@ -267,6 +342,27 @@ def _whole(text: str, least: int, most: int | None, expected: str) -> int:
     return value
 
 
+def _word_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, got {text!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI, got {text!r}")
+    return low, high
+
+
+def _stage_work(text: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [kind for kind in kinds if kind not in STAGE_WORK]
+    if unknown or not kinds:
+        what = ", ".join(unknown) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(
+            f"unknown stage work {what}: choose from {', '.join(STAGE_WORK)}"
+        )
+    return kinds
+
+
 def _workloads(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [name for name in names if name not in WORKLOADS]
@@ -284,9 +380,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from ._bench import preset, run_bench
     from ._bench.environment import busy_cpus, busy_warning, cuda_available
-    from ._bench.plot import write_plot
-    from ._bench.progress import RichProgress
-    from ._bench.report import markdown, print_report, write_json
+    from ._bench.output.progress import RichProgress
 
     # Piped or captured output gets a table width that fits every column.
     console = Console() if sys.stdout.isatty() else Console(width=120)
@@ -303,19 +397,73 @@ def _bench(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         workloads=args.workloads,
         threads=args.threads,
+        overrides=_overrides(args),
     )
     with RichProgress(console) as progress:
-        report = run_bench(settings, progress)
-    print_report(report, console)
-    write_json(report, args.json)
-    console.print(f"figures:  {args.json}")
-    if write_plot(report, args.plot):
-        console.print(f"plot:     {args.plot}")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(report))
-        console.print(f"markdown: {args.markdown}")
+        report = run_bench(settings, progress, command=_command(args))
+    _write_outputs(report, args, console)
     return 1 if report.failed else 0
+
+
+def _bench_problem(args: argparse.Namespace) -> str | None:
+    """Why the workload options cannot run together, or None."""
+    sizes = args.batch_size
+    if sizes and len(sizes) > 1 and set(args.workloads or WORKLOADS) - {"embeddings", "scaling"}:
+        return (
+            "--batch-size: several batch sizes are for the embeddings workload "
+            "(--workloads embeddings); the others take one"
+        )
+    return None
+
+
+def _overrides(args: argparse.Namespace) -> Any:
+    """The workload options as `Overrides`."""
+    from ._bench.settings import Overrides
+
+    return Overrides(
+        clients=args.clients,
+        batch_sizes=args.batch_size,
+        repeat=args.repeat,
+        rounds=args.rounds,
+        texts=args.texts,
+        words=args.words,
+        callers=args.callers,
+        worker_reference=args.worker_reference,
+        release_loop_pool=args.release_loop_pool,
+        stage_work=args.stage_work,
+    )
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line as typed (``hibachi bench ...``), for the results document."""
+    import shlex
+
+    return shlex.join(["hibachi", *args.argv])
+
+
+def _write_outputs(report: Any, args: argparse.Namespace, console: Any) -> None:
+    """The table, then the JSON, the plot and the results document where asked."""
+    from ._bench.output.json_file import write_json
+    from ._bench.output.markdown import document_name, markdown
+    from ._bench.output.plot import write_plot
+    from ._bench.output.table import print_report
+
+    print_report(report, console)
+    stem = args.results / document_name(report) if args.results else None
+    default = Path("bench-out/bench")
+    json_path = args.json or (stem or default).with_suffix(".json")
+    plot_path = args.plot or (stem or default).with_suffix(".png")
+    write_json(report, json_path)
+    console.print(f"figures:  {json_path}")
+    files = {"json": json_path}
+    if write_plot(report, plot_path):
+        console.print(f"plot:     {plot_path}")
+        files["plot"] = plot_path
+    documents = [p for p in (args.markdown, stem and stem.with_suffix(".md")) if p is not None]
+    for path in documents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(markdown(report, files, here=path.parent))
+        console.print(f"results:  {path}")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hibachi._bench import preset, run_bench
+from hibachi._bench.settings import Overrides
 
 
 def test_the_pipeline_workload_runs_when_asked_for() -> None:
@@ -16,3 +17,13 @@ def test_the_pipeline_workload_runs_when_asked_for() -> None:
         ("FF: Pipeline (3 in flight)", "ok"),
     ]
     assert all(len(str(row.values["busy"]).split()) == 2 for row in section.rows[1::2])
+
+
+def test_stages_that_sleep_or_do_nothing_get_rows_of_their_own() -> None:
+    overrides = Overrides(stage_work=("sleep", "noop"))
+    report = run_bench(preset("tiny", workloads=("pipeline",), overrides=overrides))
+    (section,) = report.sections
+    methods = [row.method for row in section.rows if row.status == "ok"]
+    assert methods[0] == "sleep: AR: composed model" and methods[4] == "noop: AR: composed model"
+    assert len(methods) == 8
+    assert "sleep: 2 ms a call; noop" in section.title

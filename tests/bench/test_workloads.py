@@ -1,104 +1,33 @@
-"""The measuring code behind ``hibachi bench``: correctness of each path, skips, failures."""
+"""The workloads: skips and failures reported, not raised; rounds and references wired right."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from hibachi._bench import NullProgress, generation, overhead, preset, run_bench
-from hibachi._bench.embeddings import Unavailable, load_sentence_transformer
-from hibachi._bench.environment import busy_cpus, busy_warning, free_cpus
-from hibachi._bench.llm import build_llama, hibachi_label, make_requests, trim
-from hibachi._bench.plot import write_plot
-from hibachi._bench.report import section_table
-from hibachi._bench.results import Column, Report, Section
-from hibachi._bench.timing import best_of, run_async
+from hibachi._bench import NullProgress, preset, run_bench
+from hibachi._bench.methods.embed import Timed
+from hibachi._bench.methods.outcome import Outcome
+from hibachi._bench.results import Section
+from hibachi._bench.settings import Overrides
+from hibachi._bench.workloads import embeddings, generation, measure_of, overhead, scaling
 from hibachi._cli import main
-
-pytestmark = pytest.mark.slow
 
 TINY = preset("tiny")
 
 
-def test_trim_stops_at_the_budget_and_at_the_first_eos() -> None:
-    assert trim([5, 6, 7, 8], 3, eos=9) == [5, 6, 7]
-    assert trim([5, 9, 7, 9], 4, eos=9) == [5, 9]
-    assert trim([5, 6, 9], 2, eos=9) == [5, 6]
+def test_every_workload_has_a_measure_and_no_other_name_does() -> None:
+    for name in TINY.workloads:
+        assert callable(measure_of(name))
+    with pytest.raises(ValueError, match="unknown workload 'nope'"):
+        measure_of("nope")
 
 
-def test_best_of_keeps_the_best_run_and_stops_once_time_is_up() -> None:
-    runs = iter([3.0, 5.0, 4.0])
-    assert best_of(lambda: next(runs), float, repeat=3, within=float("inf")) == 5.0
-    calls: list[int] = []
-    assert best_of(lambda: calls.append(1) or 1.0, float, repeat=3, within=0.0) == 1.0
-    assert len(calls) == 1
-
-
-def test_a_run_that_hangs_fails_at_its_deadline() -> None:
-    async def hangs() -> None:
-        await asyncio.Event().wait()
-
-    with pytest.raises(TimeoutError, match="did not finish within"):
-        run_async(hangs(), seconds=0.05)
-    assert run_async(asyncio.sleep(0, result=7)) == 7
-
-
-def test_threads_go_to_the_cpus_other_processes_leave_free() -> None:
-    cpus = os.cpu_count() or 1
-    assert free_cpus(0.0) == cpus
-    assert free_cpus(0.7) == cpus  # a CPU counts as taken when 3/4 busy
-    assert free_cpus(1.0) == max(1, cpus - 1)
-    assert free_cpus(1000.0) == 1
-    assert 0.0 <= busy_cpus(window=0.05) <= cpus + 0.5
-    assert busy_warning(0.2) is None
-    assert "--threads N" in (busy_warning(1.5) or "")
-
-
-def test_preset_overrides() -> None:
-    settings = preset("quick", device="cuda", concurrency=(2, 8), workloads=("scaling",))
-    assert (settings.preset, settings.device) == ("quick", "cuda")
-    assert settings.concurrency == (2, 8)
-    assert settings.workloads == ("scaling",)
-    assert preset("quick").workloads == ("generation", "embeddings", "overhead", "scaling")
-
-
-@pytest.fixture(scope="module")
-def llama() -> object:
-    size = replace(TINY.generation, vocab=512, hidden=64)
-    return build_llama(size, "cpu", seed=1)
-
-
-@pytest.mark.parametrize("path", ["stateless fallback", "transformers adapter"])
-def test_hibachi_gets_the_same_greedy_tokens_as_generate(
-    llama: object, path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if path == "stateless fallback":
-        monkeypatch.setitem(sys.modules, "hibachi.integrations.transformers", None)
-        assert hibachi_label() == "hibachi (stateless)"
-    else:
-        pytest.importorskip("hibachi.integrations.transformers")
-        assert hibachi_label() == "hibachi (KV cache)"
-    # Mixed lengths and budgets, more clients than rows: left padding and row reuse both happen.
-    requests = make_requests(7, (1, 12), (1, 9), vocab=512, seed=3)
-    alone = generation.one_at_a_time(llama, requests, "cpu")
-    batched = generation.with_hibachi(llama, requests, batch_size=3, device="cpu")
-    assert batched.tokens == alone.tokens
-    assert [len(t) for t in alone.tokens] != [1] * 7
-
-
-def test_static_batches_and_transformers_agree_with_generate(llama: object) -> None:
-    requests = make_requests(5, (1, 10), (1, 6), vocab=512, seed=4)
-    alone = generation.one_at_a_time(llama, requests, "cpu")
-    assert generation.static_batches(llama, requests, 2, "cpu").tokens == alone.tokens
-    assert generation.continuous_batching(llama, requests, 2).tokens == alone.tokens
-
-
+@pytest.mark.slow
 def test_missing_peers_are_skipped_with_the_extra_that_installs_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -110,20 +39,16 @@ def test_missing_peers_are_skipped_with_the_extra_that_installs_them(
         assert rows[peer].status == "skipped"
         assert "pip install 'hibachi-batch[peers]'" in rows[peer].note
     assert rows["hibachi AutoregressiveBatcher"].status == "ok"
+    item = rows["hibachi FeedforwardBatcher"].values
+    assert item["cpu_us"] > 0 and item["cpu_x_floor"] > 0  # the CPU time, beside the wall's
+    assert any("CPU time of every thread" in note for note in section.notes)
 
 
-def test_missing_sentence_transformers_names_the_bench_extra(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
-    with pytest.raises(Unavailable, match=r"pip install 'hibachi-batch\[bench\]'"):
-        load_sentence_transformer("cpu")
-
-
+@pytest.mark.slow
 def test_a_failing_method_is_reported_and_the_exit_status_is_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def boom(*args: object) -> generation.Outcome:
+    def boom(*args: object) -> Outcome:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(generation, "static_batches", boom)
@@ -138,9 +63,8 @@ def test_a_failing_method_is_reported_and_the_exit_status_is_1(
     assert "failed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_workload_that_crashes_does_not_stop_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hibachi._bench import embeddings
-
     def no_model(device: str) -> None:
         raise OSError("weights not found")
 
@@ -153,27 +77,139 @@ def test_a_workload_that_crashes_does_not_stop_the_others(monkeypatch: pytest.Mo
     assert report.failed
 
 
-def test_table_shows_skips_and_failures_with_their_reasons() -> None:
-    from rich.console import Console
-
-    section = Section("demo", "Demo", [Column("rate", "rate", "{:.1f}")])
-    section.add("fast", rate=2.0)
-    section.skip("peer", "peer is not installed: pip install 'hibachi-batch[peers]'")
-    section.fail("broken", ValueError("bad"))
-    console = Console(record=True, width=120)
-    console.print(section_table(section))
-    text = console.export_text()
-    assert "2.0" in text
-    assert "peer: skipped, peer is not installed: pip install 'hibachi-batch[peers]'" in text
-    assert "broken: failed, ValueError: bad" in text
+def _timed(seconds: float, texts: int = 4) -> Timed:
+    return Timed([None] * texts, seconds)
 
 
-def test_no_plot_is_written_when_nothing_was_measured(tmp_path: Path) -> None:
-    section = Section("generation", "Generation", [])
-    section.fail("generation", RuntimeError("no"))
-    report = Report("0", "2026-01-01", {}, {"preset": "tiny"}, [section])
-    assert write_plot(report, tmp_path / "p.png") is False
-    assert not (tmp_path / "p.png").exists()
+def test_embeddings_in_rounds_keep_the_bests_and_one_side_by_side_ratio_per_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Round 2 is slow for both (a busy machine): the bests skip it, its ratio counts."""
+    loop_seconds = {8: iter([2.0, 8.0, 2.2]), 32: iter([1.0, 4.0, 1.2])}
+    served_seconds = {8: iter([1.5, 5.0, 1.0]), 32: iter([2.0, 5.0, 2.0])}
+    order: list[str] = []
+
+    def sorted_loop(minilm: object, texts: list[str], size: int) -> Timed:
+        order.append(f"loop {size}")
+        return _timed(next(loop_seconds[size]))
+
+    def served(minilm: object, texts: list[str], size: int) -> Timed:
+        order.append(f"hibachi {size}")
+        return _timed(next(served_seconds[size]))
+
+    monkeypatch.setattr(embeddings, "load_minilm", lambda device: object())
+    monkeypatch.setattr(embeddings, "make_texts", lambda count, words, seed: ["a"] * 4)
+    monkeypatch.setattr(embeddings, "embed_alone", lambda minilm, texts: _timed(4.0))
+    monkeypatch.setattr(embeddings, "embed_sorted_batches", sorted_loop)
+    monkeypatch.setattr(embeddings, "with_hibachi", served)
+    monkeypatch.setattr(embeddings, "load_sentence_transformer", lambda device: object())
+    monkeypatch.setattr(
+        embeddings, "encode_with_sentence_transformers", lambda model, texts, size: _timed(3.0)
+    )
+    monkeypatch.setattr(embeddings, "min_cosine", lambda a, b: 0.99)
+    released: list[int] = []
+    monkeypatch.setattr(embeddings, "release_openmp_pool", lambda: released.append(1) or True)
+    overrides = Overrides(batch_sizes=(8, 32), rounds=3, release_loop_pool=True)
+    section = embeddings.measure(preset("tiny", overrides=overrides), NullProgress())
+    assert len(released) == 6  # before each hibachi run: 2 sizes, 3 rounds
+    assert order[:4] == ["hibachi 8", "hibachi 32", "loop 8", "loop 32"]
+    assert order[8:] == ["hibachi 32", "loop 8", "loop 32", "hibachi 8"]  # the order turns
+    best = {row.method: row.values["seconds"] for row in section.rows}
+    assert best == {
+        "one call per text": 4.0,
+        "hibachi FeedforwardBatcher, batch 8": 1.0,
+        "hibachi FeedforwardBatcher, batch 32": 2.0,
+        "sorted padded batches, batch 8": 2.0,
+        "sorted padded batches, batch 32": 1.0,
+        "sentence-transformers encode": 3.0,
+    }
+    # Round by round: the loop's best seconds over hibachi's, 1/1.5, 4/5, 1.2/1.
+    assert "0.80x [0.67-1.20]" in section.notes[0]
+    assert "batch sizes 8, 32" in section.title
+
+
+def test_embeddings_in_turn_report_a_missing_library_as_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hibachi._bench.methods.embed import Unavailable
+
+    def missing(device: str) -> object:
+        raise Unavailable("sentence-transformers is not installed")
+
+    monkeypatch.setattr(embeddings, "load_minilm", lambda device: object())
+    monkeypatch.setattr(embeddings, "embed_alone", lambda minilm, texts: _timed(4.0, len(texts)))
+    monkeypatch.setattr(
+        embeddings, "embed_sorted_batches", lambda m, texts, size: _timed(2.0, len(texts))
+    )
+    monkeypatch.setattr(embeddings, "with_hibachi", lambda m, texts, size: _timed(1.0, len(texts)))
+    monkeypatch.setattr(embeddings, "load_sentence_transformer", missing)
+    monkeypatch.setattr(embeddings, "min_cosine", lambda a, b: 1.0)
+    section = embeddings.measure(TINY, NullProgress())
+    rows = {row.method: row for row in section.rows}
+    assert list(rows) == [
+        "one call per text",
+        "hibachi FeedforwardBatcher",
+        "sorted padded batches",
+        "sentence-transformers encode",
+    ]
+    assert rows["hibachi FeedforwardBatcher"].values["speedup"] == 4.0
+    assert rows["sentence-transformers encode"].status == "skipped"
+
+
+def test_the_scaling_curves_are_medians_of_alternating_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order: list[str] = []
+    alone_rates = iter([10.0, 30.0, 12.0] * 2)
+    served_rates = iter([11.0, 36.0, 9.0] * 2)
+
+    def embed_alone(minilm: object, texts: list[str]) -> Timed:
+        order.append("alone")
+        return Timed([None] * len(texts), len(texts) / next(alone_rates))
+
+    async def embedding_curve(minilm: object, texts: list[str], callers: int, size: int) -> float:
+        order.append("hibachi")
+        return next(served_rates)
+
+    monkeypatch.setattr(scaling, "load_minilm", lambda device: object())
+    monkeypatch.setattr(scaling, "embed_alone", embed_alone)
+    monkeypatch.setattr(scaling, "embedding_curve", embedding_curve)
+    settings = replace(TINY, scaling=replace(TINY.scaling, rounds=3))
+    section = Section("scaling", "Scaling", [])
+    served, alone = scaling._embedding_series(settings, NullProgress(), section)
+    assert order[:6] == ["alone", "hibachi", "hibachi", "alone", "alone", "hibachi"]
+    assert alone.y == [pytest.approx(12.0)] * 2 and served.y == [11.0] * 2
+    assert "1: 1.10x [0.75-1.20], 4: 1.10x [0.75-1.20]" in section.notes[-1]
+
+
+def test_the_worker_thread_reference_is_a_third_curve_off_the_main_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    released: list[int] = []
+
+    async def embedding_curve(minilm: object, texts: list[str], callers: int, size: int) -> float:
+        return 20.0
+
+    async def on_worker(minilm: object, texts: list[str], callers: int) -> float:
+        return 8.0
+
+    monkeypatch.setattr(scaling, "load_minilm", lambda device: object())
+    monkeypatch.setattr(scaling, "embed_alone", lambda m, texts: Timed([None] * len(texts), 0.1))
+    monkeypatch.setattr(scaling, "embedding_curve", embedding_curve)
+    monkeypatch.setattr(scaling, "alone_on_worker_curve", on_worker)
+    monkeypatch.setattr(scaling, "release_openmp_pool", lambda: released.append(1) or True)
+    overrides = Overrides(rounds=2, worker_reference=True, release_loop_pool=True)
+    settings = preset("tiny", overrides=overrides)
+    section = Section("scaling", "Scaling", [])
+    series = scaling._embedding_series(settings, NullProgress(), section)
+    assert [s.label for s in series] == [
+        "hibachi",
+        "one call per text",
+        "one call per text, on a worker thread",
+    ]
+    assert series[2].y == [8.0, 8.0]
+    assert len(released) == 2 * 2 * len(settings.concurrency)  # both methods off the main thread
+    assert "on a worker thread by clients: 1: 2.50x" in section.notes[-1]
 
 
 def test_one_call_per_text_runs_on_the_texts_hibachi_embeds_at_each_concurrency(
@@ -181,9 +217,6 @@ def test_one_call_per_text_runs_on_the_texts_hibachi_embeds_at_each_concurrency(
 ) -> None:
     """The scaling workload's reference is measured at every concurrency on that
     concurrency's texts (their lengths differ), not once on the first few."""
-    from hibachi._bench import scaling
-    from hibachi._bench.feedforward_embeddings import Timed
-
     alone_on: list[list[str]] = []
     served_on: list[list[str]] = []
 

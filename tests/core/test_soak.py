@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from hibachi._bench.soak import KINDS, Settings, Spec, classify, soak
-from hibachi._bench.soak_models import TransientFault
+from support.soak import KINDS, Settings, Spec, classify, soak
+from support.soak_models import TransientFault
 
 pytestmark = pytest.mark.slow
 

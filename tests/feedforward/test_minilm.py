@@ -27,7 +27,7 @@ TEXTS = 128
 @pytest.fixture(scope="module")
 def minilm() -> Iterator[Any]:
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from hibachi._bench.minilm import load_minilm
+    from hibachi._bench.models.minilm import load_minilm
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny one-text passes thrash two threads on a busy 2-core box
@@ -38,7 +38,7 @@ def minilm() -> Iterator[Any]:
 
 
 def test_128_concurrent_callers_get_the_embeddings_of_their_texts_alone(minilm: Any) -> None:
-    from hibachi._bench.minilm import PAD_VALUE, make_texts
+    from hibachi._bench.models.minilm import PAD_VALUE, make_texts
 
     texts = make_texts(TEXTS, (2, 40), seed=3)
     alone = torch.stack([minilm.alone(text) for text in texts])

@@ -82,11 +82,12 @@ class Report:
     """A whole bench run."""
 
     version: str
-    created: str
+    created: str  # UTC, ISO 8601, when the run began
     machine: dict[str, Any]
     settings: dict[str, Any]
     sections: list[Section] = field(default_factory=list)
     seconds: float = 0.0
+    command: str | None = None  # the command line that asked for the run
 
     @property
     def threads(self) -> str:

@@ -1,4 +1,5 @@
-"""How big each workload of `hibachi bench` is: the full, quick and tiny presets."""
+"""How big each workload of `hibachi bench` is: the full, quick and tiny presets, and the
+command line's changes to them (`Overrides`)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 __all__ = [
+    "STAGE_WORK",
     "WORKLOADS",
     "BenchSettings",
     "EmbeddingSize",
     "GenerationSize",
     "OverheadSize",
+    "Overrides",
     "PipelineSize",
     "ScalingSize",
     "preset",
@@ -18,6 +21,7 @@ __all__ = [
 
 WORKLOADS = ("generation", "embeddings", "overhead", "scaling", "pipeline")
 DEFAULT_WORKLOADS = WORKLOADS[:4]  # pipeline runs when asked for: --workloads pipeline
+STAGE_WORK = ("blas", "sleep", "noop")  # what the pipeline workload's stand-in stages do
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,23 @@ class GenerationSize:
 
 @dataclass(frozen=True)
 class EmbeddingSize:
-    """The embeddings workload: all-MiniLM-L6-v2 over mixed-length texts."""
+    """The embeddings workload: all-MiniLM-L6-v2 over mixed-length texts.
+
+    hibachi and the sorted loop run at each of ``batch_sizes``; the other
+    methods, and the scaling workload's embeddings, at the largest. With
+    ``rounds``, every method runs once a round, in alternating rounds, and
+    keeps its best; without, each runs up to ``repeat`` times in a row.
+    """
 
     texts: int
     words: tuple[int, int]
-    batch_size: int
+    batch_sizes: tuple[int, ...]
     repeat: int
+    rounds: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return max(self.batch_sizes)
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class ScalingSize:
     repeat: int
     min_texts: int = 0
     rounds: int = 1
+    worker_reference: bool = False  # embeddings: one call per text on a worker thread too
 
     def texts_at(self, clients: int) -> int:
         """How many texts ``clients`` clients embed in all: the same number each."""
@@ -81,7 +97,12 @@ class ScalingSize:
 
 @dataclass(frozen=True)
 class PipelineSize:
-    """The pipeline workload: two matmul stages, pipelined against composed."""
+    """The pipeline workload: two stand-in stages, pipelined against composed.
+
+    ``work``: what each stage does, from `STAGE_WORK`: a one-thread matmul of
+    its rows (``width`` vectors of ``dim`` each) by a ``dim`` x ``dim``
+    matrix, a sleep of ``sleep_ms`` per call, or nothing (the hand-offs alone).
+    """
 
     clients: int = 32
     tokens: int = 128
@@ -90,6 +111,8 @@ class PipelineSize:
     dim: int = 512
     width: int = 8
     repeat: int = 3
+    work: tuple[str, ...] = ("blas",)
+    sleep_ms: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -104,10 +127,12 @@ class BenchSettings:
     embeddings: EmbeddingSize
     overhead: OverheadSize
     scaling: ScalingSize
-    repeat_within: float  # seconds: a method is run again (up to its repeat) only within this
+    repeat_within: float | None  # seconds: a method runs again (up to its repeat) only within
+    # this time of its first run; None: always, as often as its repeat says
     threads: int | None = None  # PyTorch's intra-op threads; None: the CPUs left free
     seed: int = 0
     pipeline: PipelineSize = PipelineSize()
+    release_loop_pool: bool = False  # end the main thread's OpenMP workers before other threads run
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,7 +154,7 @@ _FULL = BenchSettings(
         vocab=4096,
         repeat=2,
     ),
-    embeddings=EmbeddingSize(texts=256, words=(4, 120), batch_size=32, repeat=2),
+    embeddings=EmbeddingSize(texts=256, words=(4, 120), batch_sizes=(32,), repeat=2),
     overhead=OverheadSize(rows=64, steps=500, callers=20_000, batch_size=64, repeat=3),
     scaling=ScalingSize(
         prompt_length=32, budget=64, texts_per_client=4, repeat=2, min_texts=32, rounds=3
@@ -151,7 +176,7 @@ _QUICK = replace(
         layers=2,
         vocab=1024,
     ),
-    embeddings=EmbeddingSize(texts=64, words=(4, 60), batch_size=32, repeat=2),
+    embeddings=EmbeddingSize(texts=64, words=(4, 60), batch_sizes=(32,), repeat=2),
     overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=1),
     scaling=ScalingSize(
         prompt_length=16, budget=16, texts_per_client=2, repeat=2, min_texts=8, rounds=3
@@ -177,7 +202,7 @@ _TINY = replace(
         vocab=128,
         repeat=1,
     ),
-    embeddings=EmbeddingSize(texts=6, words=(2, 12), batch_size=4, repeat=1),
+    embeddings=EmbeddingSize(texts=6, words=(2, 12), batch_sizes=(4,), repeat=1),
     overhead=OverheadSize(rows=4, steps=5, callers=32, batch_size=8, repeat=1),
     scaling=ScalingSize(prompt_length=4, budget=3, texts_per_client=1, repeat=1),
     repeat_within=0.0,
@@ -187,6 +212,69 @@ _TINY = replace(
 _PRESETS = {s.preset: s for s in (_FULL, _QUICK, _TINY)}
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """The command line's changes to a preset's sizes; None (or False) keeps the preset's.
+
+    Each applies to every workload that has the figure: ``clients`` to
+    generation; ``batch_sizes`` to embeddings (all of them) and, when there is
+    one, to generation, overhead (per item) and pipeline; ``repeat`` to every
+    workload, each method then running exactly that many times (no time
+    budget); ``rounds`` to embeddings and scaling; ``texts`` and ``words`` to
+    embeddings (``words`` to scaling's texts too); ``callers`` to overhead;
+    ``worker_reference`` to scaling; ``stage_work`` to pipeline.
+    """
+
+    clients: int | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    repeat: int | None = None
+    rounds: int | None = None
+    texts: int | None = None
+    words: tuple[int, int] | None = None
+    callers: int | None = None
+    worker_reference: bool = False
+    release_loop_pool: bool = False
+    stage_work: tuple[str, ...] | None = None
+
+    def apply(self, settings: BenchSettings) -> BenchSettings:
+        """``settings`` with these changes."""
+        single = _single(self.batch_sizes)
+        repeat = {"repeat": self.repeat} if self.repeat else {}
+        return replace(
+            settings,
+            generation=_changed(
+                settings.generation, clients=self.clients, batch_size=single, **repeat
+            ),
+            embeddings=_changed(
+                settings.embeddings,
+                batch_sizes=self.batch_sizes,
+                rounds=self.rounds,
+                texts=self.texts,
+                words=self.words,
+                **repeat,
+            ),
+            overhead=_changed(settings.overhead, callers=self.callers, batch_size=single, **repeat),
+            scaling=_changed(
+                settings.scaling,
+                rounds=self.rounds,
+                worker_reference=self.worker_reference or None,
+                **repeat,
+            ),
+            pipeline=_changed(settings.pipeline, batch_size=single, work=self.stage_work, **repeat),
+            repeat_within=None if self.repeat else settings.repeat_within,
+            release_loop_pool=self.release_loop_pool or settings.release_loop_pool,
+        )
+
+
+def _single(batch_sizes: tuple[int, ...] | None) -> int | None:
+    return batch_sizes[0] if batch_sizes and len(batch_sizes) == 1 else None
+
+
+def _changed(size: Any, **changes: Any) -> Any:
+    """``size`` with the changes that are not None."""
+    return replace(size, **{k: v for k, v in changes.items() if v is not None})
+
+
 def preset(
     name: str,
     *,
@@ -194,13 +282,15 @@ def preset(
     concurrency: tuple[int, ...] | None = None,
     workloads: tuple[str, ...] | None = None,
     threads: int | None = None,
+    overrides: Overrides | None = None,
 ) -> BenchSettings:
     """The settings of preset ``name`` ("full", "quick" or "tiny"), with overrides."""
     base = _PRESETS[name]
-    return replace(
+    settings = replace(
         base,
         device=device,
         concurrency=concurrency or base.concurrency,
         workloads=workloads or base.workloads,
         threads=threads,
     )
+    return (overrides or Overrides()).apply(settings)

@@ -211,8 +211,8 @@ def test_bad_settings_are_refused(llama: Any, settings: dict[str, Any], message:
 
 
 def test_the_generation_bench_times_each_step(llama: Any) -> None:
-    from hibachi._bench.llm import make_requests
-    from hibachi._bench.step_share import kv_cache_run
+    from hibachi._bench.methods.streams import kv_cache_run
+    from hibachi._bench.models.requests import make_requests
 
     requests = make_requests(4, (1, 12), (1, 6), VOCAB, seed=0)
     outcome, share = kv_cache_run(llama, requests, batch_size=2, eos=EOS, prefill_chunk=8)
