@@ -73,7 +73,7 @@ class AutoregressiveBatcher(Lifecycle):
             the same tokens, in the same order, with the same ends. It pays
             when the model call leaves the GIL free for longer than a thread
             hand-off costs (a large model, a GPU); on a small CPU model it is
-            slower (see the README). False: the engine thread delivers.
+            not (docs/autoregressive.md). False: the engine thread delivers.
 
     Counts (``max_new_tokens``, ``prefill_chunk``, ``max_prompt_length``,
     ``max_unread_tokens``) are at most 2**63-1 and ``max_batch_size`` at most
