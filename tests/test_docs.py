@@ -68,7 +68,7 @@ class Block:
 
 def blocks(path: Path) -> list[Block]:
     """Every fenced block of a page, with the marks of the comment above it."""
-    page = str(path.relative_to(ROOT))
+    page = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
     lines = path.read_text().splitlines()
     found: list[Block] = []
     i = 0
@@ -219,6 +219,47 @@ def test_an_output_is_matched_line_by_line() -> None:
     assert matches(["a", "x", "y", "b"], ["a", "...", "b"])
     assert matches(["a", "b"], ["a", "...", "b"])
     assert not matches(["a", "x"], ["a", "...", "b"])
+
+
+PAGE = """\
+```python
+x = 1
+```
+
+<!-- docs-test: continue slow -->
+```python
+print(x + 1)
+```
+
+<!-- docs-test: output -->
+```text
+2
+```
+
+<!-- docs-test: not run: pseudo-code -->
+```python
+serve(forever)
+```
+"""
+
+
+def test_a_page_s_blocks_carry_their_marks(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(PAGE)
+    first, second, output, pseudo = blocks(page)
+    assert (second.before, second.marks, second.output) == (first, {"continue", "slow"}, ["2"])
+    assert (output.language, pseudo.marks, pseudo.reason) == ("text", {"not run"}, "pseudo-code")
+    assert second.chain() == [first, second]
+
+
+def test_an_example_that_fails_or_hangs_fails(tmp_path: Path) -> None:
+    script = tmp_path / "example.py"
+    script.write_text("raise SystemExit(3)\n")
+    assert run_script(script, FAST_LIMIT)[0] == 3
+    script.write_text("import time\ntime.sleep(60)\n")
+    returncode, _, err = run_script(script, 1.0)
+    assert returncode != 0
+    assert "killed after 1 s" in err
 
 
 def test_no_merge_conflict_markers_are_left_in_the_sources() -> None:
