@@ -262,6 +262,35 @@ def test_an_example_that_fails_or_hangs_fails(tmp_path: Path) -> None:
     assert "killed after 1 s" in err
 
 
+# Written by the bench; a link to them may go ahead of them.
+PENDING = {ROOT / "docs" / "benchmarks.md", ROOT / "benchmarks" / "results"}
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors of a page's headings, as GitHub makes them."""
+    headings = re.findall(r"^#+\s+(.*)$", _outside_fences(page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def _outside_fences(text: str) -> str:
+    return re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.M | re.S)
+
+
+def test_every_link_between_the_pages_lands() -> None:
+    broken = []
+    for page in PAGES:
+        for link in re.findall(r"\]\(([^)\s]+)\)", _outside_fences(page.read_text())):
+            if re.match(r"[a-z]+:", link):
+                continue
+            target, _, anchor = link.partition("#")
+            path = (page.parent / target).resolve() if target else page
+            if path in PENDING and not path.exists():
+                continue
+            if not path.exists() or (anchor and anchor not in anchors(path)):
+                broken.append(f"{page.relative_to(ROOT)}: {link}")
+    assert broken == []
+
+
 def test_no_merge_conflict_markers_are_left_in_the_sources() -> None:
     texts = [*PAGES, *ROOT.glob("*.toml")]
     texts += [*ROOT.glob("src/**/*.py"), *ROOT.glob("tests/**/*.py"), *ROOT.glob("benchmarks/*.py")]
