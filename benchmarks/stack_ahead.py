@@ -10,7 +10,7 @@ one run; printed: each run's items/s, mean batch, cores used (process CPU
 time over wall time) and stacking time per batch, then the median of the
 per-pair ratios. Results are checked equal to the model's on each image alone.
 
-Usage: python benchmarks/feedforward_overlap.py [--repeat 4] [--threads 1]
+Usage: python benchmarks/stack_ahead.py [--repeat 4] [--threads 1]
 """
 
 from __future__ import annotations

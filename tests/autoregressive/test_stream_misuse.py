@@ -1,6 +1,6 @@
 """Whatever a caller does with a `TokenStream`, it works or raises at once: nobody waits forever.
 
-See "What a caller may do with a stream" in the README.
+See "What a caller may do with a stream" in docs/autoregressive.md.
 """
 
 from __future__ import annotations

@@ -398,17 +398,6 @@ def test_stats() -> None:
         stats.batches = 0  # type: ignore[misc]
 
 
-def test_the_readme_example_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    (example,) = [block for block in blocks if "FeedforwardBatcher(model, max_batch" in block]
-    exec(compile(example, "README feedforward example", "exec"), {})
-    assert capsys.readouterr().out.strip() == "[np.int64(0), np.int64(16), np.int64(32)]"
-
-
 def test_results_for_an_event_loop_that_closed_are_dropped() -> None:
     gate = Gate(double)
     with hibachi.FeedforwardBatcher(gate) as b:

@@ -1,5 +1,5 @@
 """Whatever a caller does with a `ResultHandle`, it works or raises at once: no task
-or thread is left waiting (README: "What a caller may do with a handle")."""
+or thread is left waiting (docs/feedforward.md: "What a caller may do with a handle")."""
 
 from __future__ import annotations
 

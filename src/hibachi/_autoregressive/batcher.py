@@ -64,7 +64,8 @@ class AutoregressiveBatcher(Lifecycle):
             Callers get the same tokens, in the same order, with the same ends.
             It pays when the model call leaves the GIL free for longer than a
             thread hand-off costs (a large model, a GPU); on a small CPU model
-            it costs more than it saves. False: the engine thread delivers.
+            it costs more than it saves (docs/autoregressive.md). False: the
+            engine thread delivers.
         padding_token, prefill_chunk, overlap: the old names of ``pad_value``,
             ``max_batch_tokens`` and ``delivery_thread``; deprecated.
 

@@ -17,7 +17,7 @@ post and waits for it (`close`), so nothing posted is lost.
 
 Whether it pays depends on how much of the model call leaves the GIL free:
 the courier's Python runs only while the engine thread waits outside the GIL
-(``benchmarks/overlap_probe.py``, ``benchmarks/overlap.py``).
+(docs/autoregressive.md, docs/benchmarks.md).
 """
 
 from __future__ import annotations

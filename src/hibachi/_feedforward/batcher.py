@@ -84,8 +84,9 @@ class FeedforwardBatcher(Lifecycle):
             has cost at least ``STACK_AHEAD_MIN`` seconds and when a full batch
             waits. False (the default): every batch is stacked on the
             batcher's thread, just before its model call. It pays only with a
-            core to spare beside the model and the callers' event loop. Not
-            with a `Pipeline` model, whose stages already run side by side.
+            core to spare beside the model and the callers' event loop
+            (docs/feedforward.md). Not with a `Pipeline` model, whose stages
+            already run side by side.
         overlap: the old name of ``stack_ahead``; deprecated.
 
     Counts (``max_batch_size``, ``max_batch_tokens``, ``max_queue_size``) are

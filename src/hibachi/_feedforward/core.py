@@ -23,8 +23,8 @@ clock and items that record their outcome.
   least ``stack_ahead_min`` seconds (less, and the hand-off to another thread
   costs more than it saves) and a full batch waits (so taking it early loses
   nothing). ``stack_ahead_min`` is None by default: never. Stacking ahead
-  needs a core that neither the model nor the event loop uses; on the 2-vCPU
-  machine it was measured on, it made a stacking-bound workload slower.
+  needs a core that neither the model nor the event loop uses
+  (docs/feedforward.md).
 """
 
 from __future__ import annotations

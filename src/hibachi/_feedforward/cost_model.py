@@ -12,9 +12,8 @@ garbage collection, another process taking the core): one slow batch does
 not teach the batcher that batches are slow. The errors squared are relative
 to what a batch should cost: the choice compares batches by their rates, so a
 small batch's price matters as much as a large one's, and in seconds the large
-batches' noise decides a call's price alone (timing MiniLM on a CPU,
-``benchmarks/batch_cost_fit.py``, a fit in seconds put it at 0 where a batch
-of one short text took 12 ms).
+batches' noise decides a call's price alone (a fit in seconds priced a MiniLM
+call at 0; docs/benchmarks.md).
 
 A batch's cost is only recorded when it ends (`observe` is O(1)); the fit
 runs when something reads the terms, that is when a choice needs them. A

@@ -18,7 +18,7 @@ reused slot by slot. Prompts and tokens are tensors of token ids on the CPU
 Exact or refused: a model is served only if its family has been checked to
 give ``model.generate()``'s greedy tokens exactly (full attention, sliding
 windows, ALiBi, mixtures of experts, Mamba-style recurrent layers: see
-``_zoo.SERVED`` and the README's table); any other is refused when the batcher
+``_zoo.SERVED`` and docs/transformers.md); any other is refused when the batcher
 is built, with a `ConfigurationError` that says why. Sliding-window layers
 keep the whole sequence in the slot cache and mask the keys outside each
 row's window. Recurrent layers keep one conv and one SSM state per slot.

@@ -173,7 +173,7 @@ def _refuse_unchecked(model: Any, model_type: str) -> None:
             f"hibachi does not serve {type(model).__name__} (model_type {model_type!r}): "
             "it has not been checked "
             "to give model.generate()'s tokens exactly, so it is refused rather than risk wrong "
-            "tokens (hibachi's README lists the served families)"
+            "tokens (docs/transformers.md lists the served families)"
         )
 
 

@@ -1,44 +1,14 @@
 """A causal LM's decoder layers split into stages that run at once on different groups of rows.
 
 ``causal_lm_batcher(model, stages=K)`` splits the decoder's layers evenly into
-K stages (`hibachi.Pipeline`), each run on a thread of its own with a slot
-cache for its own layers. Each stage calls a shallow copy of the model's inner
-decoder that holds only its slice of ``layers`` (sharing every weight): the
-first embeds the tokens and runs its layers (no final norm); each next stage
-is fed the hidden states (``inputs_embeds``); the last runs its layers, the
-norm and the head, picks the tokens, and only then commits the rows' lengths
-(a step that raises in any stage changes nothing).
-
-Feeding hidden states as ``inputs_embeds`` is exact only where the decoder
-does nothing to its embeddings before the layers (no scaling as in Gemma, no
-position embeddings added as in GPT-2), and every layer keeps keys and
-values. ``STAGED`` lists the model types checked token for token against
-``generate()`` (``tests/integrations/transformers/test_stages.py``); any other is refused.
-
-The groups of rows own disjoint slot ranges (`slot_ranges`), and each group
-has its own `StepPlanner` over physical rows of its own: a release in one
-group (on the batcher's engine thread) never moves a row that another
-group's step, inside a stage, is reading.
-
-Placement, ``stages=["cuda:0", "cuda:1"]`` (one device per stage): stage i's
-layers are *moved* to device i (the model's own modules, as accelerate's
-``device_map`` would place them), the embeddings to the first device, the
-norm and head (and the sampler) to the last. A tied head (the embeddings'
-own weight) on another device than the embeddings is a copy of it there. The
-rotary embedding, shared by every stage, stays where it is; a stage on
-another device calls a shallow copy with its buffers on that device. Each
-stage's cache is allocated on its layers' device. The step's positions, cache
-plan and masks are made once, on the first device, and copied (non-blocking)
-to each other device when a stage there first needs them; the hidden states
-are copied to the next stage's device. None of this waits on the host:
-PyTorch orders a device-to-device copy by events between the two devices'
-streams. Host syncs that remain, as with ``stages=K``: the masks' fill
-values (``_architectures``: a blocking copy of two scalars, every step, on
-the first device), a prefill step's ``mask.sum()`` read back if the
-batcher's ``device`` is a GPU, the sampler's host-made draws for sampled
-rows (last device), and the engine reading each step's tokens. Multi-GPU
-placement is unmeasured and untested on real GPUs: the tests run it on the
-CPU and on ``meta`` tensors (devices without data).
+K stages (`hibachi.Pipeline`), each a shallow copy of the inner decoder holding
+its slice of ``layers`` (sharing every weight) and a slot cache of its own; the
+last stage commits the rows' lengths only when it returns, so a step that
+raises in any stage changes nothing. ``STAGED`` lists the model types checked
+against ``generate()`` (``tests/integrations/transformers/test_stages.py``).
+Groups of rows own disjoint slot ranges (`slot_ranges`) and physical rows of
+their own. Placement on one device per stage, and the host syncs that remain:
+docs/pipeline.md, "Transformers stages".
 """
 
 from __future__ import annotations
@@ -179,7 +149,7 @@ class StagedDecoder:
         cache_name: str,
     ) -> None:
         """``stages``: a count (every stage on the model's device), or each stage's device
-        (``model``'s modules are moved: see the module's docstring)."""
+        (``model``'s modules are moved: see docs/pipeline.md)."""
         count = stages if isinstance(stages, int) else len(stages)
         _refuse(model, serving, stages)
         if isinstance(stages, int):
