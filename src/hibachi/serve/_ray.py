@@ -16,8 +16,8 @@ from typing import Any
 import ray
 from ray import serve
 
+from ..integrations.ray import ReplicaUnhealthy
 from ..integrations.ray._deployment import serve_options
-from ..integrations.ray._replica import ReplicaUnhealthy
 
 __all__ = ["http_deployment", "serve_over_ray"]
 

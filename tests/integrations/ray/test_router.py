@@ -1,0 +1,73 @@
+"""`FewestInFlightRouter` driven directly, without a cluster: Serve calls
+``choose_replicas`` for each request, then ``on_send_request`` and
+``on_request_completed`` around it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+
+from hibachi.integrations.ray import FewestInFlightRouter
+
+
+def router_and_replicas(count: int) -> tuple[Any, list[Any]]:
+    router = FewestInFlightRouter(
+        deployment_id=DeploymentID(name="d", app_name="a"),
+        handle_source=DeploymentHandleSource.UNKNOWN,
+    )
+    replicas = [SimpleNamespace(replica_id=f"r{i}", max_ongoing_requests=8) for i in range(count)]
+    return router, replicas
+
+
+def route(router: Any, replicas: list[Any], *, send: bool) -> str:
+    """One request as Serve routes it: the first rank is taken (it has room)."""
+    ranks = asyncio.run(router.choose_replicas(replicas))
+    chosen: str = ranks[0][0].replica_id
+    if send:
+        router.on_send_request(chosen)
+    return chosen
+
+
+@pytest.mark.parametrize("send", [True, False], ids=["sent", "chosen-not-yet-sent"])
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_a_burst_splits_evenly(count: int, send: bool) -> None:
+    router, replicas = router_and_replicas(count)
+    split = Counter(route(router, replicas, send=send) for _ in range(4 * count))
+    assert sorted(split.values()) == [4] * count
+
+
+def test_every_replica_is_ranked_least_loaded_first() -> None:
+    router, replicas = router_and_replicas(3)
+    for _ in range(2):
+        router.on_send_request("r0")
+    router.on_send_request("r1")
+    ranks = asyncio.run(router.choose_replicas(replicas))
+    assert [rank[0].replica_id for rank in ranks] == ["r2", "r1", "r0"]
+
+
+def test_a_finished_request_frees_its_replica() -> None:
+    router, replicas = router_and_replicas(2)
+    first, second = route(router, replicas, send=True), route(router, replicas, send=True)
+    assert {first, second} == {"r0", "r1"}
+    router.on_request_completed(first, "id")
+    assert route(router, replicas, send=True) == first
+
+
+def test_a_replicas_own_count_wins_when_higher() -> None:
+    """Another router's requests show in the count a replica reports."""
+    router, replicas = router_and_replicas(2)
+    router.replica_queue_len_cache.update("r0", 5)
+    assert [route(router, replicas, send=True) for _ in range(5)] == ["r1"] * 5
+
+
+def test_no_replicas_no_choice() -> None:
+    router, _ = router_and_replicas(0)
+    assert asyncio.run(router.choose_replicas([])) == []
