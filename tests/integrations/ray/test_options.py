@@ -105,7 +105,7 @@ def test_the_cli_reads_replicas_and_autoscale_bounds() -> None:
 def test_an_http_replica_is_unhealthy_once_a_batcher_of_its_app_is_closed() -> None:
     from types import SimpleNamespace
 
-    from hibachi.serve._ray import _AppReplica as AppReplica
+    from hibachi.serve._ray._replica import AppReplica
 
     batcher = hibachi.FeedforwardBatcher(lambda x: x)
     engine = SimpleNamespace(name="embedder", batcher=batcher)
