@@ -81,6 +81,12 @@ class LocalCluster:
     ) -> None:
         self.close()
 
+    def add_node(self, cpus: int) -> int:
+        """Start one more node of ``cpus`` CPUs; its index."""
+        self.cpus = (*self.cpus, cpus)
+        self._start(len(self.cpus) - 1)
+        return len(self.cpus) - 1
+
     def kill_node(self, node: int) -> None:
         """SIGKILL node ``node``'s raylet and every process it started, at once."""
         with suppress(ProcessLookupError):
