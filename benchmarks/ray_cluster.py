@@ -3,7 +3,8 @@
 A `LocalCluster` (tests/support/ray_cluster.py): ``ray start --head`` and
 ``ray start --address``, token authentication on, one CPU per node. Parts:
 
-1. **Burst split.** Bursts of ``replicas * batch`` streams, each long enough
+1. **Burst split.** Bursts of ``replicas * batch`` streams (for each of
+   ``--batches``; the front uses the first), each long enough
    that the whole burst is in flight at once, through Serve's default router
    ("power of two choices", preferring the caller's node) and through
    `FewestInFlightRouter`, alternating round by round: through a handle
@@ -22,7 +23,7 @@ A `LocalCluster` (tests/support/ray_cluster.py): ``ray start --head`` and
 Prints its figures and writes them, with the date, machine, commit and
 command, to ``--out`` (benchmarks/results/ray_cluster.md).
 
-Usage: python benchmarks/ray_cluster.py [--rounds 4] [--batch 4] [--out PATH]
+Usage: python benchmarks/ray_cluster.py [--rounds 4] [--batches 4,8] [--out PATH]
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ from support.serve import RawStream  # noqa: E402
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 STEP_S = 0.02  # the counting model's step, and the HTTP app's pause per chunk
-TOKENS = 40  # per request in the burst parts: 0.8 s, so a burst is in flight at once
+TOKENS = 100  # per request in the burst parts: 2 s, so that a whole burst is in flight at once
 ROUTERS = {
     "Serve default (power of two, local node first)": RequestRouterConfig(),
     "FewestInFlightRouter": RequestRouterConfig(request_router_class=FewestInFlightRouter),
@@ -150,11 +151,19 @@ def proxy_split(ports: list[int], prefix: str, burst: int) -> list[int]:
 
 def part_routers(
     cluster: LocalCluster, proxies: list[int], args: argparse.Namespace
-) -> dict[str, Any]:
+) -> dict[int, dict[str, dict[str, list[list[int]]]]]:
+    """Per batch size: per router, per path, each round's split."""
     os.environ["RAY_AUTH_TOKEN_PATH"] = cluster.env["RAY_AUTH_TOKEN_PATH"]
     connect(cluster.address, log_to_driver=False)
     serve.start(proxy_location="EveryNode", http_options={"host": "127.0.0.1", "port": proxies[0]})
-    burst = 2 * args.batch
+    splits = {batch: bursts(proxies, batch, args.rounds) for batch in args.batches}
+    serve.shutdown()
+    ray.shutdown()
+    return splits
+
+
+def bursts(proxies: list[int], batch: int, rounds: int) -> dict[str, dict[str, list[list[int]]]]:
+    """Deploy each router's apps for ``batch``; alternate the routers round by round."""
     common = {
         "num_replicas": 2,
         "max_replicas_per_node": 1,
@@ -163,29 +172,29 @@ def part_routers(
     apps = {}
     for i, (name, router) in enumerate(ROUTERS.items()):
         handle_app = deployment(
-            lambda: make_counting(args.batch), max_batch_size=args.batch,
+            lambda: make_counting(batch), max_batch_size=batch,
             request_router_config=router, name=f"handle{i}", **common,
         )  # fmt: skip
         http_app = http_deployment(
-            build_chunk_app, max_batch_size=args.batch,
+            build_chunk_app, max_batch_size=batch,
             request_router_config=router, name=f"http{i}", **common,
         )  # fmt: skip
-        apps[name] = (
-            serve.run(handle_app, name=f"handle{i}", route_prefix=None),
-            f"/http{i}",
-        )
+        handle = serve.run(handle_app, name=f"handle{i}", route_prefix=None)
         serve.run(http_app, name=f"http{i}", route_prefix=f"/http{i}")
+        apps[name] = (handle, f"/http{i}")
     wait_for_proxies(proxies, [prefix for _, prefix in apps.values()])
+    burst = 2 * batch
+    uneven = [proxies[0], proxies[0], proxies[0], proxies[1]]
     splits: dict[str, dict[str, list[list[int]]]] = {name: {} for name in apps}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, (handle, prefix) in apps.items():
-            rounds = splits[name]
-            rounds.setdefault("handle", []).append(asyncio.run(handle_split(handle, burst)))
-            rounds.setdefault("head proxy", []).append(proxy_split(proxies[:1], prefix, burst))
-            uneven = [proxies[0], proxies[0], proxies[0], proxies[1]]
-            rounds.setdefault("both proxies, 3:1", []).append(proxy_split(uneven, prefix, burst))
-    serve.shutdown()
-    ray.shutdown()
+            taken = splits[name]
+            taken.setdefault("handle", []).append(asyncio.run(handle_split(handle, burst)))
+            taken.setdefault("head proxy", []).append(proxy_split(proxies[:1], prefix, burst))
+            taken.setdefault("both proxies, 3:1", []).append(proxy_split(uneven, prefix, burst))
+    for i in range(len(apps)):
+        serve.delete(f"handle{i}")
+        serve.delete(f"http{i}")
     return splits
 
 
@@ -289,21 +298,24 @@ def front_split(port: int, burst: int) -> list[int]:
     return sorted(int(after[r] - before.get(r, 0)) for r in after)
 
 
-def replica_finished(port: int) -> dict[str, float]:
+def finished_generation(labels: dict[str, str]) -> bool:
+    return labels.get("model") == "hibachi-llama" and labels.get("reason") in ("budget", "stop")
+
+
+def replica_finished(port: int) -> dict[str, int]:
+    """Completions each replica finished (at a stop token or their budget)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("GET", "/metrics")
     text = connection.getresponse().read().decode()
     connection.close()
-    return {
-        s.labels["replica"]: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "hibachi_requests_ended_total"
-        and s.labels.get("reason") == "budget"
-        and s.labels.get("model") == "hibachi-llama"
-    }
+    finished: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "hibachi_requests_ended_total" and finished_generation(s.labels):
+                finished[s.labels["replica"]] += int(s.value)
+    return dict(finished)
 
 
 def timeline_of_loss(cluster: LocalCluster, port: int, batch: int) -> dict[str, Any]:
@@ -384,21 +396,23 @@ def worst(splits: list[list[int]], burst: int) -> float:
     return max(abs(n - share) / share for split in splits for n in split)
 
 
-def report(routers: dict[str, Any], front: dict[str, Any], args: argparse.Namespace) -> str:
-    burst = 2 * args.batch
-    title = f"{args.rounds} rounds of {burst} streams over 2 replicas (batch {args.batch})"
-    lines = [f"## Burst split: {title}", ""]
+def report(routers: dict[int, Any], front: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [f"## Burst split: {args.rounds} rounds of 2 x batch streams over 2 replicas", ""]
     lines += [
-        "| router | path | per-round split | worst departure from an equal share |",
-        "|---|---|---|---|",
+        "| batch | router | path | per-round split | worst departure from an equal share |",
+        "|---|---|---|---|---|",
     ]
-    for name, paths in routers.items():
-        for path, splits in paths.items():
-            shown = " ".join("/".join(map(str, s)) for s in splits)
-            lines.append(f"| {name} | {path} | {shown} | {worst(splits, burst):.0%} |")
+    for batch, by_router in routers.items():
+        for name, paths in by_router.items():
+            for path, splits in paths.items():
+                shown = " ".join("/".join(map(str, s)) for s in splits)
+                off = worst(splits, 2 * batch)
+                lines.append(f"| {batch} | {name} | {path} | {shown} | {off:.0%} |")
+    burst = 2 * args.batch
     shown = " ".join("/".join(map(str, s)) for s in front["splits"])
     off = worst(front["splits"], burst)
-    lines.append(f"| FewestInFlightRouter | hibachi serve's front | {shown} | {off:.0%} |")
+    name = "FewestInFlightRouter"
+    lines.append(f"| {args.batch} | {name} | hibachi serve's front | {shown} | {off:.0%} |")
     loss = front["loss"]
     lines += ["", f"## A node lost with {burst} streams in flight (hibachi serve --replicas 2)", ""]
     lines += [f"- server ready (health ok) {front['ready']:.1f} s after start"]
@@ -434,7 +448,7 @@ def header(args: argparse.Namespace, load: str) -> str:
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, load average {load} at start",
         f"- commit: {commit}",
         f"- command: `python benchmarks/ray_cluster.py --rounds {args.rounds} "
-        f"--batch {args.batch}`",
+        f"--batches {','.join(map(str, args.batches))}`",
         "- cluster: `ray start --head`, `ray start --address` on this host, 1 CPU per node",
         "",
     ])  # fmt: skip
@@ -443,9 +457,11 @@ def header(args: argparse.Namespace, load: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batches", default="4,8", help="batch sizes of the burst part")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ray_cluster.md")
     args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    args.batch = args.batches[0]  # the front's
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     proxies = [free_port(), free_port()]
     worker_proxy = {1: {"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(proxies[1])}}

@@ -14,26 +14,48 @@ import pytest
 pytest.importorskip("ray.serve")
 
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+from ray.serve.request_router import ReplicaID
 
 from hibachi.integrations.ray import FewestInFlightRouter
 
 
+class Replica(SimpleNamespace):
+    """A running replica as the router sees it; ``own`` is the count it reports,
+    other routers' requests included, and ``asked`` how often it was asked."""
+
+    max_ongoing_requests = 8
+    own = 0
+    asked = 0
+
+    async def get_queue_len(self, *, deadline_s: float) -> int:
+        self.asked += 1
+        return self.own
+
+
+DEPLOYMENT = DeploymentID(name="d", app_name="a")
+
+
+def rid(name: str) -> ReplicaID:
+    return ReplicaID(unique_id=name, deployment_id=DEPLOYMENT)
+
+
 def router_and_replicas(count: int) -> tuple[Any, list[Any]]:
     router = FewestInFlightRouter(
-        deployment_id=DeploymentID(name="d", app_name="a"),
+        deployment_id=DEPLOYMENT,
         handle_source=DeploymentHandleSource.UNKNOWN,
+        use_replica_queue_len_cache=True,
     )
-    replicas = [SimpleNamespace(replica_id=f"r{i}", max_ongoing_requests=8) for i in range(count)]
+    replicas = [Replica(replica_id=rid(f"r{i}")) for i in range(count)]
     return router, replicas
 
 
 def route(router: Any, replicas: list[Any], *, send: bool) -> str:
     """One request as Serve routes it: the first rank is taken (it has room)."""
     ranks = asyncio.run(router.choose_replicas(replicas))
-    chosen: str = ranks[0][0].replica_id
+    chosen: ReplicaID = ranks[0][0].replica_id
     if send:
         router.on_send_request(chosen)
-    return chosen
+    return str(chosen.unique_id)
 
 
 @pytest.mark.parametrize("send", [True, False], ids=["sent", "chosen-not-yet-sent"])
@@ -47,25 +69,34 @@ def test_a_burst_splits_evenly(count: int, send: bool) -> None:
 def test_every_replica_is_ranked_least_loaded_first() -> None:
     router, replicas = router_and_replicas(3)
     for _ in range(2):
-        router.on_send_request("r0")
-    router.on_send_request("r1")
+        router.on_send_request(rid("r0"))
+    router.on_send_request(rid("r1"))
     ranks = asyncio.run(router.choose_replicas(replicas))
-    assert [rank[0].replica_id for rank in ranks] == ["r2", "r1", "r0"]
+    assert [rank[0].replica_id.unique_id for rank in ranks] == ["r2", "r1", "r0"]
 
 
 def test_a_finished_request_frees_its_replica() -> None:
     router, replicas = router_and_replicas(2)
     first, second = route(router, replicas, send=True), route(router, replicas, send=True)
     assert {first, second} == {"r0", "r1"}
-    router.on_request_completed(first, "id")
+    router.on_request_completed(rid(first), "id")
     assert route(router, replicas, send=True) == first
 
 
 def test_a_replicas_own_count_wins_when_higher() -> None:
     """Another router's requests show in the count a replica reports."""
     router, replicas = router_and_replicas(2)
-    router.replica_queue_len_cache.update("r0", 5)
+    router.on_new_queue_len_info(rid("r0"), 5)
     assert [route(router, replicas, send=True) for _ in range(5)] == ["r1"] * 5
+
+
+def test_a_stale_count_is_asked_for_again_before_choosing() -> None:
+    router, replicas = router_and_replicas(2)
+    replicas[0].own = 3  # another router's requests
+    assert route(router, replicas, send=True) == "r1"
+    assert [r.asked for r in replicas] == [1, 1]
+    route(router, replicas, send=True)  # the counts are fresh: nobody is asked
+    assert [r.asked for r in replicas] == [1, 1]
 
 
 def test_no_replicas_no_choice() -> None:

@@ -38,6 +38,7 @@ HIBACHI = str(Path(sys.executable).with_name("hibachi"))
 BATCH = 4
 GRACE = 2.0
 WAIT = 120.0  # the most a test waits for the cluster or the server to act
+STOPPED = ("stop", "budget")  # a completion that ran to its end
 
 
 @dataclass
@@ -107,14 +108,14 @@ class Server:
         }
 
     def finished_by_replica(self) -> dict[str, float]:
-        """Completions each replica finished at their token budget."""
-        return {
-            dict(labels)["replica"]: value
-            for (name, labels), value in self.samples().items()
-            if name == "hibachi_requests_ended_total"
-            and dict(labels).get("model") == "hibachi-llama"
-            and dict(labels).get("reason") == "budget"
-        }
+        """Completions each replica finished (at a stop token or their budget)."""
+        finished: dict[str, float] = {}
+        for (name, labels), value in self.samples().items():
+            label = dict(labels)
+            ended = name == "hibachi_requests_ended_total" and label.get("reason") in STOPPED
+            if ended and label.get("model") == "hibachi-llama":
+                finished[label["replica"]] = finished.get(label["replica"], 0.0) + value
+        return finished
 
     def streams(self, *budgets: int) -> tuple[list[Stream], list[threading.Thread]]:
         """One streamed completion per budget, each on its own thread."""

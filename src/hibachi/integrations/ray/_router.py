@@ -9,16 +9,19 @@ batch fills.
 
 This router ignores locality and ranks every replica by its load: the
 requests this router has in flight there (counted when sent, uncounted when
-they end), or the replica's own count when that is higher (it reports it
-when it accepts a request, and so counts other routers' requests too: one
-router per handle, one per Serve HTTP proxy), plus the requests this router
-has just chosen it for and not yet sent. Equals are taken at random. Each
-routing task sends the request it chose for (Serve's default matching, no
-FIFO mixin), so that a choice is counted once, for the replica it names.
+they end), or the replica's own count when that is higher, plus the requests
+this router has just chosen it for and not yet sent. Equals are taken at
+random. A replica reports its own count, which holds other routers' requests
+too (one router per handle, one per Serve HTTP proxy), when it accepts a
+request; a count older than ``FRESH_S`` is asked for again before choosing.
+Each routing task sends the request it chose for (Serve's default matching,
+no FIFO mixin), so that a choice is counted once, for the replica it names.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
 import time
 from collections import Counter, defaultdict, deque
@@ -34,6 +37,8 @@ from ray.serve.request_router import (
 __all__ = ["FewestInFlightRouter"]
 
 CHOICE_TTL_S = 1.0  # a choice never sent (cancelled, or its replica was full) stops counting
+FRESH_S = 0.1  # a replica's own count older than this is asked for again
+ASK_DEADLINE_S = 0.1  # a replica that does not answer in time keeps its older count
 
 
 class FewestInFlightRouter(RequestRouter):  # type: ignore[misc]
@@ -48,6 +53,7 @@ class FewestInFlightRouter(RequestRouter):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._sent: Counter[ReplicaID] = Counter()
         self._chosen: defaultdict[ReplicaID, deque[float]] = defaultdict(deque)
+        self._reported_at: dict[ReplicaID, float] = {}
 
     async def choose_replicas(
         self,
@@ -58,11 +64,16 @@ class FewestInFlightRouter(RequestRouter):  # type: ignore[misc]
         request to the first with room."""
         if not candidate_replicas:
             return []
+        await self._ask_stale(candidate_replicas)
         now = time.monotonic()
         shuffled = random.sample(candidate_replicas, len(candidate_replicas))
         ranked = sorted(shuffled, key=lambda r: self._load(r.replica_id, now))
         self._chosen[ranked[0].replica_id].append(now)
         return [[replica] for replica in ranked]
+
+    def on_new_queue_len_info(self, replica_id: ReplicaID, num_ongoing_requests: int) -> None:
+        super().on_new_queue_len_info(replica_id, num_ongoing_requests)
+        self._reported_at[replica_id] = time.monotonic()
 
     def on_send_request(self, replica_id: ReplicaID) -> None:
         super().on_send_request(replica_id)
@@ -80,6 +91,24 @@ class FewestInFlightRouter(RequestRouter):  # type: ignore[misc]
         super().on_replica_actor_died(replica_id)
         self._sent.pop(replica_id, None)
         self._chosen.pop(replica_id, None)
+        self._reported_at.pop(replica_id, None)
+
+    async def _ask_stale(self, replicas: list[RunningReplica]) -> None:
+        """Ask each replica whose own count is older than ``FRESH_S`` for it, at once."""
+        now = time.monotonic()
+        stale = [
+            r for r in replicas if now - self._reported_at.get(r.replica_id, -math.inf) > FRESH_S
+        ]
+        if not stale:
+            return
+        asked = (
+            asyncio.wait_for(r.get_queue_len(deadline_s=ASK_DEADLINE_S), ASK_DEADLINE_S)
+            for r in stale
+        )
+        answers = await asyncio.gather(*asked, return_exceptions=True)
+        for replica, answer in zip(stale, answers, strict=True):
+            if isinstance(answer, int):
+                self.on_new_queue_len_info(replica.replica_id, answer)
 
     def _load(self, replica_id: ReplicaID, now: float) -> int:
         chosen = self._chosen[replica_id]
