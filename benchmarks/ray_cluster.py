@@ -111,6 +111,7 @@ def build_chunk_app() -> Any:
 async def handle_split(handle: Any, burst: int) -> list[int]:
     """Requests each replica took from one burst through ``handle``."""
     before = await finished_by_replica(handle)
+    await asyncio.sleep(0.5)  # the stats calls end too: the burst starts from idle
     calls = (stream(handle, np.array([1]), max_new_tokens=TOKENS).collect() for _ in range(burst))
     await asyncio.gather(*calls)
     after = await finished_by_replica(handle)
