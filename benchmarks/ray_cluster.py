@@ -452,6 +452,7 @@ def header(args: argparse.Namespace, load: str) -> str:
         f"--batches {','.join(map(str, args.batches))}`",
         "- cluster: `ray start --head`, `ray start --address` on this host, 1 CPU per node",
         "",
+        "",
     ])  # fmt: skip
 
 
