@@ -434,7 +434,7 @@ def report(routers: dict[int, Any], front: dict[str, Any], args: argparse.Namesp
     return "\n".join(lines)
 
 
-def header(args: argparse.Namespace, load: str) -> str:
+def header(args: argparse.Namespace, started: datetime, load: str) -> str:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],
         cwd=ROOT,
@@ -445,7 +445,7 @@ def header(args: argparse.Namespace, load: str) -> str:
     return "\n".join([
         "# Ray Serve on a two-raylet cluster: burst split, node loss, drain",
         "",
-        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, load average {load} at start",
         f"- commit: {commit}",
         f"- command: `python benchmarks/ray_cluster.py --rounds {args.rounds} "
@@ -464,13 +464,14 @@ def main() -> None:
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     args.batch = args.batches[0]  # the front's
+    started = datetime.now(UTC)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     proxies = [free_port(), free_port()]
     worker_proxy = {1: {"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(proxies[1])}}
     with LocalCluster((1, 1), node_env=worker_proxy) as cluster:
         routers = part_routers(cluster, proxies, args)
         front = part_front(cluster, args)
-    text = header(args, load) + report(routers, front, args) + "\n"
+    text = header(args, started, load) + report(routers, front, args) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
