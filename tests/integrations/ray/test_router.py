@@ -102,3 +102,16 @@ def test_a_stale_count_is_asked_for_again_before_choosing() -> None:
 def test_no_replicas_no_choice() -> None:
     router, _ = router_and_replicas(0)
     assert asyncio.run(router.choose_replicas([])) == []
+
+
+def test_a_replica_removed_is_forgotten() -> None:
+    router, replicas = router_and_replicas(2)
+    for _ in range(3):
+        router.on_send_request(rid("r0"))
+
+    async def main() -> None:
+        router.update_replicas([replicas[1]])
+        router.update_replicas(replicas)  # r0 again, as new
+
+    asyncio.run(main())
+    assert router._sent[rid("r0")] == 0

@@ -87,6 +87,13 @@ class FewestInFlightRouter(RequestRouter):  # type: ignore[misc]
         if self._sent[replica_id] > 0:
             self._sent[replica_id] -= 1
 
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        running = {r.replica_id for r in replicas}
+        for counts in (self._sent, self._chosen, self._reported_at):
+            for gone in [replica for replica in counts if replica not in running]:
+                del counts[gone]
+
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self._sent.pop(replica_id, None)
@@ -106,7 +113,9 @@ class FewestInFlightRouter(RequestRouter):  # type: ignore[misc]
             for r in stale
         )
         answers = await asyncio.gather(*asked, return_exceptions=True)
+        asked_at = time.monotonic()
         for replica, answer in zip(stale, answers, strict=True):
+            self._reported_at[replica.replica_id] = asked_at  # asked once per FRESH_S, at most
             if isinstance(answer, int):
                 self.on_new_queue_len_info(replica.replica_id, answer)
 
