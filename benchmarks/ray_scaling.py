@@ -14,10 +14,13 @@ callers, each streaming requests of ``--tokens`` new tokens one after the other.
   they cannot show compute scaling).
 
 Prints per configuration: tokens/s, request latency p50/p99, and per replica
-the requests it finished and its mean batch fill.
+the requests it finished and its mean batch fill; writes the same, with the
+date, machine, commit and command, to ``--out``
+(benchmarks/results/ray_scaling.md).
 
 Usage: python benchmarks/ray_scaling.py [--models device,cpu] [--batch-size 8]
        [--step-ms 50] [--tokens 16] [--requests 64] [--concurrency 32] [--cpus 2]
+       [--out PATH]
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,18 +149,48 @@ def measure(kind: str, replicas: int, args: argparse.Namespace) -> Result:
     return Result(args.requests * args.tokens / seconds, q[49], q[98], stats, cpu)
 
 
-def report(kind: str, results: dict[int, Result]) -> None:
+def report(kind: str, results: dict[int, Result]) -> list[str]:
+    """The rows of one model's table (markdown), printed as they are made."""
     one, two = results[1], results[2]
-    print(f"\n{kind} model: 2 replicas / 1 replica = {two.tokens_per_s / one.tokens_per_s:.2f}x")
+    ratio = two.tokens_per_s / one.tokens_per_s
+    rows = []
     for count, r in results.items():
         split = ", ".join(
-            f"{s.batcher.requests_completed} req fill {s.batcher.mean_batch_fill:.2f}"
-            for s in r.replicas
+            f"{s.batcher.requests_completed} ({s.batcher.mean_batch_fill:.2f})" for s in r.replicas
         )
-        print(
-            f"  {count} replica(s): {r.tokens_per_s:7.1f} tokens/s  latency p50 {r.p50:.3f}s "
-            f"p99 {r.p99:.3f}s  replica CPU {r.cpu_share:.2f} cores  per replica: {split}"
+        shown = f"**{ratio:.2f}x**" if count == 2 else ""
+        rows.append(
+            f"| {kind} | {count} | {r.tokens_per_s:.1f} | {shown} | {r.p50:.2f} s / {r.p99:.2f} s "
+            f"| {r.cpu_share:.2f} cores | {split} |"
         )
+    print("\n".join(rows), flush=True)
+    return rows
+
+
+def header(args: argparse.Namespace) -> list[str]:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=Path(__file__).resolve().parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    command = " ".join(["python benchmarks/ray_scaling.py", *sys.argv[1:]])
+    return [
+        "# Ray Serve scale-out: 2 replicas against 1, at saturation",
+        "",
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at start",
+        f"- commit: {commit}",
+        f"- command: `{command}`",
+        f"- batch {args.batch_size}, step {args.step_ms} ms, {args.requests} requests of "
+        f"{args.tokens} tokens, {args.concurrency} callers, {args.cpus} Ray CPUs",
+        "",
+        "| model | replicas | tokens/s | ratio | latency p50 / p99 | replica CPU "
+        "| requests per replica (mean batch fill) |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
 
 def main() -> None:
@@ -166,18 +202,22 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "ray_scaling.md",
+    )
     args = parser.parse_args()
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 0})
-        print(
-            f"batch {args.batch_size}, step {args.step_ms} ms, {args.requests} requests of "
-            f"{args.tokens} tokens, {args.concurrency} callers, {args.cpus} Ray CPUs, "
-            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-        )
+        serve.start(proxy_location="Disabled")
+        lines = header(args)
+        print("\n".join(lines), flush=True)
         for kind in args.models.split(","):
-            report(kind, {n: measure(kind, n, args) for n in (1, 2)})
+            lines += report(kind, {n: measure(kind, n, args) for n in (1, 2)})
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
     finally:
         serve.shutdown()
         ray.shutdown()

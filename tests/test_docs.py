@@ -38,7 +38,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"python", "bash", "text"}
-NOT_RUN: dict[str, int] = {}  # page -> python blocks marked "not run" there
+NOT_RUN: dict[str, int] = {"docs/scaling.md": 1}  # page -> python blocks marked "not run"
 FAST_LIMIT = 120.0  # seconds an example may take
 SLOW_LIMIT = 600.0
 SERVER_ADDRESS = "127.0.0.1:8000"

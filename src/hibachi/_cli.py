@@ -189,7 +189,8 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--ray-address",
         metavar="ADDR",
-        help="join this running Ray cluster (default: start a local one)",
+        help="join this running Ray cluster, with its token if it uses one (default: start a "
+        "local one)",
     )
 
 
@@ -486,6 +487,7 @@ def _serve_over_ray(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         address=args.ray_address,
+        shutdown_grace=args.shutdown_grace,
         **scaling_options(args.replicas, args.autoscale),
     )
     return 0

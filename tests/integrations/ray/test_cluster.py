@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import shutil
 import socket
 import sys
@@ -25,7 +26,13 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 import hibachi  # noqa: E402
-from hibachi.integrations.ray import ReplicaStats, call, deployment, stream  # noqa: E402
+from hibachi.integrations.ray import (  # noqa: E402
+    ReplicaLost,
+    ReplicaStats,
+    call,
+    deployment,
+    stream,
+)
 
 # The models and gates below are defined here, not in an importable module:
 # cloudpickle must ship them to the replicas by value.
@@ -38,6 +45,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:os.fork:Runti
 STOP = -1
 POISON = 99  # a prompt ending in POISON makes the model raise
 DEATH = 66  # ... or stop its engine (SystemExit: the engine dies)
+EXIT = 77  # ... or end its replica's process, as a crash would
 WAIT = 60.0  # the most a test waits for the cluster to act (health check, replacement)
 
 
@@ -49,6 +57,8 @@ def counting_model(tokens: Any, mask: Any) -> Any:
         raise ValueError("poisoned prompt")
     if (last == DEATH).any():
         raise SystemExit("the engine is told to die")
+    if (last == EXIT).any():
+        os._exit(1)
     return last + 1
 
 
@@ -331,3 +341,58 @@ def test_the_openai_app_serves_through_serves_http_ingress(cluster: int) -> None
         assert until_metric(cluster, 0, "hibachi_requests_running") == 0
     finally:
         serve.delete("http")
+
+
+async def replica_counts(handle: Any, replicas: int) -> dict[str, int]:
+    """Requests each replica has finished (Serve routes each call to one replica:
+    ask until every replica has answered)."""
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + WAIT
+    while len(seen) < replicas and time.monotonic() < deadline:
+        stats: ReplicaStats = await handle.stats.remote()
+        seen[stats.replica] = stats.batcher.requests_completed
+    return seen
+
+
+def test_a_burst_from_two_handles_splits_evenly_over_the_replicas(cluster: int) -> None:
+    """2 fresh replicas of batch 4, 8 requests at once from two handles (two
+    routers), each long enough that all are in flight together: each replica
+    takes 4, within 20%."""
+    app = deployment(
+        make_counting_batcher, max_batch_size=4, num_replicas=2,
+        ray_actor_options={"num_cpus": 0.25},
+    )  # fmt: skip
+    first = run_app(app, "split")
+    second = serve.get_app_handle("split")
+
+    async def main() -> list[int]:
+        await asyncio.gather(
+            *(
+                stream(first if i % 2 else second, np.array([100]), max_new_tokens=200).collect()
+                for i in range(8)
+            )
+        )
+        return sorted((await replica_counts(first, 2)).values())
+
+    try:
+        split = arun(main())
+    finally:
+        serve.delete("split")
+    assert len(split) == 2 and all(3.2 <= n <= 4.8 for n in split), split
+
+
+def test_a_stream_whose_replica_dies_raises_replica_lost(cluster: int) -> None:
+    handle = run_app(small(make_counting_batcher, max_batch_size=4), "crashing")
+
+    async def main() -> list[int]:
+        got: list[int] = []
+        with pytest.raises(ReplicaLost) as caught:
+            async for token in stream(handle, np.array([EXIT - 3]), max_new_tokens=10):
+                got.append(int(token))
+        assert isinstance(caught.value.__cause__, ray.exceptions.RayActorError)
+        return got
+
+    try:
+        assert arun(main()) == [EXIT - 2, EXIT - 1, EXIT]
+    finally:
+        serve.delete("crashing")

@@ -14,7 +14,12 @@ import pytest
 pytest.importorskip("ray.serve")
 
 import hibachi
-from hibachi.integrations.ray import ReplicaUnhealthy, deployment, serve_options
+from hibachi.integrations.ray import (
+    FewestInFlightRouter,
+    ReplicaUnhealthy,
+    deployment,
+    serve_options,
+)
 from hibachi.integrations.ray._replica import BatcherReplica
 
 
@@ -23,8 +28,11 @@ def test_import_hibachi_does_not_import_ray() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_defaults_fit_the_batch_size() -> None:
-    assert serve_options(8) == {"name": "hibachi", "max_ongoing_requests": 16}
+def test_defaults_fit_the_batch_size_and_route_to_the_least_busy_replica() -> None:
+    options = serve_options(8)
+    router = options.pop("request_router_config").request_router_class
+    assert options == {"name": "hibachi", "max_ongoing_requests": 16}
+    assert router == f"{FewestInFlightRouter.__module__}.{FewestInFlightRouter.__name__}"
 
 
 def test_autoscaling_targets_a_full_batch_unless_told_otherwise() -> None:
@@ -41,8 +49,8 @@ def test_autoscaling_targets_a_full_batch_unless_told_otherwise() -> None:
 
 
 def test_any_serve_option_overrides_the_defaults() -> None:
-    options = serve_options(8, name="embedder", max_ongoing_requests=3, num_replicas=2)
-    assert options == {"name": "embedder", "max_ongoing_requests": 3, "num_replicas": 2}
+    options = serve_options(8, name="embedder", max_ongoing_requests=3, request_router_config=None)
+    assert options == {"name": "embedder", "max_ongoing_requests": 3, "request_router_config": None}
 
 
 @pytest.mark.parametrize("size", [0, -1, 2.0, True, None])
@@ -97,13 +105,13 @@ def test_the_cli_reads_replicas_and_autoscale_bounds() -> None:
 def test_an_http_replica_is_unhealthy_once_a_batcher_of_its_app_is_closed() -> None:
     from types import SimpleNamespace
 
-    from hibachi.serve._ray import _AppReplica
+    from hibachi.serve._ray._replica import AppReplica
 
     batcher = hibachi.FeedforwardBatcher(lambda x: x)
     engine = SimpleNamespace(name="embedder", batcher=batcher)
     settings = SimpleNamespace(stuck_after=30.0)
     state = SimpleNamespace(language=None, embedder=engine, settings=settings)
-    replica = _AppReplica(lambda: SimpleNamespace(state=SimpleNamespace(hibachi=state)))
+    replica = AppReplica(lambda: SimpleNamespace(state=SimpleNamespace(hibachi=state)))
     replica.__serve_build_asgi_app__()
 
     async def main() -> None:

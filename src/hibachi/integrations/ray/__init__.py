@@ -4,8 +4,9 @@ Importing this module imports Ray (the ``hibachi-batch[ray]`` extra);
 ``import hibachi`` never does::
 
     from ray import serve
-    from hibachi.integrations.ray import deployment
+    from hibachi.integrations.ray import connect, deployment
 
+    connect("HEAD:6379")                           # or connect() for a local cluster
     app = deployment(make_batcher, num_replicas=2)   # make_batcher() -> an unopened batcher
     handle = serve.run(app)
     async for token in handle.options(stream=True).run.remote(prompt, max_new_tokens=32):
@@ -30,24 +31,36 @@ also cancel it then::
     async for token in stream(handle, prompt, max_new_tokens=32): ...
     vector = await call(handle, x)
 
-``handle.stats.remote()`` returns one replica's `ReplicaStats`. See docs/scaling.md.
+`connect` joins a cluster with Ray's token authentication, as ``ray start``
+does. Each request goes to the replica with the fewest in flight
+(`FewestInFlightRouter`). A stream whose replica dies (its process, or its
+node) raises `ReplicaLost`. ``handle.stats.remote()`` returns one replica's
+`ReplicaStats`. See docs/scaling.md.
 """
 
 from __future__ import annotations
 
-from ._deployment import RemoteStream as RemoteStream
-from ._deployment import ReplicaStats as ReplicaStats
-from ._deployment import ReplicaUnhealthy as ReplicaUnhealthy
-from ._deployment import call as call
+from ._client import RemoteStream as RemoteStream
+from ._client import call as call
+from ._client import stream as stream
+from ._connect import connect as connect
 from ._deployment import deployment as deployment
 from ._deployment import serve_options as serve_options
-from ._deployment import stream as stream
+from ._errors import ClusterUnreachable as ClusterUnreachable
+from ._errors import ReplicaLost as ReplicaLost
+from ._errors import ReplicaUnhealthy as ReplicaUnhealthy
+from ._replica import ReplicaStats as ReplicaStats
+from ._router import FewestInFlightRouter as FewestInFlightRouter
 
 __all__ = [
+    "ClusterUnreachable",
+    "FewestInFlightRouter",
     "RemoteStream",
+    "ReplicaLost",
     "ReplicaStats",
     "ReplicaUnhealthy",
     "call",
+    "connect",
     "deployment",
     "serve_options",
     "stream",

@@ -4,7 +4,9 @@ A Serve response is cancelled in the replica only by its ``cancel()``: a
 caller that leaves an ``async for`` over a raw streaming response early, or
 whose task is cancelled while it awaits one, leaves the request running in
 the replica (Ray 2.60). `stream` and `call` wrap the response so that both
-cancel it, and with it the row in the replica's batcher.
+cancel it, and with it the row in the replica's batcher. When the replica
+dies (its process, or its node) before the request ends, both raise
+`ReplicaLost` rather than Ray's actor error.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import Any, final
+from typing import Any, NoReturn, final
+
+import ray
+
+from ._errors import ReplicaLost
 
 __all__ = ["RemoteStream", "call", "stream"]
 
@@ -34,6 +40,8 @@ async def call(handle: Any, *args: Any, **kwargs: Any) -> Any:
     except asyncio.CancelledError:
         response.cancel()
         raise
+    except ray.exceptions.RayActorError as exc:
+        _lost(exc)
 
 
 @final
@@ -43,7 +51,8 @@ class RemoteStream:
     ``async for`` it in an event loop, ``for`` it on a plain thread. Leaving
     the loop early, `cancel`, or cancelling the task that iterates cancels the
     request in the replica: its row is freed at the batcher's next step.
-    Errors raised in the replica are raised from the iteration.
+    Errors raised in the replica are raised from the iteration; `ReplicaLost`
+    when the replica dies before the stream ends.
     """
 
     __slots__ = ("_done", "_response")
@@ -66,6 +75,9 @@ class RemoteStream:
         except asyncio.CancelledError:
             self.cancel()
             raise
+        except ray.exceptions.RayActorError as exc:
+            self._done = True
+            _lost(exc)
         except BaseException:
             self._done = True
             raise
@@ -75,6 +87,9 @@ class RemoteStream:
             raise StopIteration
         try:
             return self._response.__next__()
+        except ray.exceptions.RayActorError as exc:
+            self._done = True
+            _lost(exc)
         except BaseException:
             self._done = True
             raise
@@ -118,11 +133,17 @@ class _Loop:
         _cancel_abandoned(self._stream)
 
 
+def _lost(exc: ray.exceptions.RayActorError) -> NoReturn:
+    """`ReplicaLost` for Ray's error that the replica's actor is gone (dead, or
+    unreachable mid-request); an error the replica's own code raised stays as it is."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        raise exc
+    raise ReplicaLost(f"the replica serving this request was lost: {exc}") from exc
+
+
 def _cancel_abandoned(stream: RemoteStream) -> None:
     """Cancel a stream dropped unfinished: best effort, as Ray may be shut down by now
     (and must not be started again by the cancellation)."""
-    import ray
-
     if ray.is_initialized():
         with contextlib.suppress(Exception):
             stream.cancel()

@@ -6,21 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from ..._core.values import describe_value
 from ..._exceptions import ConfigurationError
-from ._client import RemoteStream, call, stream
-from ._replica import Batcher, BatcherReplica, ReplicaStats, ReplicaUnhealthy
+from ._replica import Batcher, BatcherReplica
+from ._router import FewestInFlightRouter
 
-__all__ = [
-    "RemoteStream",
-    "ReplicaStats",
-    "ReplicaUnhealthy",
-    "call",
-    "deployment",
-    "serve_options",
-    "stream",
-]
+__all__ = ["deployment", "serve_options"]
 
 DEFAULT_STUCK_AFTER = 60.0
 
@@ -64,6 +57,9 @@ def serve_options(max_batch_size: int, **options: Any) -> dict[str, Any]:
     - ``max_ongoing_requests``: ``2 * max_batch_size``: a full batch in the
       model and as many waiting to take the rows they free. Serve holds the
       rest at the caller, which then goes to the least busy replica.
+    - ``request_router_config``: `FewestInFlightRouter`: each request goes to
+      the replica with the fewest requests in flight, wherever it runs, so a
+      burst of ``replicas * max_batch_size`` requests fills every batch.
     - ``autoscaling_config`` (a dict, or ``num_replicas="auto"``): its
       ``target_ongoing_requests`` defaults to ``max_batch_size``: a replica
       is at target when its batch is full.
@@ -74,7 +70,11 @@ def serve_options(max_batch_size: int, **options: Any) -> dict[str, Any]:
         )
     if max_batch_size < 1:
         raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    settings: dict[str, Any] = {"name": "hibachi", "max_ongoing_requests": 2 * max_batch_size}
+    settings: dict[str, Any] = {
+        "name": "hibachi",
+        "max_ongoing_requests": 2 * max_batch_size,
+        "request_router_config": RequestRouterConfig(request_router_class=FewestInFlightRouter),
+    }
     settings.update(options)
     scaling = settings.get("autoscaling_config")
     if scaling is None and settings.get("num_replicas") == "auto":

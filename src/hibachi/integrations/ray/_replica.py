@@ -17,18 +17,14 @@ from ..._autoregressive.batcher import AutoregressiveBatcher
 from ..._autoregressive.stats import AutoregressiveStats
 from ..._autoregressive.stream import TokenStream
 from ..._core.health import Health
-from ..._exceptions import ConfigurationError, HibachiError
+from ..._exceptions import ConfigurationError
 from ..._feedforward.batcher import FeedforwardBatcher
 from ..._feedforward.stats import FeedforwardStats
+from ._errors import ReplicaUnhealthy
 
-__all__ = ["BatcherReplica", "ReplicaStats", "ReplicaUnhealthy"]
+__all__ = ["BatcherReplica", "ReplicaStats"]
 
 Batcher = AutoregressiveBatcher | FeedforwardBatcher
-
-
-class ReplicaUnhealthy(HibachiError):
-    """Raised by a replica's ``check_health`` when its batcher cannot serve:
-    Serve then stops the replica and starts a new one."""
 
 
 @dataclass(frozen=True)
