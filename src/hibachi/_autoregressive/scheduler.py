@@ -159,10 +159,11 @@ class Scheduler:
                 self._end_rows(failed)
             return
         index = slice(0, n) if rows is None else rows
-        stopped = self._stopped(column, host if rows is None else host_values(self.backend, column))
+        members: Sequence[int] = range(n) if rows is None else rows.tolist()
+        values = host if rows is None else host_values(self.backend, column)
+        stopped = self._stopped(column, values, members)
         self.remaining[index] -= 1
         done = stopped | (self.remaining[index] <= 0)
-        members: Sequence[int] = range(n) if rows is None else rows.tolist()
         kept: list[int] | None = None
         if failed:
             kept = [j for j, i in enumerate(members) if i not in failed]
@@ -183,19 +184,27 @@ class Scheduler:
         left = self.remaining[:n]
         left -= 1
         quiet = host is not None and left.all() and self._stop_value not in host
-        done = None if quiet else self._stopped(column, host) | (left <= 0)
+        done = None if quiet else self._stopped(column, host, range(n)) | (left <= 0)
         overrun = self._deliver(self.rows, column, done)
         self.counters.tokens += n - len(overrun)
         finished = [] if done is None else np.flatnonzero(done).tolist()
         if finished or overrun:
             self._end_finished(range(n), finished, overrun, {})
 
-    def _stopped(self, column: Any, host: list[Any] | None) -> np.ndarray[Any, np.dtype[np.bool_]]:
-        """Which rows of ``column`` (``host``: its values, or None) are the stop token."""
+    def _stopped(
+        self, column: Any, host: list[Any] | None, members: Sequence[int]
+    ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Which rows of ``column`` (``host``: its values, or None; rows ``members``) are the
+        stop token, of a request that it ends."""
         if host is None:
-            return self.backend.rows_equal(column, self.stop_token)
-        stop = self._stop_value
-        return np.fromiter((value == stop for value in host), dtype=bool, count=len(host))
+            found = self.backend.rows_equal(column, self.stop_token)
+        else:
+            stop = self._stop_value
+            found = np.fromiter((value == stop for value in host), dtype=bool, count=len(host))
+        if found.any():
+            rows = self.rows
+            found &= np.fromiter((rows[i].stops for i in members), dtype=bool, count=len(found))
+        return found
 
     def _end_finished(
         self,

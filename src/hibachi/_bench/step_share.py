@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from hibachi import AutoregressiveBatcher, IncrementalModel
+from hibachi import Accepted, AutoregressiveBatcher, IncrementalModel
 
 from .llm import LlmRequest
 from .serving import Outcome, serve_with_hibachi
@@ -64,7 +64,7 @@ class TimedModel(IncrementalModel):
     def release(self, slot: int) -> None:
         self.model.release(slot)
 
-    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
+    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int | Accepted:
         return self.model.check_request(prompt, max_new_tokens, options)
 
     def share(self) -> StepShare:
