@@ -40,7 +40,7 @@ from hibachi._bench.serving import serve_with_hibachi
 from hibachi._bench.settings import preset
 from hibachi._bench.step_share import TimedModel
 from hibachi.integrations import transformers as adapter_module
-from hibachi.integrations.transformers import _architectures, _kv_cache, _sampling
+from hibachi.integrations.transformers import _architectures, _kv_cache, _sampler
 
 Spans = defaultdict[str, float]
 
@@ -116,7 +116,7 @@ def adapter_pieces(adapter: Any) -> list[tuple[Any, str, str]]:
         (adapter.model, "forward", "  forward (model.forward)"),
         (llama, "create_causal_mask", "    transformers' mask"),
         (_kv_cache._SlotLayer, "update", "    cache writes"),
-        (_sampling.Sampler, "pick", "  sampling"),
+        (_sampler.Sampler, "pick", "  sampling"),
     ]
 
 
