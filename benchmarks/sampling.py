@@ -157,7 +157,7 @@ class Bench:
     def pick(self, name: str) -> float:
         """The seconds ``name``'s sampler takes to pick from the last step's logits."""
         sampler = self.greedy if name == "greedy" else self.samplers[name]
-        logits = self.captured[-1]
+        logits = self.captured[-1].clone()  # a pick may overwrite its logits
         start = time.perf_counter()
         sampler.pick(logits, self.slots, sampler.fed(*self.inputs, self.slots))
         return time.perf_counter() - start

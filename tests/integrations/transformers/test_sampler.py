@@ -228,8 +228,8 @@ def test_a_tiny_sampled_temperature_picks_the_top_token(
     for slot in range(64):
         sampler.start(slot, Sampling(temperature=temperature, seed=slot))
     logits = (torch.randn(64, 50, generator=torch.Generator().manual_seed(0)) * 1e3).to(dtype)
-    slots = np.arange(64)
+    slots, want = np.arange(64), logits.argmax(dim=-1)
     fed = sampler.fed(
         torch.ones(64, 1, dtype=torch.long), torch.ones(64, 1, dtype=torch.bool), slots
     )
-    assert torch.equal(sampler.pick(logits, slots, fed), logits.argmax(dim=-1))
+    assert torch.equal(sampler.pick(logits, slots, fed), want)

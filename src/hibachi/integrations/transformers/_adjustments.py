@@ -100,10 +100,11 @@ class Adjustments:
         biased = [(row, b) for row, slot in enumerate(slots.tolist()) if (b := self._bias[slot])]
         if not biased:
             return
-        rows = torch.cat([torch.full_like(ids, row) for row, (ids, _) in biased])
         ids = torch.cat([ids for _, (ids, _) in biased])
         values = torch.cat([values for _, (_, values) in biased]).to(logits.dtype)
-        logits.index_put_((rows, ids), values, accumulate=True)
+        lengths = torch.tensor([len(ids) for _, (ids, _) in biased], device=ids.device)
+        rows = torch.tensor([row for row, _ in biased], device=ids.device)
+        logits.index_put_((rows.repeat_interleave(lengths), ids), values, accumulate=True)
 
     def _repeat(
         self,
@@ -114,12 +115,10 @@ class Adjustments:
     ) -> None:
         """The repetition penalty on ``rows``: every token fed so far, prompt or generated."""
         ids, _ = self._fed_ids(slots, np.zeros_like(fed), fed)
-        index = _on(rows, logits.device)
-        mine = logits.index_select(0, index)
-        values = mine.gather(1, ids)
+        at = _on(rows, logits.device)[:, None], ids
+        values = logits[at]
         penalty = _column(self._repetition[slots], values)
-        mine.scatter_(1, ids, torch.where(values < 0, values * penalty, values / penalty))
-        logits.index_copy_(0, index, mine)
+        logits[at] = torch.where(values < 0, values * penalty, values / penalty)
 
     def _count(
         self,
@@ -133,14 +132,11 @@ class Adjustments:
         ids, real = self._fed_ids(slots, prompt, fed)
         ordered = torch.where(real, ids, logits.shape[-1]).sort(dim=1).values  # padding last
         counts = torch.searchsorted(ordered, ids, right=True) - torch.searchsorted(ordered, ids)
-        index = _on(rows, logits.device)
-        mine = logits.index_select(0, index)
-        values = mine.gather(1, ids)
+        at = _on(rows, logits.device)[:, None], ids
+        values = logits[at]
         frequency = _column(self._frequency[slots], values)
         presence = _column(self._presence[slots], values)
-        changed = values - frequency * counts.to(values.dtype) - presence
-        mine.scatter_(1, ids, changed)
-        logits.index_copy_(0, index, mine)
+        logits[at] = values - frequency * counts.to(values.dtype) - presence
 
     def _fed_ids(
         self, slots: np.ndarray[Any, Any], start: np.ndarray[Any, Any], end: np.ndarray[Any, Any]

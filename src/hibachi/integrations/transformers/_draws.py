@@ -76,19 +76,18 @@ def sample(
     top_p: np.ndarray[Any, Any],
     draws: Draws,
 ) -> torch.Tensor:
-    """Each row's token (n,) drawn from ``logits`` (n, V) with its settings.
+    """Each row's token (n,) drawn from ``logits`` (n, V), which it may overwrite.
 
-    Top-k keeps the tokens whose logit is at
-    least the k-th largest; top-p then the fewest most likely of those whose
-    probabilities, renormalised, add up to ``top_p``; either keeps every token
-    tied with the last one kept.
+    Top-k keeps the tokens whose logit is at least the k-th largest; top-p then
+    the fewest most likely of those whose probabilities, renormalised, add up
+    to ``top_p``; either keeps every token tied with the last one kept.
     """
     vocab = logits.shape[-1]
     scaled = _scaled(logits, temperature)
-    probs = torch.softmax(scaled, dim=-1)
     few = np.flatnonzero((top_k > 0) & (top_k < vocab))
     if few.size:
-        _keep_top_k(scaled, probs, few, top_k[few])
+        scaled = _top_k(scaled, few, top_k[few])
+    probs = torch.softmax(scaled, dim=-1)
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1]
     picked = _search(cdf, total, draws.uniform(0))
@@ -98,27 +97,50 @@ def sample(
     return picked
 
 
+_TINY_TEMPERATURE = 1e-4  # below it, logits are divided from their maximum, lest they overflow
+
+
 def _scaled(logits: torch.Tensor, temperature: np.ndarray[Any, Any]) -> torch.Tensor:
-    """``logits`` divided by each row's temperature (``logits`` itself if every one is 1);
-    from their maximum if one is below 1, lest a logit overflow."""
+    """``logits`` divided by each row's temperature, in place.
+
+    A row whose temperature is tiny is divided from its maximum: a choice made
+    row by row, so a row is divided the same way whatever else is in the batch.
+    """
     if (temperature == 1).all():
         return logits
     divisor = torch.from_numpy(temperature).to(logits.device, logits.dtype)[:, None]
-    if (temperature < 1).any():
-        return logits.sub(logits.amax(dim=-1, keepdim=True)).div_(divisor)
-    return logits.div(divisor)
+    tiny = np.flatnonzero(temperature < _TINY_TEMPERATURE)
+    if tiny.size:
+        index = torch.from_numpy(tiny).to(logits.device)
+        rows = logits.index_select(0, index)
+        logits.index_copy_(0, index, rows.sub_(rows.amax(dim=-1, keepdim=True)))
+    return logits.div_(divisor)
 
 
-def _keep_top_k(
-    scaled: torch.Tensor, probs: torch.Tensor, rows: np.ndarray[Any, Any], k: np.ndarray[Any, Any]
-) -> None:
-    """Zero the probabilities of ``rows``' tokens below their k-th largest logit."""
-    index = torch.from_numpy(rows).to(probs.device)
-    chosen = scaled if rows.size == scaled.shape[0] else scaled.index_select(0, index)
-    values = chosen.topk(int(k.max()), dim=-1).values
-    kth = values.gather(1, torch.from_numpy(k - 1).to(probs.device)[:, None])
-    kept = torch.where(chosen >= kth, probs.index_select(0, index), 0.0)
-    probs.index_copy_(0, index, kept)
+def _top_k(
+    scaled: torch.Tensor, rows: np.ndarray[Any, Any], k: np.ndarray[Any, Any]
+) -> torch.Tensor:
+    """``scaled`` with ``rows``' logits below their k-th largest set to -inf.
+
+    The k largest are written into a row of -inf, unless the next one ties
+    with the k-th: then every logit is compared with it.
+    """
+    device = scaled.device
+    index = torch.from_numpy(rows).to(device)
+    every = rows.size == scaled.shape[0]
+    chosen = scaled if every else scaled.index_select(0, index)
+    values, ids = chosen.topk(min(int(k.max()) + 1, chosen.shape[-1]), dim=-1)
+    last = torch.from_numpy(k - 1).to(device)[:, None]
+    kth = values.gather(1, last)
+    ranks = torch.arange(values.shape[-1], device=device)[None, :]
+    kept = torch.full_like(chosen, -torch.inf).scatter_(
+        1, ids, values.masked_fill(ranks > last, -torch.inf)
+    )
+    tied = np.flatnonzero((values.gather(1, last + 1) == kth).squeeze(1).numpy(force=True))
+    if tied.size:
+        at = torch.from_numpy(tied).to(device)
+        kept[at] = torch.where(chosen[at] >= kth[at], chosen[at], -torch.inf)
+    return kept if every else scaled.index_copy_(0, index, kept)
 
 
 def _search(cdf: torch.Tensor, total: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -150,36 +172,36 @@ def _nucleus(
     """
     device = probs.device
     index = torch.from_numpy(rows).to(device)
-    mine = probs.index_select(0, index)
-    limit = torch.from_numpy(top_p).to(device, probs.dtype) * total.index_select(0, index)
-    choice = picked.index_select(0, index)
-    weight = mine.gather(1, choice[:, None]).squeeze(1)
-    open_ = (total.index_select(0, index) - weight >= limit).numpy(force=True)
+    limit = torch.from_numpy(top_p).to(device, probs.dtype) * total[index]
+    choice = picked[index]
+    weight = probs[index, choice]
+    open_ = (total[index] - weight >= limit).numpy(force=True)
+    if not open_.any():
+        return
+    pending = np.flatnonzero(open_)  # only these rows' probabilities are read again
+    mine = probs.index_select(0, index[torch.from_numpy(pending).to(device)])
+    choice, weight, limit = choice[pending], weight[pending], limit[pending]
+    open_ = np.ones(pending.size, dtype=bool)
     for check in range(1, _NUCLEUS_CHECKS + 1):
-        pending = np.flatnonzero(open_)
-        if not pending.size:
-            break
-        at = torch.from_numpy(pending).to(device)
+        at = torch.from_numpy(np.flatnonzero(open_)).to(device)
         heavier = torch.where(mine[at] > weight[at, None], mine[at], 0.0)
         cdf = heavier.cumsum(dim=-1)
         mass = cdf[:, -1]
         outside = (mass >= limit[at]).numpy(force=True)
-        open_[pending[~outside]] = False
-        if check == _NUCLEUS_CHECKS or not outside.any():
+        redo = np.flatnonzero(open_)[outside]
+        open_[np.flatnonzero(open_)[~outside]] = False
+        if check == _NUCLEUS_CHECKS or not redo.size:
             break
-        redo = pending[outside]
-        at = torch.from_numpy(redo).to(device)
-        again = np.flatnonzero(outside)
-        cdf_redo, mass_redo = cdf[again], mass[again]
-        choice[at] = _search(cdf_redo, mass_redo, draws.uniform(check, rows[redo]))
-        weight[at] = mine[at].gather(1, choice[at, None]).squeeze(1)
-        open_[redo] = (mass_redo - weight[at] >= limit[at]).numpy(force=True)
+        at, again = torch.from_numpy(redo).to(device), torch.from_numpy(outside).to(device)
+        choice[at] = _search(cdf[again], mass[again], draws.uniform(check, rows[pending[redo]]))
+        weight[at] = mine[at, choice[at]]
+        open_[redo] = (mass[again] - weight[at] >= limit[at]).numpy(force=True)
     left = np.flatnonzero(open_)
     if left.size:
         at = torch.from_numpy(left).to(device)
-        round_ = _NUCLEUS_CHECKS + 1
-        choice[at] = _sorted_nucleus(mine[at], limit[at], draws.uniform(round_, rows[left]))
-    picked.index_copy_(0, index, choice)
+        uniform = draws.uniform(_NUCLEUS_CHECKS + 1, rows[pending[left]])
+        choice[at] = _sorted_nucleus(mine[at], limit[at], uniform)
+    picked[index[torch.from_numpy(pending).to(device)]] = choice
 
 
 def _sorted_nucleus(

@@ -109,9 +109,8 @@ class Sampler:
     def pick(
         self, logits: torch.Tensor, slots: np.ndarray[Any, Any], fed: Fed | None
     ) -> torch.Tensor:
-        """The next token (B,) for logits (B, V) of the rows in ``slots``, fed ``fed``.
-
-        Changes nothing if it raises."""
+        """The next token (B,) for ``logits`` (B, V) of the rows in ``slots``, fed ``fed``;
+        it may overwrite ``logits``. Changes nothing else if it raises."""
         if fed is None:
             return logits.argmax(dim=-1)
         before = self._fed[slots]
@@ -138,9 +137,8 @@ class Sampler:
         if not work.size:
             return chosen
         mine = slots[work]
-        values = _rows(logits, work).to(_working_dtype(logits.dtype))
+        values = _rows(logits, work).to(_working_dtype(logits.dtype))  # ours to change
         if self._adjusted[mine].any():
-            values = values.clone() if values is logits else values
             self._adjustments.apply(values, mine, after[work], self._prompt[mine])
         greedy = np.flatnonzero(~self._sampled[mine])
         if greedy.size:
