@@ -10,7 +10,6 @@ import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from types import MappingProxyType
 
 import numpy as np
 
@@ -179,7 +178,7 @@ def _flag(name: str, value: object) -> bool:
 
 
 def _bias(value: object) -> Mapping[int, float]:
-    """``logit_bias`` as a read-only {token id: bias} mapping of plain ints and floats."""
+    """``logit_bias`` as a new {token id: bias} dict of plain ints and floats."""
     if not isinstance(value, Mapping):
         raise InvalidRequest(
             f"option logit_bias must be a mapping of token id to bias, got {describe_value(value)}"
@@ -196,7 +195,7 @@ def _bias(value: object) -> Mapping[int, float]:
             )
         name = f"logit_bias[{number}]"
         checked[number] = _real(name, bias, _bias_range, "in [-100, 100]")
-    return MappingProxyType(checked)
+    return checked
 
 
 _NAMES = frozenset(f.name for f in fields(Sampling))
