@@ -102,9 +102,8 @@ class Adjustments:
             return
         ids = torch.cat([ids for _, (ids, _) in biased])
         values = torch.cat([values for _, (_, values) in biased]).to(logits.dtype)
-        lengths = torch.tensor([len(ids) for _, (ids, _) in biased], device=ids.device)
-        rows = torch.tensor([row for row, _ in biased], device=ids.device)
-        logits.index_put_((rows.repeat_interleave(lengths), ids), values, accumulate=True)
+        rows = np.repeat([row for row, _ in biased], [len(ids) for _, (ids, _) in biased])
+        logits.index_put_((_on(rows, logits.device), ids), values, accumulate=True)
 
     def _repeat(
         self,
