@@ -224,3 +224,14 @@ def test_bad_options_are_refused_at_run(llama: Any, options: Any, message: str) 
         with pytest.raises(hibachi.InvalidRequest, match=message):
             b.run(torch.tensor([7]), max_new_tokens=8, options=options)
         assert b.stats().queue_depth == 0
+
+
+def test_ignore_eos_with_min_tokens_holds_the_stop_token_back_then_lets_it_repeat(
+    llama: Any,
+) -> None:
+    options = {"ignore_eos": True, "min_tokens": 3, "logit_bias": {EOS: 100.0}}
+    batcher = causal_lm_batcher(llama, max_batch_size=1, max_length=64, eos_token_id=EOS)
+    [got] = serve(
+        batcher, [{"prompt": torch.tensor([8, 9]), "max_new_tokens": 7, "options": options}]
+    )
+    assert EOS not in got[:3] and got[3:] == [EOS] * 4

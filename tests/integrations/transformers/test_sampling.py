@@ -142,6 +142,7 @@ def test_logit_bias_is_a_copy_with_plain_numbers_and_a_sampling_pickles() -> Non
     given[9] = 1.0  # the caller's dict stays the caller's
     assert 9 not in settings.logit_bias
     assert pickle.loads(pickle.dumps(settings)) == settings
+    assert len({settings, Sampling(logit_bias={3: 100, 7: -1.5}, temperature=0.5)}) == 1
     assert dataclasses.replace(settings, seed=3).logit_bias == settings.logit_bias
 
 

@@ -84,6 +84,10 @@ class Sampling:
             put(self, name, _real(name, getattr(self, name), _penalty, "in [-2, 2]"))
         put(self, "ignore_eos", _flag("ignore_eos", self.ignore_eos))
 
+    def __hash__(self) -> int:
+        values = [getattr(self, f.name) for f in fields(self)]
+        return hash(tuple(frozenset(v.items()) if isinstance(v, Mapping) else v for v in values))
+
     @property
     def greedy(self) -> bool:
         """Whether the most likely token is taken (after `adjusts_logits`' changes)."""
