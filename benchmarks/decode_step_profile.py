@@ -41,7 +41,7 @@ from hibachi._bench.models.requests import make_requests
 from hibachi._bench.settings import preset
 from hibachi._bench.timing.steps import TimedModel
 from hibachi.integrations import transformers as adapter_module
-from hibachi.integrations.transformers import _architectures, _kv_cache, _sampling
+from hibachi.integrations.transformers import _architectures, _kv_cache, _sampler
 
 Spans = defaultdict[str, float]
 
@@ -117,7 +117,7 @@ def adapter_pieces(adapter: Any) -> list[tuple[Any, str, str]]:
         (adapter.model, "forward", "  forward (model.forward)"),
         (llama, "create_causal_mask", "    transformers' mask"),
         (_kv_cache._SlotLayer, "update", "    cache writes"),
-        (_sampling.Sampler, "pick", "  sampling"),
+        (_sampler.Sampler, "pick", "  sampling"),
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from ._autoregressive.batcher import AutoregressiveBatcher as AutoregressiveBatcher
+from ._autoregressive.incremental import Accepted as Accepted
 from ._autoregressive.incremental import IncrementalModel as IncrementalModel
 from ._autoregressive.stats import AutoregressiveStats as AutoregressiveStats
 from ._autoregressive.stream import TokenStream as TokenStream
@@ -34,6 +35,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
     __version__ = "0.0.0"
 
 __all__ = [
+    "Accepted",
     "AutoregressiveBatcher",
     "AutoregressiveStats",
     "Backend",

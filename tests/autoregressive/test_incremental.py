@@ -24,6 +24,7 @@ from support.incremental_models import (
     SlotDriver,
     driver,
     expected,
+    next_token,
     steady,
     tokens,
 )
@@ -282,6 +283,73 @@ def test_run_refuses_options_for_a_stateless_model() -> None:
         pytest.raises(hibachi.InvalidRequest, match="options"),
     ):
         b.run(np.array([1]), options={"temperature": 1.0})
+
+
+class Accepting(HistoryModel):
+    """Grants each request an `Accepted`: options ``("tag", options)``; a request whose
+    options are ``"through"`` is not ended by the stop token."""
+
+    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> hibachi.Accepted:
+        return hibachi.Accepted(
+            max_new_tokens, ("tag", options), ends_at_stop_token=options != "through"
+        )
+
+
+def history_through_stops(prompt: list[int], budget: int) -> list[int]:
+    """``expected`` for a request that the stop token does not end."""
+    history = list(prompt)
+    for _ in range(budget):
+        history.append(next_token(history))
+    return history[len(prompt) :]
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        pytest.param([[1, 7], [1, 16]], id="stop-first"),  # the first token, from a prefill step
+        pytest.param([[1, 1], [1, 9]], id="stop-later"),  # from decode steps of every row
+    ],
+)
+def test_a_request_accepted_with_ends_at_stop_token_false_runs_to_its_budget(
+    prompts: list[list[int]],
+) -> None:
+    async def main(b: hibachi.AutoregressiveBatcher) -> list[list[int]]:
+        async with b:
+            streams = [
+                b.run(np.array(p), max_new_tokens=9, options=tag)
+                for p, tag in zip(prompts * 2, ["through", "through", "a", "b"], strict=True)
+            ]
+            return [[int(t) for t in await s.collect()] for s in streams]
+
+    got = run_async(main(batcher(Accepting(4), prefill_chunk=4)))
+    wants = [history_through_stops(p, 9) for p in prompts] + [expected(p, 9) for p in prompts]
+    assert got == wants
+    assert all(STOP in want[:-1] for want in wants[:2])  # the stop token did come, and went on
+
+
+def test_accepted_options_replace_those_given_to_run() -> None:
+    seen: list[Any] = []
+
+    class Recording(Accepting):
+        def step(self, tokens: Any, mask: Any, slots: Any, options: list[Any]) -> Any:
+            seen.extend(options)
+            return super().step(tokens, mask, slots, options)
+
+    with batcher(Recording(1)) as b:
+        assert [int(t) for t in b.run(np.array([5, 6]), max_new_tokens=3, options="x")] == (
+            expected([5, 6], 3)
+        )
+    assert seen and all(o == ("tag", "x") for o in seen)
+
+
+@pytest.mark.parametrize("budget", [0, 11, True, 2.0])
+def test_an_accepted_budget_outside_the_request_s_is_a_model_error(budget: Any) -> None:
+    class Granting(HistoryModel):
+        def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> Any:
+            return hibachi.Accepted(budget, options)
+
+    with batcher(Granting(1)) as b, pytest.raises(hibachi.ModelError, match="Accepted"):
+        b.run(np.array([5]), max_new_tokens=10)
 
 
 def test_options_reach_the_model_unchanged() -> None:

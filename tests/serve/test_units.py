@@ -177,3 +177,35 @@ def test_each_serve_flag_is_the_server_setting_of_its_name_with_its_default() ->
         "stream_interval",
     }
     assert {name: flags[name] for name in shared} == {name: settings[name] for name in shared}
+
+
+def test_a_tracked_adapter_keeps_its_ticket_and_steps_the_inner_model_with_its_options() -> None:
+    import numpy as np
+
+    import hibachi
+    from hibachi.serve._engines import Ticket, TrackedAdapter
+
+    class Inner(hibachi.IncrementalModel):
+        seen: ClassVar[list[object]] = []
+
+        def step(
+            self, tokens: object, mask: object, slots: object, options: list[object]
+        ) -> object:
+            self.seen.extend(options)
+            return np.zeros(1, dtype=np.int64)
+
+        def release(self, slot: int) -> None:
+            pass
+
+        def check_request(self, prompt: object, budget: int, options: object) -> hibachi.Accepted:
+            return hibachi.Accepted(3, ("parsed", options), ends_at_stop_token=False)
+
+    steps: list[int] = []
+    tracked = TrackedAdapter(Inner(), steps.append)
+    ticket = Ticket({"temperature": 1.0})
+    accepted = tracked.check_request(np.array([1]), 5, ticket)
+    assert accepted == hibachi.Accepted(3, ticket, ends_at_stop_token=False)
+    assert ticket.sampling == ("parsed", {"temperature": 1.0})
+    tracked.step(np.ones((1, 1)), np.ones((1, 1), dtype=bool), np.array([0]), [ticket])
+    assert Inner.seen == [("parsed", {"temperature": 1.0})]
+    assert ticket.started is not None and steps == [1]

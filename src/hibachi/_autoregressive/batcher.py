@@ -14,7 +14,7 @@ from .._core.values import describe_value
 from .._exceptions import HibachiError, InvalidRequest, ModelError
 from .build import MAX_BATCH_SIZE, build, check_settings
 from .courier import CourierSink
-from .incremental import IncrementalModel
+from .incremental import Accepted, IncrementalModel
 from .pipelined import merged_counters
 from .request import Request, check_budget, check_prompt
 from .scheduler import Scheduler
@@ -153,11 +153,18 @@ class AutoregressiveBatcher(Lifecycle):
         budget = s.max_new_tokens if max_new_tokens is None else check_budget(max_new_tokens)
         seconds = check_timeout(timeout)
         storage = check_prompt(s.backend, prompt, s.pad_value, s.device, s.max_prompt_length)
-        budget = self._vet(prompt, budget, options)
+        accepted = self._vet(prompt, budget, options)
         sink = self._channels.sink_for_current_context()
         deadline = None if seconds is None else time.monotonic() + seconds
         routed = sink if self._courier is None else CourierSink(sink, self._courier)
-        request = Request(storage, budget, routed, deadline=deadline, options=options)
+        request = Request(
+            storage,
+            accepted.max_new_tokens,
+            routed,
+            deadline=deadline,
+            options=accepted.options,
+            stops=accepted.ends_at_stop_token,
+        )
         self._scheduler.submit(request)
         return TokenStream(request, sink, self._note_departure)
 
@@ -165,12 +172,12 @@ class AutoregressiveBatcher(Lifecycle):
         for scheduler in self._schedulers:
             scheduler.note_departure()
 
-    def _vet(self, prompt: Any, budget: int, options: Any) -> int:
-        """The request's budget, as the incremental model sees it."""
+    def _vet(self, prompt: Any, budget: int, options: Any) -> Accepted:
+        """The request's budget, options and stop rule, as the incremental model sees them."""
         if self._incremental is None:
             if options is not None:
                 raise InvalidRequest("options are passed to an IncrementalModel only")
-            return budget
+            return Accepted(budget, options)
         try:
             granted = self._incremental.check_request(prompt, budget, options)
         except HibachiError:
@@ -179,12 +186,14 @@ class AutoregressiveBatcher(Lifecycle):
             if is_fatal(exc):
                 raise  # the caller's own thread is asked to stop
             raise model_error(exc) from exc
-        if isinstance(granted, bool) or not isinstance(granted, int) or not 1 <= granted <= budget:
+        accepted = granted if isinstance(granted, Accepted) else Accepted(granted, options)
+        count = accepted.max_new_tokens
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= budget:
             raise ModelError(
                 f"check_request() returned {describe_value(granted)}"
-                f", expected an int in 1 … {budget}"
+                f", expected an int in 1 … {budget} or an Accepted with one"
             )
-        return granted
+        return accepted
 
     def stats(self) -> AutoregressiveStats:
         """A snapshot of the batcher's counters."""

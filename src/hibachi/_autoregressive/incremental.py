@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .._core.pipeline import Pipeline
 
-__all__ = ["IncrementalModel"]
+__all__ = ["Accepted", "IncrementalModel"]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What `IncrementalModel.check_request` may return in place of a bare budget.
+
+    ``max_new_tokens``: the request's budget, as the bare int would be.
+    ``options``: what `step` gets as this request's options in place of those
+    given to ``run`` (the model's own parsed form of them, say).
+    ``ends_at_stop_token``: False makes the stop token an ordinary token for
+    this request, which then ends by its budget (or any other way but that).
+    """
+
+    max_new_tokens: int
+    options: Any
+    ends_at_stop_token: bool = True
 
 
 class IncrementalModel(abc.ABC):
@@ -71,13 +88,14 @@ class IncrementalModel(abc.ABC):
         A slot whose release raises is never used again.
         """
 
-    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
+    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int | Accepted:
         """Vet a request in ``run()``, on the caller's thread; return its budget.
 
         Raise `hibachi.InvalidRequest` to refuse the request (a prompt too long
         for the slots, bad options…). The request gets the returned number of
-        new tokens at most, which must lie in 1 … ``max_new_tokens``. The
-        default accepts everything.
+        new tokens at most, which must lie in 1 … ``max_new_tokens``; or return
+        an `Accepted` with that number, the options `step` gets for the request
+        and whether the stop token ends it. The default accepts everything.
         """
         return max_new_tokens
 

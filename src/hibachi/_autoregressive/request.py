@@ -33,7 +33,7 @@ class Request:
     """A prompt waiting for, or being given, tokens.
 
     ``cancelled`` and ``expired`` may be set from any thread; the engine acts
-    on them at its next step.
+    on them at its next step. ``stops``: whether the stop token ends it.
     """
 
     prompt: Any
@@ -41,6 +41,7 @@ class Request:
     sink: Sink
     deadline: float | None = None
     options: Any = None
+    stops: bool = True
     cancelled: bool = False
     expired: bool = False
     active: bool = False

@@ -185,14 +185,23 @@ class Scheduler:
             self.remaining[rows] = left
         if host is not None and left.all() and self._stop_value not in host:
             return None
-        return self._stopped(column, host) | (left <= 0)
+        members = range(n) if rows is None else rows.tolist()
+        return self._stopped(column, host, members) | (left <= 0)
 
-    def _stopped(self, column: Any, host: list[Any] | None) -> np.ndarray[Any, np.dtype[np.bool_]]:
-        """Which rows of ``column`` (``host``: its values, or None) are the stop token."""
+    def _stopped(
+        self, column: Any, host: list[Any] | None, members: Sequence[int]
+    ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Which rows of ``column`` (``host``: its values, or None; rows ``members``) are the
+        stop token, of a request that it ends."""
         if host is None:
-            return self.backend.rows_equal(column, self.stop_token)
-        stop = self._stop_value
-        return np.fromiter((value == stop for value in host), dtype=bool, count=len(host))
+            found = self.backend.rows_equal(column, self.stop_token)
+        else:
+            stop = self._stop_value
+            found = np.fromiter((value == stop for value in host), dtype=bool, count=len(host))
+        if found.any():
+            rows = self.rows
+            found &= np.fromiter((rows[i].stops for i in members), dtype=bool, count=len(found))
+        return found
 
     def _end_finished(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._autoregressive.batcher import AutoregressiveBatcher
-from .._autoregressive.incremental import IncrementalModel
+from .._autoregressive.incremental import Accepted, IncrementalModel
 from .._autoregressive.stream import TokenStream
 from .._exceptions import InvalidRequest, QueueFull
 from .._feedforward.batcher import FeedforwardBatcher
@@ -33,7 +33,7 @@ __all__ = ["EmbeddingEngine", "LanguageEngine", "Ticket", "TrackedAdapter", "que
 class Ticket:
     """A request's ``options``: its sampling settings, and when its first model step ran."""
 
-    sampling: dict[str, Any] | None
+    sampling: Any  # a mapping, or the adapter's parsed form of it once accepted
     started: float | None = None
 
 
@@ -55,9 +55,12 @@ class TrackedAdapter(IncrementalModel):
     def release(self, slot: int) -> None:
         self._inner.release(slot)
 
-    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
-        granted: int = self._inner.check_request(prompt, max_new_tokens, options.sampling)
-        return granted
+    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int | Accepted:
+        granted = self._inner.check_request(prompt, max_new_tokens, options.sampling)
+        if not isinstance(granted, Accepted):
+            return granted
+        options.sampling = granted.options  # the inner model's form of them, for its steps
+        return Accepted(granted.max_new_tokens, options, granted.ends_at_stop_token)
 
 
 class LanguageEngine:

@@ -105,7 +105,8 @@ def test_the_adapter_refuses_bad_ids_when_asked_directly(llama: Any) -> None:
         adapter.check_request(torch.tensor([97]), 4, None)
     with pytest.raises(hibachi.InvalidRequest, match=r"torch\.bool"):
         adapter.check_request(torch.tensor([True]), 4, None)
-    assert adapter.check_request(torch.tensor([96, 0], dtype=torch.int32), 4, None) == 4
+    granted = adapter.check_request(torch.tensor([96, 0], dtype=torch.int32), 4, None)
+    assert granted.max_new_tokens == 4
 
 
 # -- failing alone in the model -------------------------------------------------------------

@@ -172,15 +172,27 @@ class _Raising:
 
 
 def test_seeded_sampling_gives_the_same_tokens_as_one_stage() -> None:
-    """The sampler's draws are per slot and happen in the last stage: a seeded request
-    gets the tokens it gets with stages=1, whatever shares its group."""
+    """The sampler's draws are per slot and happen in the last stage, from what the
+    first stage read of the step's inputs: a seeded request gets the tokens it gets
+    with stages=1, whatever shares its group, its penalties too."""
     model = tiny_model("llama", **LAYERS)
-    prompts = [torch.tensor([7 + i, 8, 9, 10 + i]) for i in range(4)]
-    options = [{"temperature": 0.9, "top_p": 0.95, "seed": i} for i in range(4)]
+    prompts = [torch.tensor([7 + i, 8, 9, 10 + i, 7]) for i in range(4)]
+    changes: list[dict[str, Any]] = [
+        {},
+        {"repetition_penalty": 1.3, "frequency_penalty": 0.5},
+        {"logit_bias": {3: 1.0, 9: -2.0}, "min_tokens": 3},
+        {"presence_penalty": -1.0, "top_k": 5},
+    ]
+    options = [{"temperature": 0.9, "top_p": 0.95, "seed": i, **changes[i]} for i in range(4)]
 
     async def main(stages: int) -> list[list[int]]:
         batcher = causal_lm_batcher(
-            model, max_batch_size=4, max_length=32, eos_token_id=None, stages=stages
+            model,
+            max_batch_size=4,
+            max_length=32,
+            eos_token_id=EOS,
+            stages=stages,
+            max_batch_tokens=4,
         )
         async with batcher:
             streams = [

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from hibachi import IncrementalModel
+from hibachi import Accepted, IncrementalModel
 
 __all__ = ["StepShare", "TimedModel", "forward_timed"]
 
@@ -59,7 +59,7 @@ class TimedModel(IncrementalModel):
     def release(self, slot: int) -> None:
         self.model.release(slot)
 
-    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
+    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int | Accepted:
         return self.model.check_request(prompt, max_new_tokens, options)
 
     def share(self) -> StepShare:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..._autoregressive.batcher import AutoregressiveBatcher
-from ..._autoregressive.incremental import IncrementalModel
+from ..._autoregressive.incremental import Accepted, IncrementalModel
 from ..._core.pipeline import Pipeline
 from ..._core.settings import UNSET, renamed
 from ..._core.values import describe_value
@@ -22,7 +22,8 @@ from ._kv_cache import SlotCache
 from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
 from ._row_attention import Segmenter, Segments, selected
-from ._sampling import Sampler, Sampling
+from ._sampler import RowOptions, Sampler
+from ._sampling import Sampling
 from ._staged import StagedDecoder, check_stages, stage_devices
 from ._step_plan import Layout, StepPlanner, in_order, on_device
 
@@ -82,8 +83,13 @@ def causal_lm_batcher(
         prefill_chunk, overlap: the old names of ``max_batch_tokens`` and
             ``delivery_thread``; deprecated.
 
-    A request's ``options`` is None (greedy) or a mapping with ``temperature``,
-    ``top_k``, ``top_p`` and ``seed`` (see `Sampling`).
+    A request's ``options`` is None (greedy) or a mapping with any of
+    ``temperature``, ``top_k``, ``top_p``, ``seed``, ``logit_bias``,
+    ``min_tokens``, ``repetition_penalty``, ``frequency_penalty``,
+    ``presence_penalty`` and ``ignore_eos`` (see `Sampling`), or a `Sampling`.
+    Each row is chosen on its own: a seeded request gets the same tokens alone
+    or in any batch. ``ignore_eos`` makes ``eos_token_id`` an ordinary token for
+    that request, which then runs to its budget; ``min_tokens`` keeps it back.
     """
     owner = "causal_lm_batcher"
     chunk = renamed(
@@ -92,7 +98,13 @@ def causal_lm_batcher(
     courier = renamed(owner, "overlap", "delivery_thread", overlap, delivery_thread, False)
     stop = _NO_TOKEN if eos_token_id is None else _token_id(eos_token_id, "eos_token_id")
     pad = _token_id(_first_given(pad_token_id, eos_token_id, 0), "pad_token_id")
-    adapter = CausalLMAdapter(model, slots=max_batch_size, max_length=max_length, stages=stages)
+    adapter = CausalLMAdapter(
+        model,
+        slots=max_batch_size,
+        max_length=max_length,
+        stages=stages,
+        eos_token_id=eos_token_id,
+    )
     return AutoregressiveBatcher(
         adapter,
         stop_token=torch.tensor(stop, device=device),
@@ -118,7 +130,10 @@ class CausalLMAdapter(IncrementalModel):
         slots: int,
         max_length: int,
         stages: int | Sequence[str | torch.device] = 1,
+        eos_token_id: int | None = None,
     ) -> None:
+        """``eos_token_id``: the batcher's stop token, which ``min_tokens`` keeps back
+        (None: there is none)."""
         devices = stage_devices(stages)
         count = check_stages(stages) if devices is None else len(devices)
         _check_model(model, max_length)
@@ -137,7 +152,12 @@ class CausalLMAdapter(IncrementalModel):
         self._lengths = self._planner.lengths  # shorthands for the planner's own arrays,
         self._rows = self._planner.rows  # which step() and release() use (tests read the planner)
         self._keys = torch.arange(max_length + 1, device=self.device)
-        self._sampler = Sampler(slots, self.device if devices is None else devices[-1])
+        self._sampler = Sampler(
+            slots,
+            max_length,
+            self.device if devices is None else devices[-1],
+            stop_token=eos_token_id,
+        )
         self._call = _call_arguments(model)
         self._layers = _decoder_layers(model) if self._serving.alibi else []
         self._segmenter = _segmenter(model, self._serving.alibi)
@@ -155,15 +175,20 @@ class CausalLMAdapter(IncrementalModel):
                 cache_name=self._call.cache,
             )
 
-    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int:
+    def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> Accepted:
         check_token_ids(prompt, self.vocab_size)
         length = int(prompt.shape[0])
         if length > self.max_length:
             raise InvalidRequest(
                 f"the prompt has {length} tokens, more than max_length={self.max_length}"
             )
-        Sampling.parse(options)
-        return min(max_new_tokens, self.max_length - length + 1)
+        settings = Sampling.parse(options)
+        _check_settings(settings, max_new_tokens, self.vocab_size)
+        return Accepted(
+            min(max_new_tokens, self.max_length - length + 1),
+            RowOptions(settings, length),
+            ends_at_stop_token=not settings.ignore_eos,
+        )
 
     def pipeline(self) -> Pipeline | None:
         """With ``stages`` > 1, the decoder's layers in stages (see `_staged`)."""
@@ -178,6 +203,7 @@ class CausalLMAdapter(IncrementalModel):
             # a row retried after a step that raised keeps the cache row it got then
             for j in self._planner.readmit(slots):
                 self._sampler.start(int(slots[j]), options[j])
+            fed = self._sampler.fed(tokens, mask, slots)
             lengths = self._lengths[slots]
             recurrent = self._serving.recurrent
             states = self._states.save(on_device(slots, self.device)) if recurrent else None
@@ -186,9 +212,7 @@ class CausalLMAdapter(IncrementalModel):
                     logits = self._recurrent_step(tokens, mask, slots)
                 else:
                     logits = self._forward(tokens, mask, slots)
-                return self._sampler.pick(
-                    logits, slots
-                )  # draws last: a step that raised drew nothing
+                return self._sampler.pick(logits, slots, fed)  # last: it commits or undoes
             except BaseException:
                 # a step that raised changes nothing (see IncrementalModel: retries)
                 self._lengths[slots] = lengths
@@ -355,6 +379,22 @@ def _check_model(model: Any, max_length: int) -> None:
 
 
 _NO_TOKEN = -1  # the stop token when there is none: no model produces it
+
+
+def _check_settings(settings: Sampling, max_new_tokens: int, vocabulary: int | None) -> None:
+    """InvalidRequest for settings this model or request cannot honour."""
+    if settings.min_tokens > max_new_tokens:
+        raise InvalidRequest(
+            f"option min_tokens must be at most max_new_tokens={max_new_tokens}, "
+            f"got {settings.min_tokens}"
+        )
+    if vocabulary is not None:
+        outside = [token for token in settings.logit_bias if token >= vocabulary]
+        if outside:
+            raise InvalidRequest(
+                f"option logit_bias has token id {describe_value(outside[0])}, outside the "
+                f"model's vocabulary [0, {vocabulary})"
+            )
 
 
 def _first_given(*values: int | None) -> int:

@@ -1,10 +1,7 @@
-"""Choosing each row's next token: greedy, or sampled with per-request settings.
+"""`Sampling`: how one request picks its tokens, checked field by field.
 
-A request's ``options`` is None (greedy) or a mapping with any of
-``temperature`` (0 means greedy), ``top_k`` (0 means off), ``top_p`` and
-``seed``. A sampled row draws from its slot's own `torch.Generator`, seeded
-with the request's ``seed`` (or at random), once per token: a seeded request
-gets the same tokens whatever else shares its batch.
+A request's ``options`` is None (greedy) or a mapping of the fields below, as
+OpenAI's and vLLM's sampling parameters name them; `Sampler` applies them.
 """
 
 from __future__ import annotations
@@ -12,33 +9,66 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, fields
 
 import numpy as np
-import torch
 
 from ..._core.values import describe_value
 from ..._exceptions import InvalidRequest
 
-__all__ = ["Sampler", "Sampling"]
+__all__ = ["Sampling"]
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How one request picks its tokens; built from a request's ``options`` by `parse`.
 
-    Every field is checked when a `Sampling` is made, directly or by `parse`:
-    ``temperature`` is a finite number >= 0 (0, or one too small for float32,
-    means greedy: the most likely token), ``top_k`` an int in 0 … 2**63-1 (0
-    means off), ``top_p`` a number in (0, 1], ``seed`` None or an int in
-    0 … 2**63-1. Anything else raises `InvalidRequest`.
+    Choosing among the tokens:
+
+    - ``temperature``: a finite number >= 0; 0 (or one too small for float32)
+      means greedy: the most likely token.
+    - ``top_k``: an int in 0 … 2**63-1: sample among the ``top_k`` most likely
+      tokens (and any tied with the last of them); 0 means off.
+    - ``top_p``: a number in (0, 1]: sample among the fewest most likely
+      tokens whose probabilities (after ``top_k``) add up to ``top_p`` (and
+      any tied with the last of them); 1 means off.
+    - ``seed``: None or an int in 0 … 2**63-1. A seeded request gets the same
+      tokens whatever else shares its batch; an unseeded one draws at random.
+
+    Changing the logits first, in this order, for greedy and sampled requests
+    alike (as vLLM does):
+
+    - ``logit_bias``: a mapping of token id (an int in 0 … vocabulary-1) to a
+      number in [-100, 100], added to that token's logit.
+    - ``min_tokens``: an int in 0 … 2**63-1, at most the request's budget: the
+      stop token (EOS) cannot come before this many new tokens.
+    - ``repetition_penalty``: a finite number > 0 (1 means off): the logit of
+      every token in the prompt or generated so far is divided by it where
+      positive and multiplied by it where negative, as transformers'
+      ``RepetitionPenaltyLogitsProcessor`` does.
+    - ``frequency_penalty`` and ``presence_penalty``: numbers in [-2, 2] (0
+      means off): each token's logit loses ``frequency_penalty`` times the
+      number of times it was generated so far, and ``presence_penalty`` if it
+      was generated at all (the prompt does not count), as OpenAI defines them.
+
+    And ``ignore_eos`` (a bool): the stop token does not end the request,
+    which runs to its budget; it is then an ordinary token, which is still
+    kept from coming before ``min_tokens``.
+
+    Every field is checked when a `Sampling` is made, directly or by `parse`;
+    anything else raises `InvalidRequest` naming the field and its range.
     """
 
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    min_tokens: int = 0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: the checked values replace the given ones
@@ -46,16 +76,39 @@ class Sampling:
         put(self, "top_k", _count("top_k", self.top_k))
         put(self, "top_p", _real("top_p", self.top_p, _probability, "in (0, 1]"))
         put(self, "seed", None if self.seed is None else _count("seed", self.seed))
+        put(self, "logit_bias", _bias(self.logit_bias))
+        put(self, "min_tokens", _count("min_tokens", self.min_tokens))
+        repetition = _real("repetition_penalty", self.repetition_penalty, _positive, "> 0")
+        put(self, "repetition_penalty", repetition)
+        for name in ("frequency_penalty", "presence_penalty"):
+            put(self, name, _real(name, getattr(self, name), _penalty, "in [-2, 2]"))
+        put(self, "ignore_eos", _flag("ignore_eos", self.ignore_eos))
+
+    def __hash__(self) -> int:
+        values = [getattr(self, f.name) for f in fields(self)]
+        return hash(tuple(frozenset(v.items()) if isinstance(v, Mapping) else v for v in values))
 
     @property
     def greedy(self) -> bool:
+        """Whether the most likely token is taken (after `adjusts_logits`' changes)."""
         return self.temperature < _SMALLEST_TEMPERATURE
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether any of ``logit_bias``, ``min_tokens`` or the penalties is on."""
+        return bool(
+            self.logit_bias
+            or self.min_tokens
+            or self.repetition_penalty != 1
+            or self.frequency_penalty
+            or self.presence_penalty
+        )
 
     @classmethod
     def parse(cls, options: object) -> Sampling:
         """The settings in a request's ``options``, or InvalidRequest saying what is wrong."""
         if options is None:
-            return _GREEDY
+            return GREEDY
         if isinstance(options, Sampling):
             return options
         if not isinstance(options, Mapping):
@@ -63,25 +116,34 @@ class Sampling:
                 f"options must be a mapping such as {{'temperature': 0.7}}, "
                 f"got {type(options).__name__}"
             )
-        unknown = set(options) - {"temperature", "top_k", "top_p", "seed"}
+        unknown = set(options) - _NAMES
         if unknown:
             raise InvalidRequest(
                 f"unknown options {sorted(map(str, unknown))[:8]}: "
-                "expected temperature, top_k, top_p, seed"
+                f"expected {', '.join(f.name for f in fields(cls))}"
             )
         return cls(**options)
 
 
 _SMALLEST_TEMPERATURE = float(np.finfo(np.float32).tiny)
 _MAX_COUNT = 2**63 - 1
+_MAX_BIAS = 100.0
 
 
 def _at_least_zero(value: float) -> bool:
     return value >= 0
 
 
+def _positive(value: float) -> bool:
+    return value > 0
+
+
 def _probability(value: float) -> bool:
     return 0 < value <= 1
+
+
+def _penalty(value: float) -> bool:
+    return -2 <= value <= 2
 
 
 def _real(name: str, value: object, valid: Callable[[float], bool], rule: str) -> float:
@@ -109,65 +171,36 @@ def _count(name: str, value: object) -> int:
     return count
 
 
-_GREEDY = Sampling()
+def _bias_range(value: float) -> bool:
+    return -_MAX_BIAS <= value <= _MAX_BIAS
 
 
-class Sampler:
-    """Each slot's settings and generator; picks the next token of a batch of rows."""
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidRequest(f"option {name} must be a bool, got {describe_value(value)}")
+    return bool(value)
 
-    def __init__(self, slots: int, device: torch.device) -> None:
-        self._device = device
-        self._settings: list[Sampling] = [_GREEDY] * slots
-        self._greedy = np.ones(slots, dtype=bool)
-        self._all_greedy = True  # every slot's last request: greedy rows need no lookup
-        self._generators: list[torch.Generator | None] = [None] * slots
 
-    def start(self, slot: int, options: object) -> None:
-        """A new request begins in ``slot``."""
-        settings = Sampling.parse(options)
-        self._settings[slot] = settings
-        self._greedy[slot] = settings.greedy
-        self._all_greedy = bool(self._greedy.all())
-        if not settings.greedy:
-            generator = self._generators[slot]
-            if generator is None:
-                generator = self._generators[slot] = torch.Generator(device=self._device)
-            if settings.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(settings.seed)
-
-    def pick(self, logits: torch.Tensor, slots: np.ndarray[Any, Any]) -> torch.Tensor:
-        """The next token (B,) for logits (B, vocab) of the rows in ``slots``."""
-        chosen = logits.argmax(dim=-1)
-        if self._all_greedy:
-            return chosen
-        sampled = np.flatnonzero(~self._greedy[slots])
-        if sampled.size:
-            index = torch.from_numpy(sampled).to(self._device)
-            chosen[index] = self._sample(logits[index], slots[sampled].tolist())
-        return chosen
-
-    def _sample(self, logits: torch.Tensor, slots: list[int]) -> torch.Tensor:
-        settings = [self._settings[s] for s in slots]
-        device, vocab = logits.device, logits.shape[-1]
-        temperature = torch.tensor(
-            [s.temperature for s in settings], dtype=torch.float64, device=device
+def _bias(value: object) -> Mapping[int, float]:
+    """``logit_bias`` as a new {token id: bias} dict of plain ints and floats."""
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(
+            f"option logit_bias must be a mapping of token id to bias, got {describe_value(value)}"
         )
-        scaled = logits.double()
-        scaled = (scaled - scaled.amax(dim=-1, keepdim=True)) / temperature[:, None]
-        probs = torch.softmax(scaled, dim=-1)
-        probs, order = probs.sort(dim=-1, descending=True)
-        top_k = torch.tensor([s.top_k or vocab for s in settings], device=device)
-        top_p = torch.tensor([s.top_p for s in settings], dtype=probs.dtype, device=device)
-        ranks = torch.arange(vocab, device=device)
-        keep = (ranks[None, :] < top_k[:, None]) & (probs.cumsum(-1) - probs < top_p[:, None])
-        cdf = (probs * keep).cumsum(dim=-1)
-        draws = torch.stack([self._draw(s) for s in slots]).to(cdf.dtype) * cdf[:, -1]
-        picked = torch.searchsorted(cdf, draws[:, None], right=True).clamp_(max=vocab - 1)
-        return order.gather(1, picked).squeeze(1)
+    checked = {}
+    for token, bias in value.items():
+        number = None
+        if isinstance(token, numbers.Integral) and not isinstance(token, bool | np.bool_):
+            number = int(token)
+        if number is None or not 0 <= number <= _MAX_COUNT:
+            raise InvalidRequest(
+                "option logit_bias's keys must be token ids (ints in 0 … 2**63-1), "
+                f"got {describe_value(token)}"
+            )
+        name = f"logit_bias[{number}]"
+        checked[number] = _real(name, bias, _bias_range, "in [-100, 100]")
+    return checked
 
-    def _draw(self, slot: int) -> torch.Tensor:
-        return torch.rand(
-            (), generator=self._generators[slot], device=self._device, dtype=torch.float64
-        )
+
+_NAMES = frozenset(f.name for f in fields(Sampling))
+GREEDY = Sampling()

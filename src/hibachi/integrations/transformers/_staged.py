@@ -27,7 +27,7 @@ from ..._core.values import as_int, describe_value
 from ..._exceptions import ConfigurationError
 from ._architectures import ATTENTION, ServingPlan
 from ._kv_cache import Plan, SlotCache
-from ._sampling import Sampler
+from ._sampler import Fed, Sampler
 from ._step_plan import Layout, StepPlanner, in_order
 
 __all__ = ["STAGED", "StagedDecoder", "check_stages", "layer_devices", "stage_devices"]
@@ -132,6 +132,7 @@ class _Carry:
     counts: np.ndarray[Any, Any] | None
     placed: dict[torch.device, _Placed]  # made on the first stage's device, copied on demand
     hidden: torch.Tensor
+    fed: Fed | None = None  # what the sampler needs of the step's inputs
 
 
 class StagedDecoder:
@@ -195,6 +196,7 @@ class StagedDecoder:
             ids = _to(in_order(tokens, layout.host_index), self.device)
             placed = {self.device: _Placed(positions, plan, masks, layout.index)}
             carry = _Carry(slots.copy(), planner, layout, counts, placed, ids)
+            carry.fed = self._sampler.fed(tokens, mask, slots)
             carry.hidden = self._run(0, carry, input_ids=ids)
             return carry
 
@@ -214,7 +216,7 @@ class StagedDecoder:
             index = self._placed(i, carry).index
             if index is not None:
                 logits = torch.empty_like(logits).index_copy_(0, index, logits)
-            tokens = self._sampler.pick(logits, carry.slots)
+            tokens = self._sampler.pick(logits, carry.slots, carry.fed)
             carry.planner.advance(carry.layout, carry.counts)  # the commit: nothing raises after
             return tokens
 
