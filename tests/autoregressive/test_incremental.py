@@ -321,7 +321,7 @@ def test_a_request_accepted_with_ends_at_stop_token_false_runs_to_its_budget(
             ]
             return [[int(t) for t in await s.collect()] for s in streams]
 
-    got = run_async(main(batcher(Accepting(4), prefill_chunk=4)))
+    got = run_async(main(batcher(Accepting(4), max_batch_tokens=4)))
     wants = [history_through_stops(p, 9) for p in prompts] + [expected(p, 9) for p in prompts]
     assert got == wants
     assert all(STOP in want[:-1] for want in wants[:2])  # the stop token did come, and went on
