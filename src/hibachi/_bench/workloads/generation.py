@@ -1,4 +1,7 @@
-"""Workload 1, generation: N concurrent clients of a small Llama, five ways to serve them.
+"""Workload 1, generation: N concurrent clients of a causal LM, five ways to serve them.
+
+The model is SmolLM2-135M-Instruct on chat prompts by default, the
+random-weight Llama with ``--model tiny`` (`models.language`).
 
 - hibachi: every client streams from one batcher at once (continuous batching);
 - ``generate()`` one request at a time, in arrival order;
@@ -9,7 +12,8 @@
   as if they all arrived together and no batch had to wait for a free row.
 
 Each reports tokens/s, time to first token (from the moment every client has
-arrived) and how many requests got the same greedy tokens as ``generate()``.
+arrived), time per output token after the first, and how many requests got
+the same greedy tokens as ``generate()``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,7 @@ from ..methods.generate import (
 )
 from ..methods.outcome import Outcome
 from ..methods.streams import hibachi_label, uses_fallback, with_hibachi
-from ..models.llama import build_llama, parameters
-from ..models.requests import make_requests
+from ..models.language import GenerationModel, generation_model
 from ..output.progress import Progress
 from ..results import Column, Section
 from ..settings import BenchSettings, GenerationSize
@@ -42,6 +45,8 @@ COLUMNS = [
     Column("speedup", "speed-up", "{:.1f}x"),
     Column("ttft_p50_ms", "TTFT p50", "{:,.0f} ms"),
     Column("ttft_p95_ms", "TTFT p95", "{:,.0f} ms"),
+    Column("tpot_p50_ms", "TPOT p50", "{:,.0f} ms"),
+    Column("tpot_p95_ms", "TPOT p95", "{:,.0f} ms"),
     Column("same_as_generate", "= generate()", "{}"),
     Column("outside_model", "outside forward", "{:.0%}"),
 ]
@@ -53,15 +58,14 @@ LIMIT = "generate(), one padded batch (the limit)"
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     size = settings.generation
-    progress.begin("generation", 5)
-    progress.doing("building a random-weight Llama")
-    model = build_llama(size, settings.device, settings.seed)
-    requests = make_requests(
-        size.clients, size.prompt_lengths, size.budgets, size.vocab, settings.seed
-    )
-    section = Section(
-        "generation", _title(size, parameters(model)), COLUMNS, settings=_settings(size, model)
-    )
+    progress.begin("generation", 6)
+    progress.doing("loading the model")
+    served = generation_model(size, settings.device, settings.seed)
+    model = served.model
+    requests = served.requests(size.clients, size.prompt_lengths, size.budgets, settings.seed)
+    lengths = [len(r.prompt) for r in requests]
+    title = _title(size, served, (min(lengths), max(lengths)))
+    section = Section("generation", title, COLUMNS, settings=_settings(size, served))
     device, batch = settings.device, size.batch_size
 
     def best(run: Callable[[], Outcome]) -> Outcome:
@@ -84,7 +88,7 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
             section.skip(name, str(exc))
         except Exception as exc:
             section.fail(name, exc)
-    _notes(section)
+    _notes(section, served)
     return section
 
 
@@ -95,12 +99,15 @@ def _tokens_per_s(outcome: Outcome) -> float:
 def _record(section: Section, name: str, outcome: Outcome, reference: Outcome) -> None:
     matched = sum(a == b for a, b in zip(outcome.tokens, reference.tokens, strict=True))
     first_ms = np.asarray(outcome.first_token) * 1e3
+    tpot_ms = np.asarray(outcome.per_output_token()) * 1e3
     section.add(
         name,
         tokens_per_s=outcome.tokens_per_s,
         speedup=outcome.tokens_per_s / reference.tokens_per_s,
         ttft_p50_ms=float(np.percentile(first_ms, 50)),
         ttft_p95_ms=float(np.percentile(first_ms, 95)),
+        tpot_p50_ms=_percentile(tpot_ms, 50),
+        tpot_p95_ms=_percentile(tpot_ms, 95),
         same_as_generate=f"{matched}/{len(reference.tokens)}",
         outside_model=outcome.outside_model,
         outside_step=outcome.outside_step,
@@ -110,12 +117,19 @@ def _record(section: Section, name: str, outcome: Outcome, reference: Outcome) -
     )
 
 
-def _title(size: GenerationSize, params: int) -> str:
-    lo, hi = size.prompt_lengths
+def _percentile(values: np.ndarray, q: float) -> float | None:
+    """The ``q``-th percentile of the values that are numbers; None if none is."""
+    known = values[~np.isnan(values)]
+    return float(np.percentile(known, q)) if known.size else None
+
+
+def _title(size: GenerationSize, served: GenerationModel, lengths: tuple[int, int]) -> str:
     blo, bhi = size.budgets
+    model = f"{served.name} {_millions(served.parameters)} params, {served.dtype}"
+    prompts = "chat prompts" if served.tokenizer is not None else "prompts"
     return (
-        f"Generation: Llama {_millions(params)} params (random weights), {size.clients} clients, "
-        f"prompts {lo}-{hi} tokens, budgets {blo}-{bhi}, batch size {size.batch_size}"
+        f"Generation: {model}, {size.clients} clients, {prompts} of {lengths[0]}-{lengths[1]} "
+        f"tokens, budgets {blo}-{bhi}, batch size {size.batch_size}"
     )
 
 
@@ -123,16 +137,29 @@ def _millions(count: int) -> str:
     return f"{count / 1e6:.1f}M" if count >= 100_000 else f"{count / 1e3:.0f}k"
 
 
-def _settings(size: GenerationSize, model: Any) -> dict[str, Any]:
-    return {"parameters": parameters(model), "dtype": str(model.dtype), **size.__dict__}
+def _settings(size: GenerationSize, served: GenerationModel) -> dict[str, Any]:
+    return {
+        "model_name": served.name,
+        "model_origin": served.origin,
+        "load_seconds": served.load_seconds,
+        "parameters": served.parameters,
+        "dtype": served.dtype,
+        **size.__dict__,
+    }
 
 
-def _notes(section: Section) -> None:
+def _notes(section: Section, served: GenerationModel) -> None:
     section.notes.append(
         "TTFT: time to first token, counted from the moment every client has arrived. "
-        "outside forward: the share of hibachi's busy time spent outside model.forward "
-        "(the adapter's own work counts). the limit: one padded batch of every request."
+        "TPOT: each request's time per output token after its first (as a client streaming "
+        "it saw them come). outside forward: the share of hibachi's busy time spent outside "
+        "model.forward (the adapter's own work counts). the limit: one padded batch of "
+        "every request."
     )
+    if served.note:
+        section.notes.append(served.note)
+    if served.origin:
+        section.notes.append(f"model: {served.origin}, loaded in {served.load_seconds:.1f} s")
     if uses_fallback():
         section.notes.append(
             "hibachi.integrations.transformers is not available: hibachi runs the stateless "
