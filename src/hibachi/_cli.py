@@ -457,7 +457,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ._bench.output.progress import RichProgress
 
     # Piped or captured output gets a table width that fits every column.
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if args.device == "cuda" and not cuda_available():
         console.print("[red]--device cuda: torch sees no CUDA device on this machine[/red]")
         return 2

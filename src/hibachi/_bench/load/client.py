@@ -72,11 +72,18 @@ class ChatClient(Sender):
     """Streamed chat completions from the server at ``url`` (an async context manager).
 
     ``extra``: fields added to every request body (``stream_options``,
-    ``ignore_eos``...: those the server accepts, see `probe_extras`).
+    ``ignore_eos``...: those the server accepts, see `accepts`). ``transport``:
+    an ``httpx2`` transport in place of the network (tests).
     """
 
     def __init__(
-        self, url: str, model: str, *, extra: dict[str, Any] | None = None, timeout: float = 600
+        self,
+        url: str,
+        model: str,
+        *,
+        extra: dict[str, Any] | None = None,
+        timeout: float = 600,
+        transport: Any = None,
     ) -> None:
         import httpx2
 
@@ -84,7 +91,9 @@ class ChatClient(Sender):
         self.model = model
         self.extra = dict(extra or {})
         limits = httpx2.Limits(max_connections=None, max_keepalive_connections=None)
-        self._http = httpx2.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+        self._http = httpx2.AsyncClient(
+            timeout=timeout, limits=limits, trust_env=False, transport=transport
+        )
 
     async def __aenter__(self) -> ChatClient:
         return self

@@ -218,17 +218,17 @@ class _Drive:
     async def _point(self, index: int, point: Point, senders: dict[str, Sender]) -> None:
         names = [n for n in senders if n != IN_PROCESS or point.clients]
         turn = index % len(names)
-        for name in names[turn:] + names[:turn]:
-            count = (
-                self.size.requests_at(point.clients) if point.clients else self.size.rate_requests
-            )
-            asked = questions(count, self.settings.seed + index)
+        size = self.size
+        count = size.requests_at(point.clients) if point.clients else size.rate_requests
+        asked = questions(count, self.settings.seed + index)
+        for name in names[turn:] + names[:turn]:  # who goes first turns from point to point
             run = await asyncio.wait_for(self._load(senders[name], point, asked), HANG_SECONDS)
-            figures = summarise(run, self.slo)
-            self.figures[(name, point.label)] = figures
+            self.figures[(name, point.label)] = summarise(run, self.slo)
             self.texts[(name, point.label)] = [r.text for r in run.records]
-            self.section.add(f"{name} · {point.label}", **figures)
             self._failures(name, point, run)
+        for name in names:
+            figures = self.figures[(name, point.label)]
+            self.section.add(f"{_short(name)} · {point.label}", **figures)
 
     def _load(self, sender: Sender, point: Point, asked: list[str]) -> Awaitable[Run]:
         tokens = self.size.max_tokens
