@@ -23,8 +23,13 @@ attention kernel included), their MLPs, their norms and residuals, the LM head,
 and the rest of the forward (embedding, rotary, masks, final norm), with
 ``generate()``'s own time per step beside them.
 
+``--temperature`` (with ``--top-p``, ``--top-k``): the adapter's rows sample,
+each with its own seed, so that "sampling" is the sampler's cost per step.
+
 Usage: python benchmarks/decode_step_profile.py [--rows 8] [--length 40] [--steps 200]
        python benchmarks/decode_step_profile.py --model smollm2 --layers --rows 1 --steps 24
+       python benchmarks/decode_step_profile.py --model smollm2 --adapter-only --rows 32 \
+           --temperature 1 --top-p 0.9
 """
 
 from __future__ import annotations
@@ -244,9 +249,13 @@ def bare_decode(model: Any, cache: Any, rows: int, length: int, steps: int, span
             spans["whole step"] += time.perf_counter() - start
 
 
-def adapter_decode(adapter: Any, rows: int, length: int, steps: int, spans: Spans) -> None:
+def adapter_decode(
+    adapter: Any, rows: int, length: int, steps: int, spans: Spans, sampling: Any = None
+) -> None:
+    """``steps`` decode steps of ``rows`` rows; every row greedy, or with ``sampling``'s
+    settings (each its own seed)."""
     slots = torch.arange(rows).numpy()
-    options = [None] * rows
+    options = [None if sampling is None else {**sampling, "seed": row} for row in range(rows)]
     prompt = torch.randint(2, 1000, (rows, length))
     token = adapter.step(prompt, torch.ones((rows, length), dtype=torch.bool), slots, options)
     ones = torch.ones((rows, 1), dtype=torch.bool)
@@ -338,6 +347,14 @@ def main() -> None:
         "--layers", action="store_true", help="inside the forward, layer by layer (see above)"
     )
     parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="the adapter's rows sample at this temperature, each with its own seed (0: greedy)",
+    )
+    parser.add_argument("--top-p", type=float, default=1.0, help="with --temperature")
+    parser.add_argument("--top-k", type=int, default=0, help="with --temperature")
+    parser.add_argument(
         "--engine-only", action="store_true", help="only the engine's pieces (a batcher serving)"
     )
     parser.add_argument(
@@ -376,7 +393,7 @@ def main() -> None:
     adapter = adapter_module.CausalLMAdapter(model, slots=rows, max_length=args.max_length)
 
     def hibachi(spans: Spans) -> None:
-        adapter_decode(adapter, rows, length, steps, spans)
+        adapter_decode(adapter, rows, length, steps, spans, sampling_options(args))
 
     if not args.adapter_only:
         static_figures = measure(static, bare_pieces(model, defaultdict(float)), steps, args.repeat)
@@ -397,6 +414,13 @@ def main() -> None:
     rate = show_engine(model, rows, length, steps, args.repeat)
     bare = rows / static_figures["whole step"]
     print(f"\nhibachi: {rate:,.0f} tokens/s (the bare StaticCache forward alone: {bare:,.0f})")
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The rows' sampling settings from the command line, or None: greedy."""
+    if not args.temperature:
+        return None
+    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
 
 
 def show_engine(model: Any, rows: int, length: int, steps: int, repeat: int) -> float:
