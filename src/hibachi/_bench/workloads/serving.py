@@ -68,7 +68,7 @@ COLUMNS = [
     Column("itl_p99_ms", "ITL p99", "{:,.0f} ms"),
 ]
 IN_PROCESS = "hibachi in process"
-PANEL = "output tokens/s over HTTP"
+PANEL = "tokens/s over HTTP"
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,8 @@ class _Drive:
         self._notes()
 
     async def _chat_client(self, name: str, url: str, stack: contextlib.AsyncExitStack) -> Sender:
-        client = await stack.enter_async_context(ChatClient(url, _model_id(url)))
+        model = await asyncio.to_thread(_model_id, url)
+        client = await stack.enter_async_context(ChatClient(url, model))
         client.extra = await _accepted_extras(client, self.size.max_tokens)
         said = ", ".join(client.extra) or "no extra field"
         self.section.notes.append(f"{name}: {client.model!r} at {url}, sent {said}")
@@ -255,7 +256,7 @@ class _Drive:
             if all(isinstance(r, float) for r in rates):
                 y = [float(r) for r in rates if isinstance(r, float)]
                 self.section.series.append(
-                    Series("serving", name, "tokens/s", counts, y, name == IN_PROCESS)
+                    Series(PANEL, name, "tokens/s", counts, y, name == IN_PROCESS)
                 )
 
     def _notes(self) -> None:

