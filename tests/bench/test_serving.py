@@ -260,6 +260,46 @@ def test_a_server_is_stopped_when_the_block_raises() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="the guard is Linux's PR_SET_PDEATHSIG")
+def test_a_server_ends_when_the_bench_that_started_it_is_killed() -> None:
+    import signal
+    import subprocess
+
+    bench = textwrap.dedent(
+        f"""
+        import sys, time
+        from hibachi._bench.servers.process import ServerProcess
+        server = ServerProcess("fake", lambda port: [sys.executable, "-c", {SERVER!r}, str(port)])
+        server.start()
+        print(server._process.pid, server.url, flush=True)
+        time.sleep(120)
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", bench], stdout=subprocess.PIPE, text=True
+    ) as parent:
+        assert parent.stdout is not None
+        pid, url = parent.stdout.readline().split()
+        assert _answers(url)
+        parent.send_signal(signal.SIGKILL)  # no finally, no __exit__: only the guard is left
+    deadline = time.monotonic() + 30
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # an orphan's end has no event this process can wait on
+    assert not _alive(int(pid)) and not _answers(url)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "match"),
     [

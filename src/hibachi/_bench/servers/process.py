@@ -102,13 +102,12 @@ class ServerProcess:
         self._log = Path(log)
         with os.fdopen(fd, "wb") as out:
             self._process = subprocess.Popen(
-                self._command,
+                _dying_with_parent(self._command),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self._env,
                 start_new_session=True,  # its own process group: stopped as one, not by Ctrl-C
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
 
     def _await_ready(self) -> None:
@@ -162,9 +161,18 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)  # the group the child leads: it and whatever it started
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the bench process dies (Linux)."""
-    import ctypes
+# Run first in the child, then replaced by the command (exec keeps the setting): the child
+# gets SIGTERM when the thread that started it dies. A preexec_fn would do the same, but
+# makes subprocess fork the whole (multithreaded) bench process.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "  # PR_SET_PDEATHSIG
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+def _dying_with_parent(command: list[str]) -> list[str]:
+    """``command``, on Linux first told to end with the bench (see `_DIE_WITH_PARENT`)."""
+    if sys.platform != "linux":
+        return command
+    return [sys.executable, "-c", _DIE_WITH_PARENT, *command]

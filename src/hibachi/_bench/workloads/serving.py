@@ -247,11 +247,10 @@ class _Drive:
 
     def _curves(self) -> None:
         counts = list(self.size.concurrency)
-        names = dict.fromkeys(name for name, _ in self.figures)
-        for name in names:
+        labels = [Point(clients=c).label for c in counts]
+        for name in dict.fromkeys(name for name, _ in self.figures):
             rates = [
-                self.figures.get((name, f"{c} clients"), {}).get("output_throughput")
-                for c in counts
+                self.figures.get((name, label), {}).get("output_throughput") for label in labels
             ]
             if all(isinstance(r, float) for r in rates):
                 y = [float(r) for r in rates if isinstance(r, float)]
