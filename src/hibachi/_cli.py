@@ -293,8 +293,8 @@ def _workload_arguments(group: argparse._ArgumentGroup) -> None:
         "--rounds",
         type=_positive,
         metavar="N",
-        help="embeddings, scaling: every method once a round, the order turning, for N rounds "
-        "(ratios: the median of the rounds')",
+        help="generation, embeddings, scaling: every method once a round, the order turning, "
+        "for N rounds (ratios: the median of the rounds')",
     )
     group.add_argument("--texts", type=_positive, metavar="N", help="embeddings: how many texts")
     group.add_argument(

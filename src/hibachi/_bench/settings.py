@@ -45,6 +45,7 @@ class GenerationSize:
     vocab: int
     repeat: int
     model: str = "smollm2"
+    rounds: int = 0  # with rounds, every method once a round, alternating; else best of repeat
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ class Overrides:
     generation; ``batch_sizes`` to embeddings (all of them) and, when there is
     one, to generation, overhead (per item) and pipeline; ``repeat`` to every
     workload, each method then running exactly that many times (no time
-    budget); ``rounds`` to embeddings and scaling; ``texts`` and ``words`` to
+    budget); ``rounds`` to generation, embeddings and scaling; ``texts`` and ``words`` to
     embeddings (``words`` to scaling's texts too); ``callers`` to overhead;
     ``worker_reference`` to scaling; ``stage_work`` to pipeline; ``model`` to
     generation and scaling (and the model the serving workload's servers
@@ -308,6 +309,7 @@ class Overrides:
                 clients=self.clients,
                 batch_size=single,
                 model=self.model,
+                rounds=self.rounds,
                 **repeat,
             ),
             embeddings=_changed(

@@ -18,6 +18,7 @@ the same greedy tokens as ``generate()``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..models.language import GenerationModel, generation_model
 from ..output.progress import Progress
 from ..results import Column, Section
 from ..settings import BenchSettings, GenerationSize
+from ..timing.rounds import ratio_summary, rotated
 from ..timing.runs import best_of
 
 __all__ = ["CONTINUOUS", "GENERATE", "LIMIT", "STATIC", "measure"]
@@ -58,7 +60,7 @@ LIMIT = "generate(), one padded batch (the limit)"
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     size = settings.generation
-    progress.begin("generation", 6)
+    progress.begin("generation", 1 + 5 * max(1, size.rounds))
     progress.doing("loading the model")
     served = generation_model(size, settings.device, settings.seed)
     model = served.model
@@ -67,29 +69,88 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
     title = _title(size, served, (min(lengths), max(lengths)))
     section = Section("generation", title, COLUMNS, settings=_settings(size, served))
     device, batch = settings.device, size.batch_size
-
-    def best(run: Callable[[], Outcome]) -> Outcome:
-        return best_of(run, _tokens_per_s, size.repeat, settings.repeat_within)
-
-    progress.doing(GENERATE)
-    reference = best(lambda: one_at_a_time(model, requests, device))
-    _record(section, GENERATE, reference, reference)
-    methods: list[tuple[str, Callable[[], Outcome]]] = [
-        (hibachi_label(), lambda: with_hibachi(model, requests, batch, device)),
-        (STATIC, lambda: static_batches(model, requests, batch, device)),
-        (CONTINUOUS, lambda: continuous_batching(model, requests, batch)),
-        (LIMIT, lambda: one_batch(model, requests, device)),
-    ]
-    for name, run in methods:
-        progress.doing(name)
-        try:
-            _record(section, name, best(run), reference)
-        except Missing as exc:
-            section.skip(name, str(exc))
-        except Exception as exc:
-            section.fail(name, exc)
+    methods: dict[str, Callable[[], Outcome]] = {
+        GENERATE: lambda: one_at_a_time(model, requests, device),
+        hibachi_label(): lambda: with_hibachi(model, requests, batch, device),
+        STATIC: lambda: static_batches(model, requests, batch, device),
+        CONTINUOUS: lambda: continuous_batching(model, requests, batch),
+        LIMIT: lambda: one_batch(model, requests, device),
+    }
+    runs = _run(methods, settings, progress)
+    reference = runs[GENERATE]
+    if isinstance(reference, Exception):
+        raise reference
+    for name, outcomes in runs.items():
+        if isinstance(outcomes, Missing):
+            section.skip(name, str(outcomes))
+        elif isinstance(outcomes, Exception):
+            section.fail(name, outcomes)
+        else:
+            _record(section, name, _best(outcomes), _best(reference))
     _notes(section, served)
+    if size.rounds > 1:
+        section.notes.append(_ratio_note(runs, size.rounds))
     return section
+
+
+Runs = dict[str, "list[Outcome] | Exception"]
+
+
+def _run(
+    methods: dict[str, Callable[[], Outcome]], settings: BenchSettings, progress: Progress
+) -> Runs:
+    """Each method's outcomes, or the exception that stopped it: the best of its repeats, one
+    method after the other; or with ``rounds``, every method once a round, the order
+    turning from round to round (`timing.rounds`)."""
+    size = settings.generation
+    runs: Runs = {name: [] for name in methods}
+    if not size.rounds:
+        for name, run in methods.items():
+            progress.doing(name)
+            best = functools.partial(
+                best_of, run, _tokens_per_s, size.repeat, settings.repeat_within
+            )
+            runs[name] = _attempt(best, [])
+        return runs
+    for r in range(size.rounds):
+        for name in rotated(list(methods), r):
+            done = runs[name]
+            if isinstance(done, list):
+                progress.doing(f"{name}, round {r + 1}")
+                runs[name] = _attempt(methods[name], done)
+    return runs
+
+
+def _attempt(run: Callable[[], Outcome], done: list[Outcome]) -> list[Outcome] | Exception:
+    """``done`` and ``run()``'s outcome, or the exception ``run`` raised."""
+    try:
+        return [*done, run()]
+    except Exception as exc:
+        return exc
+
+
+def _best(outcomes: list[Outcome] | Exception) -> Outcome:
+    assert isinstance(outcomes, list)
+    return max(outcomes, key=_tokens_per_s)
+
+
+def _ratio_note(runs: Runs, rounds: int) -> str:
+    """hibachi's tokens/s over each other method's, round by round: median [lowest-highest]."""
+    mine = runs[hibachi_label()]
+    if not isinstance(mine, list):
+        return "no ratios: hibachi did not run"
+    parts = []
+    for name, theirs in runs.items():
+        if name != hibachi_label() and isinstance(theirs, list):
+            summary = ratio_summary(
+                [o.tokens_per_s for o in mine], [o.tokens_per_s for o in theirs]
+            )
+            parts.append(f"{name} {summary}")
+    return (
+        f"tokens/s, each method's best of {rounds} rounds in which every method ran once, "
+        "the order turning; hibachi / each, the median of the rounds' ratios "
+        f"[lowest-highest]: {'; '.join(parts)}"
+    )
 
 
 def _tokens_per_s(outcome: Outcome) -> float:
