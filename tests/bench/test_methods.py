@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from hibachi._bench.methods import generate, streams
 from hibachi._bench.methods.embed import Unavailable, load_sentence_transformer
-from hibachi._bench.methods.outcome import trim
+from hibachi._bench.methods.outcome import Outcome, trim
+from hibachi._bench.models.chat import QUESTIONS, chat_requests, questions
+from hibachi._bench.models.language import generation_model
 from hibachi._bench.models.llama import build_llama
 from hibachi._bench.models.requests import make_requests
 from hibachi._bench.settings import preset
@@ -65,3 +69,51 @@ def test_missing_sentence_transformers_names_the_bench_extra(
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(Unavailable, match=r"pip install 'hibachi-batch\[bench\]'"):
         load_sentence_transformer("cpu")
+
+
+def test_time_per_output_token_is_per_request_after_its_first() -> None:
+    outcome = Outcome([[1, 2, 3], [4], [5, 6]], [0.5, 0.2, 1.0], 3.0, last_token=[1.5, 0.2, 1.1])
+    per_token = outcome.per_output_token()
+    assert per_token[0] == pytest.approx(0.5) and per_token[2] == pytest.approx(0.1)
+    assert math.isnan(per_token[1])  # one token: no time between tokens
+    assert all(math.isnan(t) for t in Outcome([[1, 2]], [0.1], 1.0).per_output_token())
+
+
+class Template:
+    """A tokenizer's chat template in miniature: one id per word, a marker before the answer."""
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **options: object) -> Any:
+        assert options == {"add_generation_prompt": True, "tokenize": True}
+        (message,) = messages
+        return {"input_ids": [len(w) for w in message["content"].split()] + [0]}
+
+
+def test_chat_requests_render_shuffled_questions_through_the_template() -> None:
+    requests = chat_requests(Template(), 60, (4, 9), seed=3)
+    assert len(requests) == 60 > len(QUESTIONS)  # cycled once every question is asked
+    assert all(r.prompt[-1] == 0 and 4 <= r.budget <= 9 for r in requests)
+    asked = questions(60, seed=3)
+    assert set(asked) == set(QUESTIONS) and asked[: len(QUESTIONS)] != list(QUESTIONS)
+    assert requests == chat_requests(Template(), 60, (4, 9), seed=3)  # seeded
+
+
+@pytest.mark.slow
+def test_the_real_model_streams_generates_tokens_through_every_method() -> None:
+    size = replace(preset("quick").generation, budgets=(2, 6))
+    try:
+        served = generation_model(size, "cpu", seed=0)
+    except OSError as exc:
+        pytest.skip(f"no model: {exc}")
+    if served.tokenizer is None:
+        pytest.skip(served.note)
+    assert served.name == "SmolLM2-135M-Instruct" and generation_model(size, "cpu", 0) is served
+    requests = served.requests(5, (1, 1), (2, 6), seed=1)
+    alone = generate.one_at_a_time(served.model, requests, "cpu")
+    for method in (
+        lambda: streams.with_hibachi(served.model, requests, batch_size=2, device="cpu"),
+        lambda: generate.static_batches(served.model, requests, 2, "cpu"),
+        lambda: generate.continuous_batching(served.model, requests, 2),
+    ):
+        outcome = method()
+        assert outcome.tokens == alone.tokens
+        assert outcome.last_token is not None and len(outcome.last_token) == 5

@@ -237,3 +237,37 @@ def test_one_call_per_text_runs_on_the_texts_hibachi_embeds_at_each_concurrency(
     assert alone_on == served_on and len(alone_on) == len(settings.concurrency)
     assert alone.y == [float(len(texts)) for texts in alone_on] and not alone.reference
     assert served.y == [2.0 * y for y in alone.y]
+
+
+def test_generation_rounds_alternate_the_methods_and_note_hibachis_ratios(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    def fake(name: str, seconds: float) -> object:
+        def run(*args: object) -> Outcome:
+            calls.append(name)
+            return Outcome([[5, 6]] * 4, [0.1] * 4, seconds, last_token=[0.2] * 4)
+
+        return run
+
+    def missing(*args: object) -> Outcome:
+        calls.append("generate_batch")
+        raise generation.Missing("needs transformers >= 4.56")
+
+    monkeypatch.setattr(generation, "one_at_a_time", fake("alone", 8.0))
+    monkeypatch.setattr(generation, "with_hibachi", fake("hibachi", 1.0))
+    monkeypatch.setattr(generation, "static_batches", fake("static", 2.0))
+    monkeypatch.setattr(generation, "continuous_batching", missing)
+    monkeypatch.setattr(generation, "one_batch", fake("limit", 1.0))
+    settings = preset("tiny", overrides=Overrides(rounds=3))
+    section = generation.measure(settings, NullProgress())
+    assert calls[:5] == ["alone", "hibachi", "static", "generate_batch", "limit"]
+    assert calls[5:9] == ["hibachi", "static", "limit", "alone"]  # turned by one; no retry
+    assert calls.count("generate_batch") == 1 and len(calls) == 13
+    rows = {row.method: row for row in section.rows}
+    assert rows[generation.CONTINUOUS].status == "skipped"
+    assert rows[generation.STATIC].values["speedup"] == pytest.approx(4.0)
+    (note,) = [n for n in section.notes if "rounds' ratios" in n]
+    assert "generate(), static batches 2.00x [2.00-2.00]" in note
+    assert "one padded batch (the limit) 1.00x" in note and "generate_batch" not in note

@@ -3,12 +3,18 @@
 `tiny_model(model_type, **overrides)` builds the ``…ForCausalLM`` that
 transformers maps ``model_type`` to, from its config class with every size
 shrunk (hidden 32, 2 layers, vocabulary 97…), in float64 unless asked
-otherwise. `reference` is ``model.generate()`` greedy on one prompt alone.
+otherwise, on `DEVICE`. `reference` is ``model.generate()`` greedy on one
+prompt alone.
+
+`DEVICE` is ``$HIBACHI_TEST_DEVICE`` (default "cpu"): ``HIBACHI_TEST_DEVICE=cuda``
+runs the zoo's models on a GPU (scripts/gpu-check.sh), their prompts and tokens
+staying on the CPU as the batcher's callers hand them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pytest
@@ -17,6 +23,7 @@ import transformers
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+DEVICE = os.environ.get("HIBACHI_TEST_DEVICE", "cpu")
 VOCAB = 97
 EOS = 5
 WINDOW = 8  # every sliding window: shorter than most sequences of the zoo
@@ -88,15 +95,17 @@ def tiny_config(model_type: str, **overrides: Any) -> Any:
 
 
 def tiny_model(model_type: str, dtype: torch.dtype = torch.float64, **overrides: Any) -> Any:
-    """A random-weight ``…ForCausalLM`` of ``model_type`` in eval mode (seeded: always the same)."""
+    """A random-weight ``…ForCausalLM`` of ``model_type`` in eval mode (seeded: always the
+    same), on `DEVICE`."""
     config = tiny_config(model_type, **overrides)
     cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
     torch.manual_seed(0)
-    return cls(config).to(dtype).eval()
+    return cls(config).to(dtype).to(DEVICE).eval()
 
 
 def reference(model: Any, prompt: torch.Tensor, budget: int, eos: int | None) -> list[int]:
-    """Greedy ``model.generate()`` on ``prompt`` alone."""
+    """Greedy ``model.generate()`` on ``prompt`` alone (on the model's device)."""
+    prompt = prompt.to(model.device)
     out = model.generate(
         prompt[None],
         attention_mask=torch.ones_like(prompt)[None],

@@ -16,17 +16,24 @@ __all__ = [
     "Overrides",
     "PipelineSize",
     "ScalingSize",
+    "ServingSize",
     "preset",
 ]
 
-WORKLOADS = ("generation", "embeddings", "overhead", "scaling", "pipeline")
-DEFAULT_WORKLOADS = WORKLOADS[:4]  # pipeline runs when asked for: --workloads pipeline
+WORKLOADS = ("generation", "embeddings", "overhead", "scaling", "pipeline", "serving")
+DEFAULT_WORKLOADS = WORKLOADS[:4]  # pipeline and serving run when asked for: --workloads
 STAGE_WORK = ("blas", "sleep", "noop")  # what the pipeline workload's stand-in stages do
 
 
 @dataclass(frozen=True)
 class GenerationSize:
-    """The generation workload: a random-weight Llama and its clients."""
+    """The generation workload: its model and clients (the scaling workload's model too).
+
+    ``model``: "smollm2" (SmolLM2-135M-Instruct on chat prompts), "tiny" (a
+    random-weight Llama of ``hidden``, ``layers``, ``heads`` and ``vocab``, on
+    random prompts of ``prompt_lengths`` tokens), or the path of a ``.gguf``
+    file or a transformers folder (on chat prompts).
+    """
 
     clients: int
     batch_size: int
@@ -37,6 +44,8 @@ class GenerationSize:
     heads: int
     vocab: int
     repeat: int
+    model: str = "smollm2"
+    rounds: int = 0  # with rounds, every method once a round, alternating; else best of repeat
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,37 @@ class PipelineSize:
 
 
 @dataclass(frozen=True)
+class ServingSize:
+    """The serving workload: servers started over the real model (or ``urls``), driven
+    over HTTP by streaming clients.
+
+    At each of ``concurrency`` clients, ``max(min_requests, clients *
+    requests_per_client)`` requests, each client sending its next when its
+    last ends; at each of ``rates`` (requests per second), ``rate_requests``
+    requests sent at Poisson arrivals. Every request asks for ``max_tokens``
+    tokens. Goodput counts the requests whose time to first token and time
+    per output token are both within ``slo_ttft_ms`` and ``slo_tpot_ms``.
+    """
+
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    rates: tuple[float, ...] = (0.5, 1.0, 2.0)
+    requests_per_client: int = 2
+    min_requests: int = 4
+    rate_requests: int = 16
+    max_tokens: int = 64
+    slo_ttft_ms: float = 3000.0
+    slo_tpot_ms: float = 300.0
+    urls: tuple[
+        str, ...
+    ] = ()  # drive these servers instead of starting hibachi's and transformers'
+    start_seconds: float = 300.0  # a server that does not answer within this is reported failed
+
+    def requests_at(self, clients: int) -> int:
+        """How many requests the sweep sends at ``clients`` concurrent clients."""
+        return max(self.min_requests, clients * self.requests_per_client)
+
+
+@dataclass(frozen=True)
 class BenchSettings:
     """Everything one bench run needs to know."""
 
@@ -132,6 +172,7 @@ class BenchSettings:
     threads: int | None = None  # PyTorch's intra-op threads; None: the CPUs left free
     seed: int = 0
     pipeline: PipelineSize = PipelineSize()
+    serving: ServingSize = ServingSize()
     release_loop_pool: bool = False  # end the main thread's OpenMP workers before other threads run
 
     def as_json(self) -> dict[str, Any]:
@@ -147,7 +188,7 @@ _FULL = BenchSettings(
         clients=32,
         batch_size=16,
         prompt_lengths=(8, 256),
-        budgets=(16, 128),
+        budgets=(16, 64),
         hidden=256,
         layers=4,
         heads=4,
@@ -157,7 +198,7 @@ _FULL = BenchSettings(
     embeddings=EmbeddingSize(texts=256, words=(4, 120), batch_sizes=(32,), repeat=2),
     overhead=OverheadSize(rows=64, steps=500, callers=20_000, batch_size=64, repeat=3),
     scaling=ScalingSize(
-        prompt_length=32, budget=64, texts_per_client=4, repeat=2, min_texts=32, rounds=3
+        prompt_length=32, budget=32, texts_per_client=4, repeat=2, min_texts=32, rounds=3
     ),
     repeat_within=20.0,
 )
@@ -165,13 +206,13 @@ _FULL = BenchSettings(
 _QUICK = replace(
     _FULL,
     preset="quick",
-    concurrency=(1, 4, 16, 64),
+    concurrency=(1, 4, 16),
     generation=replace(
         _FULL.generation,
-        clients=16,
-        batch_size=8,
+        clients=8,
+        batch_size=4,
         prompt_lengths=(8, 64),
-        budgets=(8, 32),
+        budgets=(8, 16),
         hidden=128,
         layers=2,
         vocab=1024,
@@ -179,10 +220,13 @@ _QUICK = replace(
     embeddings=EmbeddingSize(texts=64, words=(4, 60), batch_sizes=(32,), repeat=2),
     overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=1),
     scaling=ScalingSize(
-        prompt_length=16, budget=16, texts_per_client=2, repeat=2, min_texts=8, rounds=3
+        prompt_length=16, budget=8, texts_per_client=2, repeat=1, min_texts=8, rounds=3
     ),
     repeat_within=1.5,
     pipeline=PipelineSize(tokens=32, items=1024, repeat=1),
+    serving=ServingSize(
+        rates=(2.0,), requests_per_client=1, min_requests=2, rate_requests=8, max_tokens=16
+    ),
 )
 
 # For the CLI's own tests: every workload end to end, in a few seconds.
@@ -201,12 +245,22 @@ _TINY = replace(
         heads=2,
         vocab=128,
         repeat=1,
+        model="tiny",
     ),
     embeddings=EmbeddingSize(texts=6, words=(2, 12), batch_sizes=(4,), repeat=1),
     overhead=OverheadSize(rows=4, steps=5, callers=32, batch_size=8, repeat=1),
     scaling=ScalingSize(prompt_length=4, budget=3, texts_per_client=1, repeat=1),
     repeat_within=0.0,
     pipeline=PipelineSize(clients=4, tokens=3, items=16, batch_size=4, dim=16, width=1, repeat=1),
+    serving=ServingSize(
+        concurrency=(1, 2),
+        rates=(8.0,),
+        requests_per_client=1,
+        min_requests=2,
+        rate_requests=2,
+        max_tokens=4,
+        start_seconds=120.0,
+    ),
 )
 
 _PRESETS = {s.preset: s for s in (_FULL, _QUICK, _TINY)}
@@ -220,9 +274,11 @@ class Overrides:
     generation; ``batch_sizes`` to embeddings (all of them) and, when there is
     one, to generation, overhead (per item) and pipeline; ``repeat`` to every
     workload, each method then running exactly that many times (no time
-    budget); ``rounds`` to embeddings and scaling; ``texts`` and ``words`` to
+    budget); ``rounds`` to generation, embeddings and scaling; ``texts`` and ``words`` to
     embeddings (``words`` to scaling's texts too); ``callers`` to overhead;
-    ``worker_reference`` to scaling; ``stage_work`` to pipeline.
+    ``worker_reference`` to scaling; ``stage_work`` to pipeline; ``model`` to
+    generation and scaling (and the model the serving workload's servers
+    serve); ``urls``, ``rates``, ``max_tokens`` and the SLO to serving.
     """
 
     clients: int | None = None
@@ -235,6 +291,12 @@ class Overrides:
     worker_reference: bool = False
     release_loop_pool: bool = False
     stage_work: tuple[str, ...] | None = None
+    model: str | None = None
+    urls: tuple[str, ...] | None = None
+    rates: tuple[float, ...] | None = None
+    max_tokens: int | None = None
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None
 
     def apply(self, settings: BenchSettings) -> BenchSettings:
         """``settings`` with these changes."""
@@ -243,7 +305,12 @@ class Overrides:
         return replace(
             settings,
             generation=_changed(
-                settings.generation, clients=self.clients, batch_size=single, **repeat
+                settings.generation,
+                clients=self.clients,
+                batch_size=single,
+                model=self.model,
+                rounds=self.rounds,
+                **repeat,
             ),
             embeddings=_changed(
                 settings.embeddings,
@@ -261,6 +328,14 @@ class Overrides:
                 **repeat,
             ),
             pipeline=_changed(settings.pipeline, batch_size=single, work=self.stage_work, **repeat),
+            serving=_changed(
+                settings.serving,
+                urls=self.urls,
+                rates=self.rates,
+                max_tokens=self.max_tokens,
+                slo_ttft_ms=self.slo_ttft_ms,
+                slo_tpot_ms=self.slo_tpot_ms,
+            ),
             repeat_within=None if self.repeat else settings.repeat_within,
             release_loop_pool=self.release_loop_pool or settings.release_loop_pool,
         )
@@ -284,7 +359,10 @@ def preset(
     threads: int | None = None,
     overrides: Overrides | None = None,
 ) -> BenchSettings:
-    """The settings of preset ``name`` ("full", "quick" or "tiny"), with overrides."""
+    """The settings of preset ``name`` ("full", "quick" or "tiny"), with overrides.
+
+    ``concurrency``: the client counts of the scaling and the serving workloads.
+    """
     base = _PRESETS[name]
     settings = replace(
         base,
@@ -292,5 +370,6 @@ def preset(
         concurrency=concurrency or base.concurrency,
         workloads=workloads or base.workloads,
         threads=threads,
+        serving=_changed(base.serving, concurrency=concurrency),
     )
     return (overrides or Overrides()).apply(settings)

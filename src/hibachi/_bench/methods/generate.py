@@ -7,8 +7,8 @@
   as if they all arrived together and no batch had to wait for a free row;
 - transformers' continuous batching (the manager behind ``generate_batch``).
 
-Each returns an `Outcome`: the tokens each client got, when its first token
-came (from the moment every client has arrived), and the wall time.
+Each returns an `Outcome`: the tokens each client got, when its first and its
+last token came (from the moment every client has arrived), and the wall time.
 """
 
 from __future__ import annotations
@@ -43,20 +43,23 @@ def _generate_groups(model: Any, groups: list[list[LlmRequest]], device: str) ->
     eos = model.generation_config.eos_token_id
     tokens: list[list[int]] = []
     first: list[float] = []
+    last: list[float] = []
     start = time.perf_counter()
     for group in groups:
         ids, mask = _left_padded([r.prompt for r in group], device)
-        streamer = _FirstToken()
+        steps = _StepTimes()
         out = model.generate(
             ids,
             attention_mask=mask,
             max_new_tokens=max(r.budget for r in group),
-            streamer=streamer,
+            streamer=steps,
         )
         new = out[:, ids.shape[1] :].tolist()
-        tokens += [trim(row, r.budget, eos) for row, r in zip(new, group, strict=True)]
-        first += [streamer.at - start] * len(group)
-    return Outcome(tokens, first, time.perf_counter() - start)
+        got = [trim(row, r.budget, eos) for row, r in zip(new, group, strict=True)]
+        tokens += got
+        first += [steps.at[0] - start] * len(group)
+        last += [steps.at[len(row) - 1] - start for row in got]
+    return Outcome(tokens, first, time.perf_counter() - start, last)
 
 
 def _left_padded(prompts: list[list[int]], device: str) -> tuple[Any, Any]:
@@ -71,17 +74,18 @@ def _left_padded(prompts: list[list[int]], device: str) -> tuple[Any, Any]:
     return ids.to(device), mask.to(device)
 
 
-class _FirstToken:
-    """A ``generate()`` streamer that notes when the first new tokens come out."""
+class _StepTimes:
+    """A ``generate()`` streamer that notes when each step's new tokens come out: a row's
+    n-th token came at ``at[n - 1]``, as a client streaming it would have seen it."""
 
     def __init__(self) -> None:
-        self.calls = 0
-        self.at = math.nan
+        self.prompt_seen = False  # the first call carries the prompt
+        self.at: list[float] = []
 
     def put(self, value: Any) -> None:
-        self.calls += 1  # the first call carries the prompt
-        if self.calls == 2:
-            self.at = time.perf_counter()
+        if self.prompt_seen:
+            self.at.append(time.perf_counter())
+        self.prompt_seen = True
 
     def end(self) -> None:
         pass
@@ -114,8 +118,10 @@ def continuous_batching(model: Any, requests: list[LlmRequest], batch_size: int)
     eos = model.generation_config.eos_token_id
     pairs = zip(ordered, requests, strict=True)
     tokens = [trim(list(r.generated_tokens), q.budget, eos) for r, q in pairs]
-    first = [(r.timestamps or [math.nan])[0] - start for r in ordered]
-    return Outcome(tokens, first, seconds)
+    stamps = [r.timestamps or [math.nan] * len(t) for r, t in zip(ordered, tokens, strict=True)]
+    first = [times[0] - start for times in stamps]
+    last = [times[len(t) - 1] - start for times, t in zip(stamps, tokens, strict=True)]
+    return Outcome(tokens, first, seconds, last)
 
 
 class Missing(RuntimeError):

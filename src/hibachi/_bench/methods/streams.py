@@ -84,22 +84,24 @@ async def serve_with_hibachi(batcher: Any, requests: list[LlmRequest], device: s
         start = time.perf_counter()
         results = await asyncio.gather(*(_client(batcher, r, start, device) for r in requests))
         seconds = time.perf_counter() - start
-    return Outcome([t for t, _ in results], [f for _, f in results], seconds)
+    tokens, first, last = (list(column) for column in zip(*results, strict=True))
+    return Outcome(tokens, first, seconds, last)
 
 
 async def _client(
     batcher: Any, request: LlmRequest, start: float, device: str
-) -> tuple[list[int], float]:
+) -> tuple[list[int], float, float]:
     import torch
 
     tokens: list[int] = []
-    first = math.nan
+    first = last = math.nan
     prompt = torch.tensor(request.prompt, device=device)
     async for token in batcher.run(prompt, max_new_tokens=request.budget):
+        last = time.perf_counter() - start
         if not tokens:
-            first = time.perf_counter() - start
+            first = last
         tokens.append(int(token))
-    return tokens, first
+    return tokens, first, last
 
 
 class FullForward:

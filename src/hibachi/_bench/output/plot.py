@@ -85,7 +85,7 @@ def _line_panels(report: Report) -> list[Any]:
         names = dict.fromkeys(s.panel for s in section.series)
         for name in names:
             series = [s for s in section.series if s.panel == name]
-            panels.append(_lines(f"Scaling: {name}", series))
+            panels.append(_lines(f"{section.workload.capitalize()}: {name}", series))
     return panels
 
 

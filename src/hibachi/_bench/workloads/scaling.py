@@ -1,8 +1,9 @@
 """Workload 4, scaling: throughput against the number of concurrent clients.
 
-Generation: ``c`` clients each stream one request (same prompt length and
-budget) through hibachi, next to ``generate()`` on one padded batch of the
-same ``c`` requests (the limit), ``generate()`` one request at a time (a flat
+Generation: ``c`` clients each stream one request (the same budget; the same
+prompt length on the random Llama, chat prompts on a real model) through
+hibachi, next to ``generate()`` on one padded batch of the same ``c``
+requests (the limit), ``generate()`` one request at a time (a flat
 line: it does not depend on ``c``) and transformers' ``generate_batch``;
 hibachi's and ``generate_batch``'s batches hold up to the largest ``c``.
 Embeddings: ``c`` callers each embed ``texts_per_client`` texts (more at low
@@ -28,9 +29,9 @@ from ..methods import generate
 from ..methods.embed import Unavailable, embed_alone, feedforward_batcher
 from ..methods.embed_callers import alone_on_worker_curve, embedding_curve
 from ..methods.streams import hibachi_label, with_hibachi
-from ..models.llama import build_llama
+from ..models.language import generation_model
 from ..models.minilm import MiniLM, load_minilm, make_texts
-from ..models.requests import LlmRequest, make_requests
+from ..models.requests import LlmRequest
 from ..output.progress import Progress
 from ..results import Column, Section, Series
 from ..settings import BenchSettings, ScalingSize
@@ -67,23 +68,26 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
 def _generation_series(
     settings: BenchSettings, progress: Progress, section: Section
 ) -> list[Series]:
-    progress.doing("generation: building the Llama")
-    model = build_llama(settings.generation, settings.device, settings.seed)
-    counts, device = list(settings.concurrency), settings.device
+    progress.doing("generation: loading the model")
+    served = generation_model(settings.generation, settings.device, settings.seed)
+    model, counts, device = served.model, list(settings.concurrency), settings.device
+
+    def requests(c: int) -> list[LlmRequest]:
+        scale = settings.scaling
+        length, budget = scale.prompt_length, scale.budget
+        return served.requests(c, (length, length), (budget, budget), settings.seed)
 
     def hibachi_rate(c: int) -> float:
-        outcome = with_hibachi(model, _requests(settings, c), max(counts), device)
-        return outcome.tokens_per_s
+        return with_hibachi(model, requests(c), max(counts), device).tokens_per_s
 
     def one_batch_rate(c: int) -> float:
-        return generate.one_batch(model, _requests(settings, c), device).tokens_per_s
+        return generate.one_batch(model, requests(c), device).tokens_per_s
 
     def alone_rate() -> float:
-        return generate.one_at_a_time(model, _requests(settings, 4), device).tokens_per_s
+        return generate.one_at_a_time(model, requests(4), device).tokens_per_s
 
     def continuous_rate(c: int) -> float:
-        requests = _requests(settings, c)
-        return generate.continuous_batching(model, requests, max(counts)).tokens_per_s
+        return generate.continuous_batching(model, requests(c), max(counts)).tokens_per_s
 
     hibachi = _curve(settings, progress, "generation", hibachi_rate)
     one_batch = _curve(settings, progress, "generate() on a batch", one_batch_rate)
@@ -115,14 +119,6 @@ def _curve(
 
 def _best(settings: BenchSettings, rate: Callable[[], float]) -> float:
     return best_of(rate, float, settings.scaling.repeat, settings.repeat_within)
-
-
-def _requests(settings: BenchSettings, count: int) -> list[LlmRequest]:
-    scale = settings.scaling
-    length, budget = scale.prompt_length, scale.budget
-    return make_requests(
-        count, (length, length), (budget, budget), settings.generation.vocab, settings.seed
-    )
 
 
 def _embedding_series(
