@@ -42,6 +42,9 @@ class ServerState:
         self.embedder: EmbeddingEngine | None = None
         self.live: set[Generation] = set()
         self.draining = False
+        # the Host names allowed (None: any), in a list `server_for` may narrow once it
+        # knows the address it binds (the front door reads it on every request)
+        self.allowed_hosts: list[tuple[str, ...] | None] = [settings.access.allowed_hosts]
         self._models = (language_model, embedding_model)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.TimerHandle | None = None
