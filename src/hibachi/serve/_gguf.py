@@ -79,7 +79,7 @@ def load_gguf(file: Path, cache: Path | None) -> tuple[Any, Any, str]:
     folder = None if cache is None else converted_folder(file, cache)
     if folder is not None and (folder / _DONE).is_file():
         try:
-            return (*_load_folder(folder), f"the cache {folder}")
+            return (*_load_folder(folder), f"from the cache {folder}")
         except Exception as exc:  # a damaged cache is converted again, not fatal
             logger.warning(
                 "the cached conversion %s could not be read (%s): converting", folder, exc
