@@ -177,7 +177,7 @@ def max_tokens(body: CompletionRequest | ChatRequest, engine: LanguageEngine, pr
             400,
             f"This model's maximum context length is {engine.max_length:,} tokens. However, "
             f"you requested {prompt + asked:,} tokens ({prompt:,} in the prompt, {asked:,} in "
-            "the completion). Please reduce the prompt or the completion.",
+            f"the completion). Please reduce the prompt or {name}.",
             param=name,
             code="context_length_exceeded",
         )

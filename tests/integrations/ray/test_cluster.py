@@ -276,8 +276,7 @@ def app_status(name: str) -> str | None:
 
 
 def build_small_app() -> Any:
-    from hibachi.serve import ServeSettings, create_app
-    from hibachi.serve import tiny_language_model
+    from hibachi.serve import ServeSettings, create_app, tiny_language_model
 
     settings = ServeSettings(max_batch_size=4, max_length=2048)
     return create_app(tiny_language_model(), None, settings=settings)
