@@ -50,6 +50,15 @@ async def models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=n, created=state.created) for n in state.model_names()])
 
 
+@router.get("/v1/models/{model:path}")
+async def model(model: str, request: Request) -> ModelCard:
+    state = _state(request)
+    if model not in state.model_names():
+        message = f"model {model!r} is not served here"
+        raise APIError(404, message, param="model", code="model_not_found")
+    return ModelCard(id=model, created=state.created)
+
+
 @router.post("/v1/completions", response_model=None)
 async def completions(request: Request) -> Response:
     return await _generate(request, _COMPLETIONS)
