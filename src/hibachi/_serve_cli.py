@@ -206,6 +206,20 @@ def _connection_arguments(group: Any) -> None:
         metavar="SECONDS",
         help="an idle connection is closed after this long (5)",
     )
+    group.add_argument(
+        "--write-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a client that takes none of its answer for this long is dropped (30)",
+    )
+    group.add_argument(
+        "--max-buffered-bytes",
+        type=_positive,
+        default=256 * 1024 * 1024,
+        metavar="N",
+        help="request bodies held at once, all requests together (256 MiB); beyond, 503",
+    )
 
 
 def _access_arguments(group: Any) -> None:

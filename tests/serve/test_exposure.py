@@ -288,3 +288,69 @@ def test_a_connection_beyond_the_cap_is_503_and_the_others_are_served(
         while served.request("GET", "/health")[0] != 200:  # the closed ones are counted out
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_request_head_that_is_not_http_is_a_400_in_openai_s_shape(limited: Running) -> None:
+    answer = raw(limited, b"GARBAGE \x00\x01 what\r\n\r\n")
+    assert status_of(answer) == 400
+    assert error_of(body_of(answer))["code"] == "invalid_http"
+
+
+def test_bodies_held_at_once_are_bounded(language_model: LanguageModel) -> None:
+    """Many slow uploads at the size limit cannot fill the memory: past
+    max_buffered_bytes, one more body is 503 with Retry-After."""
+    limits = RequestLimits(max_request_bytes=800)
+    connections = ConnectionLimits(max_buffered_bytes=1000, body_timeout=30)
+    with serve(language_model, limits=limits, connections=connections) as served:
+        body = json.dumps({"prompt": "a" * 600, "max_tokens": 1}).encode()
+        with socket.create_connection((served.host, served.port), timeout=30) as first:
+            first.sendall(head("/v1/completions", len(body)) + body[:100])  # 600+ bytes held
+            deadline = time.monotonic() + 10
+            while True:  # until the server has taken in the first head
+                answer = raw(served, head("/v1/completions", len(body), "Connection: close") + body)
+                if status_of(answer) == 503 or time.monotonic() > deadline:
+                    break
+            assert status_of(answer) == 503 and b"retry-after: 1" in answer.lower()
+            assert error_of(body_of(answer))["code"] == "busy"
+            first.sendall(body[100:])
+            assert status_of(first.recv(100)) == 200
+        again = head("/v1/completions", len(body), "Connection: close") + body
+        assert status_of(raw(served, again)) == 200
+
+
+@pytest.mark.parametrize(("write_timeout", "dropped"), [(0.5, True), (60.0, False)])
+def test_a_client_that_stops_reading_is_dropped(
+    language_model: LanguageModel, write_timeout: float, dropped: bool
+) -> None:
+    """A large answer (64 vectors of 4,096 values, some 5 MB) to a client that reads
+    nothing for 3 s: with a shorter write_timeout the server drops it rather than hold it
+    for ever."""
+    import torch
+
+    from hibachi.serve import EmbeddingModel
+
+    def wide(batch: dict[str, Any]) -> Any:
+        return torch.rand(len(batch["input_ids"]), 4096)
+
+    model = EmbeddingModel("wide", wide, language_model.tokenizer, max_length=16)
+    connections = ConnectionLimits(write_timeout=write_timeout)
+    app = create_app(None, model, settings=ServeSettings(connections=connections))
+    with running(app) as served:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((served.host, served.port))
+        body = json.dumps({"input": ["x"] * 64}).encode()
+        sock.sendall(head("/v1/embeddings", len(body)) + body)
+        time.sleep(3.0)  # the client's own behaviour: it reads nothing for a while
+        sock.settimeout(60)
+        answer = b""
+        try:
+            while chunk := sock.recv(1 << 20):
+                answer += chunk
+                if answer.endswith(b"}}"):
+                    break
+        except ConnectionResetError:
+            pass
+        sock.close()
+    length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert (len(body_of(answer)) < length) == dropped

@@ -147,6 +147,12 @@ WRONG = [
         "unknown_parameter",
     ),
     ("/v1/completions", completion(model=5), "model", "invalid_type"),
+    (
+        "/v1/completions",
+        completion(stream_options={"include_usage": True}),
+        "stream_options",
+        "invalid_value",
+    ),
     ("/v1/chat/completions", chat(messages=[]), "messages", "invalid_value"),
     ("/v1/chat/completions", chat(messages="hi"), "messages", "invalid_type"),
     (
@@ -395,6 +401,12 @@ def test_unknown_routes_and_methods_answer_in_openai_s_shape(
     got, answer = send(server, path, b"{}", method=method)
     assert got == status
     refused(answer)
+
+
+def test_an_error_quotes_at_most_a_little_of_what_was_sent(server: Running) -> None:
+    body = json.dumps({"model": "m" * 100_000, "prompt": "a"}).encode()
+    status, answer = send(server, "/v1/completions", body)
+    assert status == 404 and len(refused(answer)["message"]) < 400
 
 
 def test_an_unknown_model_is_a_404_naming_it(server: Running) -> None:

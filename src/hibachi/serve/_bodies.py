@@ -18,7 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ._settings import RequestLimits
@@ -225,6 +232,15 @@ class _Sampling(_Body):
     service_tier: Annotated[Any, _served_only_as(_standard_tier, "only auto or default")] = None
     store: OnlyFalse = None
     metadata: Refused = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _with_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("stream", False):
+            raise PydanticCustomError(
+                "invalid_stream_options", "stream_options is only taken with stream: true"
+            )
+        return value
 
 
 class CompletionRequest(_Sampling):

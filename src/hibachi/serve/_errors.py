@@ -83,6 +83,10 @@ class Answer:
     body: ErrorBody
     headers: dict[str, str]
 
+    @property
+    def retry_after(self) -> bool:
+        return "Retry-After" in self.headers
+
 
 def status_of(exc: BaseException) -> Answer:
     """The status, body and headers that answer ``exc``."""

@@ -13,7 +13,10 @@ For each HTTP request, before any route runs, in this order:
 4. the body is read here, counted as it comes: more than
    ``max_request_bytes`` is 413 (at once when ``Content-Length`` says so, the
    body unread), slower than ``body_timeout`` is 408, and both close the
-   connection. The route gets the bytes (`body_of`), never a stream.
+   connection. The route takes the bytes (`take_body`), never a stream. The
+   bodies of all requests in flight together may hold ``max_buffered_bytes``;
+   one more is 503 (``Retry-After: 1``), so many slow uploads at the size
+   limit cannot fill the memory.
 
 An exception no route handled becomes a 500 in OpenAI's shape (logged), so
 every answer, refusals included, is ``{"error": {...}}``.
@@ -31,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._errors import APIError, ClientGone, status_of
 from ._settings import ServeSettings
 
-__all__ = ["Gate", "body_of", "host_allowed", "send_error"]
+__all__ = ["Gate", "host_allowed", "send_error", "take_body"]
 
 logger = logging.getLogger("hibachi.serve")
 
@@ -40,9 +43,10 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CROSS_SITE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def body_of(scope: Scope) -> bytes:
-    """The body `Gate` read for this request (empty when it had none)."""
-    body: bytes = scope.get(BODY, b"")
+def take_body(scope: Scope) -> bytes:
+    """The body `Gate` read for this request (empty when it had none), which the scope
+    then no longer holds."""
+    body: bytes = scope.pop(BODY, b"")
     return body
 
 
@@ -56,16 +60,18 @@ class Gate:
         self.settings = settings
         self._hosts = hosts
         self._keys = [key.encode() for key in settings.access.api_keys]
+        self._buffered = 0  # bytes of bodies held by the requests in flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         sent = _Watch(send)
+        held = [0]  # bytes of this request's body counted in _buffered
         try:
             refusal = self._check_head(scope)
             if refusal is None and scope["method"] in _BODY_METHODS:
-                refusal = await self._read_body(scope, receive)
+                refusal = await self._read_body(scope, receive, held)
             if refusal is not None:
                 await send_error(sent, refusal)
                 return
@@ -77,6 +83,8 @@ class Gate:
                 logger.error("a response failed after it started", exc_info=exc)
                 raise
             await send_error(sent, exc)
+        finally:
+            self._buffered -= held[0]
 
     def _check_head(self, scope: Scope) -> APIError | None:
         headers = _headers(scope)
@@ -107,7 +115,7 @@ class Gate:
         matches = [hmac.compare_digest(token, key) for key in self._keys]
         return any(matches)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> APIError | None:
+    async def _read_body(self, scope: Scope, receive: Receive, held: list[int]) -> APIError | None:
         headers = _headers(scope)
         kind = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
         if kind in _CROSS_SITE_TYPES:
@@ -121,9 +129,11 @@ class Gate:
         declared = _content_length(headers)
         if declared is not None and declared > limit:
             return _too_large(declared, limit)
+        if declared is not None and not self._hold(declared, held):
+            return _busy()
         try:
             async with asyncio.timeout(self.settings.connections.body_timeout):
-                body = await _receive_body(receive, limit)
+                body = await self._receive_body(receive, limit, held)
         except TimeoutError:
             return APIError(
                 408,
@@ -134,6 +144,34 @@ class Gate:
             return body
         scope[BODY] = body
         return None
+
+    def _hold(self, size: int, held: list[int]) -> bool:
+        """Count ``size`` more bytes of this request's body; False if that is too many."""
+        more = max(0, size - held[0])
+        if self._buffered + more > self.settings.connections.max_buffered_bytes:
+            return False
+        self._buffered += more
+        held[0] += more
+        return True
+
+    async def _receive_body(self, receive: Receive, limit: int, held: list[int]) -> Any:
+        """The body, read to its end (bytes), or the refusal (`APIError`) that ends it
+        early; `ClientGone` if the client leaves."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return _too_large(size, limit, more=True)
+            if not self._hold(size, held):
+                return _busy()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
 
 class _Watch:
@@ -149,23 +187,6 @@ class _Watch:
         await self._send(message)
 
 
-async def _receive_body(receive: Receive, limit: int) -> bytes | APIError:
-    """The body, read to its end; `ClientGone` if the client leaves, 413 past ``limit``."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return _too_large(size, limit, more=True)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 def _too_large(size: int, limit: int, *, more: bool = False) -> APIError:
     what = f"more than {limit:,}" if more else f"{size:,}"
     return APIError(
@@ -173,6 +194,16 @@ def _too_large(size: int, limit: int, *, more: bool = False) -> APIError:
         f"the request body has {what} bytes; this server takes at most {limit:,} "
         "(max_request_bytes)",
         code="request_too_large",
+    )
+
+
+def _busy() -> APIError:
+    return APIError(
+        503,
+        "the server holds as many request bodies as it may: retry in a moment",
+        kind="server_error",
+        code="busy",
+        retry_after=1,
     )
 
 
@@ -214,7 +245,7 @@ async def send_error(send: Send, error: BaseException) -> None:
         (b"content-length", str(len(body)).encode()),
         *((name.lower().encode(), value.encode()) for name, value in answer.headers.items()),
     ]
-    if answer.status in (408, 413, 415):
+    if answer.status in (408, 413, 415) or (answer.status == 503 and answer.retry_after):
         headers.append((b"connection", b"close"))
     if answer.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))

@@ -10,7 +10,12 @@ protocol adds, per connection:
 - a bound on a request head's size (``max_header_bytes``): past it, 431 and
   closed;
 - a cap on open connections (``max_connections``): the request of one more
-  connection is answered 503, in OpenAI's shape, and the connection closed.
+  connection is answered 503, in OpenAI's shape, and the connection closed;
+- a deadline on a client that stops reading (``write_timeout``): when its
+  socket has taken nothing for that long while an answer waits, the
+  connection is dropped (its request is cancelled as if the client had left);
+- a malformed request head is answered 400 in OpenAI's shape (uvicorn's own
+  answer is plain text).
 
 The body's own deadline and size are the app's (`_gate`).
 """
@@ -39,6 +44,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -49,7 +55,25 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_head()
+        self.resume_writing()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client's socket is full: it has this long to take some of it."""
+        super().pause_writing()
+        if self._write_timer is None:
+            seconds = self.limits.write_timeout
+            self._write_timer = self.loop.call_later(seconds, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self.flow is not None:
+            super().resume_writing()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, f"the request is not valid HTTP: {msg}", "invalid_http")
 
     def data_received(self, data: bytes) -> None:
         if not self.transport.is_closing():  # once refused, the rest is not read
@@ -124,7 +148,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._end_head()
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
         body = json.dumps({"error": error}).encode()
-        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        reason = {400: b"Bad Request", 408: b"Request Timeout",
+                  431: b"Request Header Fields Too Large"}[status]  # fmt: skip
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n" % (status, reason, len(body))

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from ._bodies import ChatMessage, ChatRequest, CompletionRequest
 from ._engines import LanguageEngine
 from ._errors import APIError, from_validation
-from ._gate import body_of
+from ._gate import take_body
 from ._generation import GenerationParams
 from ._offload import OFF_LOOP_BYTES, OFF_LOOP_CHARS, off_loop
 from ._settings import RequestLimits
@@ -43,7 +43,7 @@ OPTION_FIELDS = (
 
 async def parse(request: Request, model: type[Body], limits: RequestLimits) -> Body:
     """The request's body as ``model``, or a 400 naming what is wrong with it."""
-    body = body_of(request.scope)
+    body = take_body(request.scope)
     try:
         return await off_loop(
             len(body) > OFF_LOOP_BYTES,
@@ -95,7 +95,7 @@ async def chat_ids(engine: LanguageEngine, messages: list[ChatMessage]) -> list[
             code="no_chat_template",
         )
     conversation = [{"role": _template_role(m.role), "content": m.text} for m in messages]
-    big = sum(len(m.text) for m in messages) > OFF_LOOP_CHARS
+    big = sum(len(m.text) for m in messages) > OFF_LOOP_CHARS or len(messages) > 16
     text = await off_loop(big, _render, engine.tokenizer, conversation)
     ids = await off_loop(big, engine.encode, text)
     engine.check_prompt(ids, "messages")

@@ -54,7 +54,7 @@ async def models(request: Request) -> ModelList:
 async def model(model: str, request: Request) -> ModelCard:
     state = _state(request)
     if model not in state.model_names():
-        message = f"model {model!r} is not served here"
+        message = f"model {model[:100]!r} is not served here"
         raise APIError(404, message, param="model", code="model_not_found")
     return ModelCard(id=model, created=state.created)
 

@@ -55,6 +55,10 @@ class ConnectionLimits:
             body; past it, 408 and closed.
         keep_alive_timeout: an idle connection between requests is closed
             after this long.
+        write_timeout: a client that takes none of its answer for this long
+            (its socket full) is dropped, its request cancelled.
+        max_buffered_bytes: the bodies of all the requests in flight
+            together; a body that would pass it is answered 503.
 
     ``body_timeout`` is the app's own; the others need the server of
     `hibachi.serve.server_for` / `run` (under Ray Serve its proxy holds the
@@ -66,6 +70,8 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
+    write_timeout: float = 30.0
+    max_buffered_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
