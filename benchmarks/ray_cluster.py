@@ -371,7 +371,7 @@ def timeline_of_drain(process: subprocess.Popen[bytes], port: int, grace: float)
 
 def part_front(cluster: LocalCluster, args: argparse.Namespace) -> dict[str, Any]:
     port, grace = free_port(), 3.0
-    cli = [HIBACHI, "serve", "--replicas", "2", "--ray-address", cluster.address]
+    cli = [HIBACHI, "serve", "--model", "tiny", "--replicas", "2", "--ray-address", cluster.address]
     cli += ["--port", str(port), "--max-batch-size", str(args.batch), "--max-length", "4096"]
     cli += ["--shutdown-grace", str(grace)]
     started = time.monotonic()

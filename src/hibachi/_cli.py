@@ -8,7 +8,6 @@ FastAPI load only once ``hibachi bench`` or ``hibachi serve`` runs.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,20 +73,6 @@ exit status: 0 when every method ran or was skipped, 1 when one failed,
 """
 
 
-SERVE_DESCRIPTION = """\
-Serve a language model and an embedding model over HTTP, shaped as OpenAI's API
-(the official openai client works unchanged), with continuous batching.
-
-  GET  /v1/models             POST /v1/completions     POST /v1/chat/completions
-  POST /v1/embeddings         GET  /health             GET  /metrics (Prometheus)
-
-With no --model, a small random-weight Llama (its text through the packaged
-MiniLM tokenizer); with no --embedding-model, the packaged all-MiniLM-L6-v2.
-Nothing is downloaded. A request may carry a deadline: the X-Request-Timeout
-header or a "timeout" field (seconds).
-"""
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hibachi`` command line; returns the exit status."""
     parser = _parser()
@@ -98,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.command == "serve":
-        return _serve(args)
+        from ._serve_cli import serve
+
+        return serve(args)
     problem = _bench_problem(args)
     if problem:
         parser.error(problem)
@@ -120,86 +107,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _bench_arguments(bench)
+    from . import _serve_cli
+
     serve = commands.add_parser(
         "serve",
         help="serve models over an OpenAI-compatible HTTP API",
-        description=SERVE_DESCRIPTION,
+        description=_serve_cli.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _serve_arguments(serve)
+    _serve_cli.add_arguments(serve)
     return parser
-
-
-def _serve_arguments(serve: argparse.ArgumentParser) -> None:
-    serve.add_argument(
-        "--model",
-        type=Path,
-        metavar="DIR",
-        help="a local transformers causal LM (model and tokenizer) for /v1/completions and "
-        "/v1/chat/completions (default: a small random-weight Llama)",
-    )
-    serve.add_argument(
-        "--embedding-model",
-        type=Path,
-        metavar="DIR",
-        help="a local sentence encoder for /v1/embeddings (default: the packaged all-MiniLM-L6-v2)",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
-    serve.add_argument(
-        "--max-batch-size",
-        type=_positive,
-        default=32,
-        metavar="N",
-        help="rows per generation step, texts per embedding call (32)",
-    )
-    serve.add_argument(
-        "--max-queue-size",
-        type=_positive,
-        default=1024,
-        metavar="N",
-        help="requests waiting per model before 429 (1024)",
-    )
-    serve.add_argument(
-        "--max-length",
-        type=_positive,
-        default=512,
-        metavar="N",
-        help="most tokens (prompt and completion) per sequence (512)",
-    )
-    serve.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="on SIGINT/SIGTERM, how long in-flight requests may finish (10)",
-    )
-    serve.add_argument(
-        "--stream-interval",
-        type=_positive,
-        default=1,
-        metavar="N",
-        help="stream one chunk per N pieces of text (1); more costs less per token",
-    )
-    serve.add_argument("--device", default="cpu", help="where the models run (cpu)")
-    serve.add_argument(
-        "--replicas",
-        type=_positive,
-        metavar="N",
-        help="serve through Ray Serve with N replicas, one batcher each (needs the ray extra)",
-    )
-    serve.add_argument(
-        "--autoscale",
-        type=_bounds,
-        metavar="MIN,MAX",
-        help="serve through Ray Serve, between MIN and MAX replicas as the load asks",
-    )
-    serve.add_argument(
-        "--ray-address",
-        metavar="ADDR",
-        help="join this running Ray cluster, with its token if it uses one (default: start a "
-        "local one)",
-    )
 
 
 def _bench_arguments(bench: argparse.ArgumentParser) -> None:
@@ -547,66 +464,8 @@ def _write_outputs(report: Any, args: argparse.Namespace, console: Any) -> None:
         console.print(f"results:  {path}")
 
 
-def _serve(args: argparse.Namespace) -> int:
-    if args.replicas or args.autoscale or args.ray_address:
-        return _serve_over_ray(args)
-    from .serve import run
-
-    run(_build_app(args), host=args.host, port=args.port)
-    return 0
-
-
-def _serve_over_ray(args: argparse.Namespace) -> int:
-    if args.replicas and args.autoscale:
-        raise SystemExit("hibachi serve: --replicas and --autoscale exclude each other")
-    from .serve._ray import scaling_options, serve_over_ray
-
-    serve_over_ray(
-        functools.partial(_build_app, args),
-        max_batch_size=args.max_batch_size,
-        host=args.host,
-        port=args.port,
-        address=args.ray_address,
-        shutdown_grace=args.shutdown_grace,
-        **scaling_options(args.replicas, args.autoscale),
-    )
-    return 0
-
-
-def _build_app(args: argparse.Namespace) -> Any:
-    """The server's app, its models loaded: in this process, or in each Ray replica."""
-    from .serve import (
-        ServeSettings,
-        create_app,
-        default_embedding_model,
-        default_language_model,
-        load_embedding_model,
-        load_language_model,
-    )
-
-    device = args.device
-    language = (
-        load_language_model(args.model, device=device)
-        if args.model
-        else default_language_model(device=device)
-    )
-    embedder = (
-        load_embedding_model(args.embedding_model, device=device)
-        if args.embedding_model
-        else default_embedding_model(device=device)
-    )
-    settings = ServeSettings(
-        max_batch_size=args.max_batch_size,
-        max_queue_size=args.max_queue_size,
-        max_length=args.max_length,
-        shutdown_grace=args.shutdown_grace,
-        stream_interval=args.stream_interval,
-    )
-    return create_app(language, embedder, settings=settings)
-
-
 def _bounds(text: str) -> tuple[int, int]:
-    """``MIN,MAX`` replicas, 1 <= MIN <= MAX."""
+    """``MIN,MAX`` replicas, 1 <= MIN <= MAX (``hibachi serve --autoscale``)."""
     try:
         low, high = (int(part) for part in text.split(","))
     except ValueError:

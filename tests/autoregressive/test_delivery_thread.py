@@ -366,7 +366,7 @@ def test_close_with_cancel_while_the_model_is_stuck_ends_callers_and_later_the_c
     b.start()
     stream = b.run(np.array([1, 2]), max_new_tokens=10, timeout=TIMEOUT)
     assert entered.wait(TIMEOUT)
-    b.close(cancel=True)
+    b.close(cancel=True, wait=False)
     with pytest.raises(hibachi.BatcherClosed):
         list(stream)
     release.set()

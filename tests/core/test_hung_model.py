@@ -1,4 +1,4 @@
-"""A model stuck in a call: deadlines still fire, close(cancel=True) still returns,
+"""A model stuck in a call: deadlines still fire, close(cancel=True, wait=False) still returns,
 and `health()` says the engine is inside the model.
 
 The model blocks on an `Event` the test sets at the end; nothing here sleeps to
@@ -108,7 +108,7 @@ def test_close_with_cancel_returns_while_the_model_is_stuck(caplog: Any) -> None
         queued = batcher.run(np.array([3]), max_new_tokens=5)
         assert model.entered.wait(TIMEOUT)
         with caplog.at_level(logging.WARNING, logger="hibachi"):
-            batcher.close(cancel=True)
+            batcher.close(cancel=True, wait=False)
         for stream in [*active, queued]:
             with pytest.raises(hibachi.BatcherClosed):
                 list(stream)
@@ -131,7 +131,7 @@ def test_async_callers_get_batcher_closed_from_a_stuck_close() -> None:
         batcher.start()
         streams = [batcher.run(np.array([i]), max_new_tokens=5) for i in (1, 2, 3)]
         await asyncio.to_thread(model.entered.wait, TIMEOUT)
-        await batcher.aclose(cancel=True)
+        await batcher.aclose(cancel=True, wait=False)
         for stream in streams:
             with pytest.raises(hibachi.BatcherClosed):
                 await stream.collect()
@@ -159,7 +159,7 @@ def test_an_incremental_model_stuck_at_close_releases_its_slots_when_it_returns(
     batcher.start()
     stream = batcher.run(np.array([4, 5]), max_new_tokens=5, options="a")
     assert gate.entered.wait(TIMEOUT)
-    batcher.close(cancel=True)
+    batcher.close(cancel=True, wait=False)
     with pytest.raises(hibachi.BatcherClosed):
         list(stream)
     gate.release.set()
@@ -208,7 +208,7 @@ def test_feedforward_close_with_cancel_returns_while_the_model_is_stuck() -> Non
     try:
         handles = [batcher.run(np.ones(2)) for _ in range(3)]
         assert model.entered.wait(TIMEOUT)
-        batcher.close(cancel=True)
+        batcher.close(cancel=True, wait=False)
         for handle in handles:
             with pytest.raises(hibachi.BatcherClosed):
                 handle.result(timeout=TIMEOUT)

@@ -19,7 +19,7 @@ from hibachi.serve import (  # noqa: E402
     ServeSettings,
     create_app,
     default_embedding_model,
-    default_language_model,
+    tiny_language_model,
 )
 from support.serve import Running, running  # noqa: E402
 
@@ -29,7 +29,7 @@ LONG = 500  # tokens: a request that runs for as long as a test needs it to
 
 @pytest.fixture(scope="module")
 def language_model() -> LanguageModel:
-    return default_language_model()
+    return tiny_language_model()
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_embeddings_equal_sentence_transformers(server: Running) -> None:
             "/v1/chat/completions",
             {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
             {},
-            "messages.0.content",
+            "messages[0].content",
             id="image",
         ),
         pytest.param("/v1/embeddings", {"input": []}, {}, "input", id="empty-input"),
@@ -422,7 +422,7 @@ class Poisoned(torch.nn.Embedding):
 
 
 def test_a_model_error_is_a_500_or_a_last_error_event() -> None:
-    lm = default_language_model(seed=1)
+    lm = tiny_language_model(seed=1)
     table = lm.model.get_input_embeddings()
     poisoned = Poisoned(table.num_embeddings, table.embedding_dim)
     poisoned.load_state_dict(table.state_dict())

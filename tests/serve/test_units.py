@@ -133,17 +133,39 @@ def test_a_stream_interval_groups_pieces_but_sends_the_first_at_once(
 def test_a_request_naming_no_budget_gets_openai_s_default_for_its_endpoint() -> None:
     from types import SimpleNamespace
 
+    from hibachi.serve._bodies import ChatRequest, CompletionRequest
     from hibachi.serve._requests import max_tokens
-    from hibachi.serve._schemas import ChatRequest, CompletionRequest
 
     engine: Any = SimpleNamespace(max_length=512, default_max_tokens=16)
     chat = [{"role": "user", "content": "hi"}]
-    assert max_tokens(CompletionRequest(prompt="hi"), engine) == 16
-    assert max_tokens(CompletionRequest(prompt="hi", max_tokens=3), engine) == 3
-    assert max_tokens(ChatRequest(messages=chat), engine) == 512  # the room the sequence has
-    assert max_tokens(ChatRequest(messages=chat, max_tokens=7), engine) == 7
+    assert max_tokens(CompletionRequest(prompt="hi"), engine, 2) == 16
+    assert max_tokens(CompletionRequest(prompt="hi", max_tokens=3), engine, 2) == 3
+    assert max_tokens(CompletionRequest(prompt="hi"), engine, 500) == 12  # the room left
+    assert max_tokens(ChatRequest(messages=chat), engine, 2) == 510  # the room the sequence has
+    assert max_tokens(ChatRequest(messages=chat, max_tokens=7), engine, 2) == 7
     both = ChatRequest(messages=chat, max_tokens=7, max_completion_tokens=5)
-    assert max_tokens(both, engine) == 5
+    assert max_tokens(both, engine, 2) == 5
+
+
+def test_a_budget_beyond_the_context_is_a_400_stating_both_numbers() -> None:
+    from types import SimpleNamespace
+
+    from hibachi.serve._bodies import ChatRequest, CompletionRequest
+    from hibachi.serve._errors import APIError
+    from hibachi.serve._requests import max_tokens
+
+    engine: Any = SimpleNamespace(max_length=512, default_max_tokens=16)
+    with pytest.raises(APIError) as info:
+        max_tokens(CompletionRequest(prompt="hi", max_tokens=503), engine, 10)
+    error = info.value
+    assert (error.status, error.param, error.code) == (400, "max_tokens", "context_length_exceeded")
+    assert "maximum context length is 512 tokens" in error.message
+    assert "513 tokens (10 in the prompt, 503 in the completion)" in error.message
+    assert max_tokens(CompletionRequest(prompt="hi", max_tokens=502), engine, 10) == 502
+    chat = ChatRequest(messages=[{"role": "user", "content": "hi"}], max_completion_tokens=10**30)
+    with pytest.raises(APIError) as info:
+        max_tokens(chat, engine, 10)
+    assert info.value.param == "max_completion_tokens"
 
 
 def test_a_full_queue_is_429_with_the_time_to_drain_it_whichever_engine() -> None:
@@ -162,21 +184,24 @@ def test_each_serve_flag_is_the_server_setting_of_its_name_with_its_default() ->
     import dataclasses
 
     from hibachi._cli import _parser
-    from hibachi.serve import ServeSettings
+    from hibachi.serve import Access, ConnectionLimits, RequestLimits, ServeSettings
 
     commands = next(a for a in _parser()._actions if a.dest == "command")
     serve = commands.choices["serve"]  # type: ignore[index]
-    flags = {a.dest: a.default for a in serve._actions if a.option_strings}
-    settings = {f.name: f.default for f in dataclasses.fields(ServeSettings)}
-    shared = set(flags) & set(settings)
-    assert shared == {
-        "max_batch_size",
-        "max_queue_size",
-        "max_length",
-        "shutdown_grace",
-        "stream_interval",
-    }
-    assert {name: flags[name] for name in shared} == {name: settings[name] for name in shared}
+    flags = {a.dest: a.default for a in serve._actions if a.option_strings and a.dest != "help"}
+    settings = {}
+    for kind in (ServeSettings, RequestLimits, ConnectionLimits, Access):
+        for field in dataclasses.fields(kind):
+            if field.name not in ("limits", "connections", "access"):
+                settings[field.name] = field.default
+    for_models_and_sockets = {
+        "model", "embedding_model", "device", "dtype", "model_cache", "host", "port",
+        "replicas", "autoscale", "ray_address",
+    }  # fmt: skip
+    server = set(settings) - {"default_max_tokens", "stuck_after", "drain_window"}
+    assert set(flags) - for_models_and_sockets == server
+    expected = {**settings, "api_keys": [], "allowed_hosts": None}  # parsed as lists
+    assert {name: flags[name] for name in server} == {name: expected[name] for name in server}
 
 
 def test_a_tracked_adapter_keeps_its_ticket_and_steps_the_inner_model_with_its_options() -> None:

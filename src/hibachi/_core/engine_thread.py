@@ -21,7 +21,8 @@ __all__ = ["EngineThread", "Runner"]
 
 _log = logging.getLogger("hibachi")
 
-_CANCEL_GRACE = 0.1  # seconds close(cancel=True) lets a model call run before it stops waiting
+_CANCEL_GRACE = 0.1  # seconds close(cancel=True) lets a model call run before ending its callers
+_WAIT_WARNING = 10.0  # seconds between the warnings of a close that waits on a model call
 
 
 class Runner(Protocol):
@@ -60,28 +61,53 @@ class EngineThread:
     def join(self, timeout: float | None = None) -> bool:
         return self.stopped.wait(timeout)
 
-    def finish(self, *, cancel: bool) -> None:
-        """Wait for the thread to end, after `stop`.
+    def finish(self, *, cancel: bool, wait: bool = True) -> None:
+        """After `stop`: wait for the thread (and the threads it owns) to end.
 
-        With ``cancel``, a model call that does not return is not waited for:
-        every caller is ended with `BatcherClosed` from this thread, a warning
-        says the engine thread is still inside the model (so does `health`),
-        and the thread ends by itself once the call returns.
+        With ``cancel``, a model call still running after a moment has its
+        callers ended at once with `BatcherClosed` from this thread; then,
+        with ``wait``, the call is waited for (a warning every
+        ``_WAIT_WARNING`` seconds says how long it has run), and without,
+        a warning says the engine thread is still inside the model (so does
+        `health`) and `finish` returns: the thread ends by itself once the call
+        returns. Without ``cancel``, ``wait`` False returns at once: the
+        requests left run to their end on the thread.
         """
-        if not cancel:
-            self.stopped.wait()
+        if cancel:
+            self._end_callers()
+        elif not wait:
             return
+        if wait:
+            self._join()
+        elif not self.stopped.is_set():
+            _log.warning(
+                "%s is still inside the model (for %.1f s); its callers were ended "
+                "with BatcherClosed; the thread ends when the model returns",
+                self._thread.name,
+                self._in_model_for(),
+            )
+
+    def _end_callers(self) -> None:
+        """Give a model call ``_CANCEL_GRACE``; if it still runs, end its callers now."""
         while not self.stopped.wait(_CANCEL_GRACE):
-            since = self.runner.busy_since
-            if since is not None:
+            if self.runner.busy_since is not None:
                 self._abandon(BatcherClosed("the batcher was closed before the request finished"))
-                _log.warning(
-                    "%s is still inside the model (for %.1f s); its callers were ended "
-                    "with BatcherClosed; the thread ends when the model returns",
-                    self._thread.name,
-                    time.monotonic() - since,
-                )
                 return
+
+    def _join(self) -> None:
+        """Wait until the thread has ended, saying so while a model call holds it up."""
+        while not self.stopped.wait(_WAIT_WARNING):
+            _log.warning(
+                "closing %s waits for a model call that has run for %.1f s",
+                self._thread.name,
+                self._in_model_for(),
+            )
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def _in_model_for(self) -> float:
+        since = self.runner.busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def health(self, state: str) -> Health:
         """The engine's side of `Health`, for a batcher in lifecycle ``state``."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import threading
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from .._exceptions import BatcherClosed
 from .health import Health
@@ -31,7 +32,8 @@ class Runnable(Protocol):
     def join(self, timeout: float | None = None) -> bool: ...
 
     def on_own_thread(self) -> bool: ...
-    def finish(self, *, cancel: bool) -> None: ...
+
+    def finish(self, *, cancel: bool, wait: bool = True) -> None: ...
 
     def health(self, state: str) -> Health: ...
 
@@ -40,7 +42,8 @@ class Lifecycle:
     """Context-manager behaviour over an engine: open once, close idempotently.
 
     ``async with`` / ``with`` open the batcher; leaving the block drains the
-    requests in flight, or ends them at once when the block raised.
+    requests in flight, or ends them at once when the block raised, and in
+    both cases returns only once the batcher's threads have ended.
     """
 
     _engine: Runnable
@@ -81,32 +84,45 @@ class Lifecycle:
             self._engine.stop(cancel=cancel)
             return True
 
-    def close(self, *, cancel: bool = False) -> None:
-        """Stop accepting requests and wait until every stream has ended.
+    def close(self, *, cancel: bool = False, wait: bool = True) -> None:
+        """Stop accepting requests; return once every stream has ended and the
+        batcher's threads with them.
 
         By default requests in flight and in the queue run to their end; with
-        ``cancel=True`` they end at once with `BatcherClosed`, and `close`
-        returns even if the model is stuck in a call (a warning and `health`
-        then say the engine thread is still inside the model). Idempotent.
+        ``cancel=True`` they end at once with `BatcherClosed` (within a tenth
+        of a second, even while the model is inside a call), and `close` then
+        waits for the model call to return, so that no thread of the batcher
+        outlives it (a warning every few seconds says how long that call has
+        run). With ``wait=False`` it returns without waiting for the threads:
+        ``close(cancel=True, wait=False)`` ends every caller and returns even
+        if the model is stuck in a call (a warning and `health` then say the
+        engine thread is still inside the model; it ends by itself once the
+        call returns), and ``close(wait=False)`` returns at once while the
+        requests left run to their end. Idempotent; leaving ``with`` /
+        ``async with`` calls it with ``cancel`` set when the block raised.
 
         Called from the engine's own thread (inside the model, say), it begins
         the close and returns without waiting: the engine cannot wait for
         itself. It finishes closing once the model call returns.
         """
-        cancel = bool(cancel)  # a value with no truth raises here, before anything changes
+        cancel, wait = bool(cancel), bool(wait)  # a value with no truth raises here
         if self._begin_close(cancel):
             if self._engine.on_own_thread():
                 return
-            self._engine.finish(cancel=cancel)
+            self._engine.finish(cancel=cancel, wait=wait)
         self._state = State.CLOSED
 
-    async def aclose(self, *, cancel: bool = False) -> None:
-        """`close` without blocking the event loop."""
-        cancel = bool(cancel)
+    async def aclose(self, *, cancel: bool = False, wait: bool = True) -> None:
+        """`close` without blocking the event loop.
+
+        If the task awaiting it is cancelled, it still waits for the close to
+        end (the threads to end, with ``wait``), then raises `CancelledError`.
+        """
+        cancel, wait = bool(cancel), bool(wait)
         if self._begin_close(cancel):
             if self._engine.on_own_thread():
                 return
-            await asyncio.to_thread(self._engine.finish, cancel=cancel)
+            await _uncancellable(asyncio.to_thread(self._engine.finish, cancel=cancel, wait=wait))
         self._state = State.CLOSED
 
     def __enter__(self) -> Self:
@@ -132,3 +148,20 @@ class Lifecycle:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose(cancel=exc_type is not None)
+
+
+async def _uncancellable(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even if the awaiting task is cancelled meanwhile;
+    then re-raise the cancellation."""
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.cancelled():
+                raise
+            cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    task.result()

@@ -210,9 +210,14 @@ class Stages:
         return tuple(stage.busy for stage in self._stages)
 
     def close(self) -> None:
-        """End the threads once the jobs queued are through (a stuck stage ends when it returns)."""
+        """End the threads once the jobs queued are through, and wait for them to end
+        (called from a stage's own thread, only the others are waited for)."""
         if self._started:
             self._stages[0].put(None)
+            current = threading.current_thread()
+            for stage in self._stages:
+                if stage.thread is not current:
+                    stage.thread.join()
 
 
 def _finish(job: Job | None) -> None:

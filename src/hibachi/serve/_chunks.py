@@ -9,17 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ._bodies import ChatRequest, CompletionRequest
 from ._generation import Generation
-from ._schemas import (
-    ChatChunk,
-    ChatChunkChoice,
-    ChatRequest,
-    Completion,
-    CompletionChoice,
-    CompletionRequest,
-    Delta,
-    Usage,
-)
+from ._schemas import ChatChunk, ChatChunkChoice, Completion, CompletionChoice, Delta, Usage
 
 __all__ = ["chat_chunks", "completion_chunks", "usage_of", "wants_usage"]
 
@@ -60,7 +52,8 @@ async def completion_chunks(
         )
     )
     async for piece in grouped(g.pieces(), g.engine.stream_interval):
-        yield template.fill(piece)
+        if piece:
+            yield template.fill(piece)
     yield chunk([CompletionChoice(text="", finish_reason=g.finish_reason)])  # type: ignore[arg-type]
     if usage:
         yield chunk([], usage=usage_of(g))
@@ -75,9 +68,15 @@ async def chat_chunks(g: Generation, ident: str, created: int, usage: bool) -> A
 
     hole = ChatChunkChoice(delta=Delta(content=_Template._HOLE))
     template = _Template(ChatChunk(id=ident, created=created, model=model, choices=[hole]))
-    yield chunk([ChatChunkChoice(delta=Delta(role="assistant", content=""))])
+    role = chunk([ChatChunkChoice(delta=Delta(role="assistant", content=""))])
     async for piece in grouped(g.pieces(), g.engine.stream_interval):
-        yield template.fill(piece)
+        if role:  # with the first token, as vLLM sends it: not before the prompt is read
+            yield role
+            role = ""
+        if piece:
+            yield template.fill(piece)
+    if role:
+        yield role
     yield chunk([ChatChunkChoice(delta=Delta(), finish_reason=g.finish_reason)])  # type: ignore[arg-type]
     if usage:
         yield chunk([], usage=usage_of(g))

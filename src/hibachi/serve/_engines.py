@@ -2,12 +2,15 @@
 
 `LanguageEngine` wraps the transformers adapter in `TrackedAdapter`, which
 notes when a request's first model step runs (its queue time) and how full
-each step is; `EmbeddingEngine` tokenizes texts for a `FeedforwardBatcher`.
+each step is; `EmbeddingEngine` tokenizes texts for a `FeedforwardBatcher`,
+admits a request's inputs together, and shortens vectors to ``dimensions``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from ._drain import DrainRate
 from ._errors import APIError
 from ._metrics import Metrics
 from ._models import EmbeddingModel, LanguageModel
+from ._offload import OFF_LOOP_CHARS, off_loop
 from ._settings import ServeSettings
 
 __all__ = ["EmbeddingEngine", "LanguageEngine", "Ticket", "TrackedAdapter", "queue_full"]
@@ -69,7 +73,7 @@ class LanguageEngine:
     def __init__(self, lm: LanguageModel, settings: ServeSettings, metrics: Metrics) -> None:
         import torch
 
-        from ..integrations.transformers import CausalLMAdapter
+        from ..integrations.transformers import CausalLMAdapter, Sampling
 
         self.name = lm.name
         self.tokenizer = lm.tokenizer
@@ -78,6 +82,7 @@ class LanguageEngine:
         self.max_length = settings.max_length
         self.default_max_tokens = settings.default_max_tokens
         self.stream_interval = settings.stream_interval
+        self.option_names = frozenset(f.name for f in dataclasses.fields(Sampling))
         self.metrics = metrics
         self.drain = DrainRate(settings.drain_window)
         fill = metrics.batch_fill.labels(lm.name)
@@ -104,15 +109,23 @@ class LanguageEngine:
         if len(ids) >= self.max_length:
             raise APIError(
                 400,
-                f"{param}: the prompt has {len(ids)} tokens; this server takes at most "
-                f"{self.max_length - 1}",
+                f"{param}: the prompt has {len(ids):,} tokens; this model's maximum context "
+                f"length is {self.max_length:,} tokens, which leaves room for a prompt of at "
+                f"most {self.max_length - 1:,}",
                 param=param,
+                code="context_length_exceeded",
             )
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
+        self.check_token_ids(ids, param)
+
+    def check_token_ids(self, ids: Sequence[int], param: str) -> None:
+        """400 naming ``param`` if an id is outside the vocabulary."""
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            shown = str(bad) if bad < 10**12 else f"{str(bad)[:12]}... ({len(str(bad))} digits)"
             raise APIError(
                 400,
-                f"{param}: token id {bad[0]} is outside the vocabulary (0 … {self.vocab_size - 1})",
+                f"{param}: token id {shown} is outside the vocabulary "
+                f"(0 ... {self.vocab_size - 1})",
                 param=param,
             )
 
@@ -129,58 +142,103 @@ class LanguageEngine:
         except QueueFull as exc:
             raise queue_full(self.batcher.stats().queue_depth, "requests", self.drain) from exc
         except InvalidRequest as exc:
-            raise APIError(400, str(exc)) from exc
+            found = re.match(r"option (\w+) ", str(exc))
+            raise APIError(400, str(exc), param=found.group(1) if found else None) from exc
 
 
 class EmbeddingEngine:
-    """A sentence encoder's `FeedforwardBatcher` and tokenizer."""
+    """A sentence encoder's `FeedforwardBatcher` and tokenizer.
+
+    A request's inputs are admitted together, while fewer than
+    ``max_queue_size`` inputs wait (else 429): the batcher's own queue holds
+    ``max_embedding_inputs`` more, so a request of OpenAI's 2,048 inputs gets
+    in whatever the queue's size.
+    """
 
     def __init__(self, em: EmbeddingModel, settings: ServeSettings, metrics: Metrics) -> None:
         self.name = em.name
         self.tokenizer = em.tokenizer
         self.max_length = em.max_length
         self.vocab_size = len(em.tokenizer)
+        self.dimensions = em.dimensions
+        self.matryoshka = em.matryoshka
+        self.max_waiting = settings.max_queue_size
         self.drain = DrainRate(settings.drain_window)
         pad = em.tokenizer.pad_token_id or 0
         self.batcher = FeedforwardBatcher(
             em.encoder,
             max_batch_size=settings.max_batch_size,
             pad_value={"input_ids": pad, "attention_mask": 0},
-            max_queue_size=settings.max_queue_size,
+            max_queue_size=settings.max_queue_size + settings.limits.max_embedding_inputs,
         )
         metrics.watch(em.name, self.batcher)
 
-    def items(self, texts: Sequence[str] | None, ids: Sequence[Sequence[int]] | None) -> list[Any]:
-        """Each input as 1-D ``input_ids`` and ``attention_mask`` tensors."""
-        import torch
+    async def items(self, given: list[Any]) -> list[Any]:
+        """Each input (texts, or rows of token ids) as 1-D ``input_ids`` and
+        ``attention_mask`` tensors; texts are tokenized off the loop when long."""
+        if given and isinstance(given[0], str):
+            big = sum(len(text) for text in given) > OFF_LOOP_CHARS or len(given) > 64
+            return await off_loop(big, self._text_items, given)
+        rows: list[list[int]] = given
+        for i, row in enumerate(rows):
+            bad = next((t for t in row if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise APIError(
+                    400,
+                    f"input[{i}]: token id {str(bad)[:20]} is outside the vocabulary "
+                    f"(0 ... {self.vocab_size - 1})",
+                    param="input",
+                )
+        return [_item(row[: self.max_length]) for row in rows]
 
-        if texts is not None:
-            encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-            ids = encoded["input_ids"]
-        assert ids is not None
-        items = []
-        for row in ids:
-            tensor = torch.tensor(list(row)[: self.max_length], dtype=torch.int64)
-            items.append({"input_ids": tensor, "attention_mask": torch.ones_like(tensor)})
-        return items
+    def _text_items(self, texts: list[str]) -> list[Any]:
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [_item(row) for row in encoded["input_ids"]]
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """400 unless the model serves vectors of ``dimensions`` (None: its own)."""
+        if dimensions is None or dimensions == self.dimensions:
+            return
+        if not self.matryoshka:
+            own = "" if self.dimensions is None else f"{self.dimensions}-dimensional "
+            raise APIError(
+                400,
+                f"dimensions: {self.name} makes {own}vectors of its own size only "
+                "(it was not trained to have them shortened)",
+                param="dimensions",
+                code="unsupported_value",
+            )
+        if self.dimensions is not None and dimensions > self.dimensions:
+            raise APIError(
+                400,
+                f"dimensions: {dimensions:,} is more than {self.name}'s {self.dimensions}",
+                param="dimensions",
+            )
 
     async def embed(self, items: list[Any], seconds: float | None) -> list[Any]:
+        waiting = self.batcher.stats().queue_depth
+        if waiting >= self.max_waiting:
+            raise queue_full(waiting, "inputs", self.drain)
         handles = []
         try:
             for item in items:
                 handles.append(self.batcher.run(item, timeout=seconds))
-        except QueueFull as exc:
-            for handle in handles:
-                handle.cancel()
-            raise queue_full(self.batcher.stats().queue_depth, "inputs", self.drain) from exc
-        try:
             results = await asyncio.gather(*handles)
-        except BaseException:
+        except BaseException as exc:
             for handle in handles:
                 handle.cancel()
+            if isinstance(exc, QueueFull):
+                raise queue_full(waiting, "inputs", self.drain) from exc
             raise
         self.drain.note_finished()
         return list(results)
+
+
+def _item(row: Sequence[int]) -> dict[str, Any]:
+    import torch
+
+    tensor = torch.tensor(row, dtype=torch.int64)
+    return {"input_ids": tensor, "attention_mask": torch.ones_like(tensor)}
 
 
 def queue_full(waiting: int, what: str, drain: DrainRate) -> APIError:

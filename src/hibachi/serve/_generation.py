@@ -19,6 +19,7 @@ from .._exceptions import Timeout
 from ._engines import LanguageEngine, Ticket
 from ._errors import APIError
 from ._metrics import Reason
+from ._offload import Turns
 from ._text import TextAssembler
 
 __all__ = ["Generation", "GenerationParams"]
@@ -83,7 +84,12 @@ class Generation:
         return "".join([piece async for piece in self.pieces()])
 
     async def pieces(self) -> AsyncIterator[str]:
-        """The completion's text, piece by piece; ``finish_reason`` is set at the end."""
+        """The completion's text, piece by piece; ``finish_reason`` is set at the end.
+
+        The first token always yields, its text or "" when its text is held back
+        (an unfinished character, a possible stop string): a stream's first
+        chunk goes out with the first token.
+        """
         stream = self._stream
         assert stream is not None, "start() first"
         reason: Reason = "failed"
@@ -108,14 +114,16 @@ class Generation:
     async def _decode(self, stream: TokenStream) -> AsyncIterator[str]:
         assembler = self._assembler
         last = -1
+        turns = Turns()  # tokens already delivered are read without waiting: yield now and then
         async for token in stream:
             last = int(token)
             self._count_token()
             piece = assembler.add(last)
-            if piece:
+            if piece or self.completion_tokens == 1:
                 yield piece
             if assembler.stopped:
                 break
+            await turns.pause()
         if self._interrupted:
             raise APIError(503, "the server is shutting down", kind="server_error", code="shutdown")
         rest = assembler.finish()

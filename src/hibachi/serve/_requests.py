@@ -1,20 +1,58 @@
-"""From a validated request body to what the engines take: token ids, options, deadlines."""
+"""From a request to what the engines take: its body parsed, token ids, options, deadline.
+
+Parsing, tokenizing and chat templating run off the event loop when they are
+large (see `_offload`), so no request holds the others up, even one that is
+refused in the end.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
 
+from ._bodies import ChatMessage, ChatRequest, CompletionRequest
 from ._engines import LanguageEngine
-from ._errors import APIError
+from ._errors import APIError, from_validation
+from ._gate import take_body
 from ._generation import GenerationParams
-from ._schemas import ChatMessage, ChatRequest, CompletionRequest
+from ._offload import OFF_LOOP_BYTES, OFF_LOOP_CHARS, off_loop
+from ._settings import RequestLimits
 
-__all__ = ["chat_ids", "deadline", "generation_params", "max_tokens", "prompt_ids"]
+__all__ = ["chat_ids", "deadline", "generation_params", "max_tokens", "parse", "prompt_ids"]
 
 TIMEOUT_HEADER = "x-request-timeout"
+Body = TypeVar("Body", bound=BaseModel)
+
+# the sampling fields, by the name the request and the model's ``options`` both use
+OPTION_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "min_tokens",
+    "ignore_eos",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
+
+
+async def parse(request: Request, model: type[Body], limits: RequestLimits) -> Body:
+    """The request's body as ``model``, or a 400 naming what is wrong with it."""
+    body = take_body(request.scope)
+    try:
+        return await off_loop(
+            len(body) > OFF_LOOP_BYTES,
+            model.model_validate_json,
+            body,
+            context={"limits": limits},
+        )
+    except ValidationError as exc:
+        raise from_validation(exc) from None
 
 
 def deadline(request: Request, body_timeout: float | None) -> float | None:
@@ -30,62 +68,52 @@ def deadline(request: Request, body_timeout: float | None) -> float | None:
         if not (math.isfinite(seconds) and seconds > 0):
             raise APIError(
                 400,
-                f"X-Request-Timeout must be a number of seconds > 0, got {header!r}",
+                f"X-Request-Timeout must be a number of seconds > 0, got {header[:40]!r}",
                 param="X-Request-Timeout",
             )
         limits.append(seconds)
     return min(limits) if limits else None
 
 
-def prompt_ids(engine: LanguageEngine, prompt: Any) -> list[int]:
-    """One prompt's token ids, from text or ids (a list of one prompt is that prompt)."""
+async def prompt_ids(engine: LanguageEngine, prompt: str | list[int]) -> list[int]:
+    """One prompt's token ids, from its text or its ids."""
     if isinstance(prompt, str):
-        ids = engine.encode(prompt)
-    elif all(isinstance(p, int) for p in prompt):
-        ids = list(prompt)
-    elif len(prompt) == 1:
-        return prompt_ids(engine, prompt[0])
+        ids = await off_loop(len(prompt) > OFF_LOOP_CHARS, engine.encode, prompt)
     else:
-        raise APIError(400, f"prompt: one prompt per request, got {len(prompt)}", param="prompt")
+        ids = prompt
     engine.check_prompt(ids, "prompt")
     return ids
 
 
-def chat_ids(engine: LanguageEngine, messages: list[ChatMessage]) -> list[int]:
+async def chat_ids(engine: LanguageEngine, messages: list[ChatMessage]) -> list[int]:
     """The conversation rendered by the tokenizer's chat template, as token ids."""
-    tokenizer = engine.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
+    if not getattr(engine.tokenizer, "chat_template", None):
         raise APIError(
             400,
             f"model {engine.name!r} has no chat template: use /v1/completions",
             param="messages",
             code="no_chat_template",
         )
-    conversation = [{"role": m.role, "content": _text_of(m, i)} for i, m in enumerate(messages)]
-    try:
-        text = tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True
-        )
-    except Exception as exc:  # the template's own refusal (jinja2 raise_exception)
-        raise APIError(400, f"messages: {exc}", param="messages") from exc
-    ids = engine.encode(text)
+    conversation = [{"role": _template_role(m.role), "content": m.text} for m in messages]
+    big = sum(len(m.text) for m in messages) > OFF_LOOP_CHARS or len(messages) > 16
+    text = await off_loop(big, _render, engine.tokenizer, conversation)
+    ids = await off_loop(big, engine.encode, text)
     engine.check_prompt(ids, "messages")
     return ids
 
 
-def _text_of(message: ChatMessage, index: int) -> str:
-    if isinstance(message.content, str):
-        return message.content
-    texts = []
-    for part in message.content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise APIError(
-                400,
-                f"messages.{index}.content: only text parts are served",
-                param=f"messages.{index}.content",
-            )
-        texts.append(str(part["text"]))
-    return "".join(texts)
+def _template_role(role: str) -> str:
+    return "system" if role == "developer" else role
+
+
+def _render(tokenizer: Any, conversation: list[dict[str, str]]) -> str:
+    try:
+        text: str = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+    except Exception as exc:  # the template's own refusal (jinja2 raise_exception)
+        raise APIError(400, f"messages: {str(exc)[:500]}", param="messages") from exc
+    return text
 
 
 def generation_params(
@@ -94,26 +122,69 @@ def generation_params(
     engine: LanguageEngine,
     timeout: float | None,
 ) -> GenerationParams:
-    """The request as the engine takes it: ids, budget, sampling, stop strings, deadline."""
-    sampling = {
-        name: value
-        for name in ("temperature", "top_p", "top_k", "seed")
-        if (value := getattr(body, name)) is not None
-    }
-    sampling.setdefault("temperature", 1.0)
-    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    return GenerationParams(ids, max_tokens(body, engine), sampling, stop, timeout)
+    """The request as the engine takes it: ids, budget, options, stop strings, deadline."""
+    budget = max_tokens(body, engine, len(ids))
+    options = _options(body, engine)
+    if body.min_tokens is not None and body.min_tokens > budget:
+        raise APIError(
+            400,
+            f"min_tokens: {body.min_tokens:,} is more than the completion's budget ({budget:,})",
+            param="min_tokens",
+        )
+    stop: tuple[str, ...] = body.stop or ()
+    return GenerationParams(ids, budget, options, stop, timeout)
 
 
-def max_tokens(body: CompletionRequest | ChatRequest, engine: LanguageEngine) -> int:
+def _options(body: CompletionRequest | ChatRequest, engine: LanguageEngine) -> dict[str, Any]:
+    """The sampling fields the request names, as the model's ``options``; one the model
+    does not serve is a 400 naming it."""
+    options = {name: value for name in OPTION_FIELDS if (value := getattr(body, name)) is not None}
+    if options.get("top_k") == -1:  # vLLM's "off"
+        options["top_k"] = 0
+    options.setdefault("temperature", 1.0)  # OpenAI's default
+    for name in options:
+        if name not in engine.option_names:
+            raise APIError(
+                400,
+                f"{name} is not served by this model",
+                param=name,
+                code="unsupported_parameter",
+            )
+    bias = options.get("logit_bias")
+    if bias:
+        engine.check_token_ids(list(bias), "logit_bias")
+    return options
+
+
+def max_tokens(body: CompletionRequest | ChatRequest, engine: LanguageEngine, prompt: int) -> int:
     """The completion's budget: the request's own, or OpenAI's default for its endpoint.
 
     OpenAI documents ``max_tokens`` on ``/v1/completions`` as defaulting to
     16 (here ``ServeSettings.default_max_tokens``); a chat completion that
     names no ``max_completion_tokens`` (nor the older ``max_tokens``) runs
-    until it stops or fills the context (here the sequence's ``max_length``,
-    which the adapter trims to what the prompt leaves), as vLLM's does too.
+    until it stops or fills the context, as vLLM's does too. A budget the
+    request names that does not fit in the context after its ``prompt``
+    tokens is a 400 stating both numbers, as OpenAI's and vLLM's; a default
+    is cut to the room left.
     """
-    if isinstance(body, ChatRequest):
-        return body.max_completion_tokens or body.max_tokens or engine.max_length
-    return body.max_tokens or engine.default_max_tokens
+    room = engine.max_length - prompt
+    name, asked = _asked_budget(body)
+    if asked is None:
+        default = engine.default_max_tokens if isinstance(body, CompletionRequest) else room
+        return max(1, min(default, room))
+    if asked > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {engine.max_length:,} tokens. However, "
+            f"you requested {prompt + asked:,} tokens ({prompt:,} in the prompt, {asked:,} in "
+            f"the completion). Please reduce the prompt or {name}.",
+            param=name,
+            code="context_length_exceeded",
+        )
+    return asked
+
+
+def _asked_budget(body: CompletionRequest | ChatRequest) -> tuple[str, int | None]:
+    if isinstance(body, ChatRequest) and body.max_completion_tokens is not None:
+        return "max_completion_tokens", body.max_completion_tokens
+    return "max_tokens", body.max_tokens

@@ -2,40 +2,34 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .._exceptions import Timeout
+from ._bodies import ChatRequest, CompletionRequest, EmbeddingRequest
 from ._chunks import chat_chunks, completion_chunks, usage_of, wants_usage
-from ._engines import EmbeddingEngine, LanguageEngine
+from ._embeddings import embedding_response
+from ._engines import LanguageEngine
 from ._errors import APIError, ClientGone
 from ._generation import Generation
 from ._metrics import Reason
-from ._requests import chat_ids, deadline, generation_params, prompt_ids
+from ._requests import chat_ids, deadline, generation_params, parse, prompt_ids
 from ._schemas import (
+    AssistantMessage,
     ChatChoice,
     ChatCompletion,
-    ChatMessage,
-    ChatRequest,
     Completion,
     CompletionChoice,
-    CompletionRequest,
-    Embedding,
-    EmbeddingList,
-    EmbeddingRequest,
     ModelCard,
     ModelList,
-    Usage,
 )
 from ._sse import EventStream, until_gone
 from ._state import ServerState
@@ -56,14 +50,23 @@ async def models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=n, created=state.created) for n in state.model_names()])
 
 
+@router.get("/v1/models/{model:path}")
+async def model(model: str, request: Request) -> ModelCard:
+    state = _state(request)
+    if model not in state.model_names():
+        message = f"model {model[:100]!r} is not served here"
+        raise APIError(404, message, param="model", code="model_not_found")
+    return ModelCard(id=model, created=state.created)
+
+
 @router.post("/v1/completions", response_model=None)
-async def completions(body: CompletionRequest, request: Request) -> Completion | EventStream:
-    return await _generate(request, body, _COMPLETIONS)
+async def completions(request: Request) -> Response:
+    return await _generate(request, _COMPLETIONS)
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatRequest, request: Request) -> ChatCompletion | EventStream:
-    return await _generate(request, body, _CHAT)
+async def chat_completions(request: Request) -> Response:
+    return await _generate(request, _CHAT)
 
 
 Body = TypeVar("Body", CompletionRequest, ChatRequest)
@@ -72,23 +75,23 @@ Answer = TypeVar("Answer", Completion, ChatCompletion)
 
 @dataclass(frozen=True)
 class _Endpoint(Generic[Body, Answer]):
-    """What a generating endpoint does its own way: the prompt's ids, the response's id
-    prefix, its stream of chunks, and its whole answer."""
+    """What a generating endpoint does its own way: its body, the prompt's ids, the
+    response's id prefix, its stream of chunks, and its whole answer."""
 
-    ids: Callable[[LanguageEngine, Body], list[int]]
+    body: type[Body]
+    ids: Callable[[LanguageEngine, Body], Awaitable[list[int]]]
     prefix: str
     chunks: Callable[[Generation, str, int, bool], AsyncIterator[str]]
     answer: Callable[[Generation, str, str, int], Answer]
 
 
-async def _generate(
-    request: Request, body: Body, endpoint: _Endpoint[Body, Answer]
-) -> Answer | EventStream:
+async def _generate(request: Request, endpoint: _Endpoint[Body, Answer]) -> Response:
     """One completion or chat completion, from the request's body to its answer or stream."""
     arrived = time.monotonic()
     state = _state(request)
+    body = await parse(request, endpoint.body, state.settings.limits)
     engine = state.language_for(body.model)
-    ids = endpoint.ids(engine, body)
+    ids = await endpoint.ids(engine, body)
     params = generation_params(body, ids, engine, deadline(request, body.timeout))
     generation = Generation(engine, params, arrived=arrived, live=state.live)
     generation.start()
@@ -96,7 +99,7 @@ async def _generate(
     if body.stream:
         return EventStream(endpoint.chunks(generation, ident, created, wants_usage(body)))
     text = await until_gone(request, generation.text())
-    return endpoint.answer(generation, text, ident, created)
+    return JSONResponse(endpoint.answer(generation, text, ident, created).model_dump())
 
 
 def _completion(generation: Generation, text: str, ident: str, created: int) -> Completion:
@@ -106,19 +109,21 @@ def _completion(generation: Generation, text: str, ident: str, created: int) -> 
 
 
 def _chat_completion(generation: Generation, text: str, ident: str, created: int) -> ChatCompletion:
-    message = ChatMessage(role="assistant", content=text)
+    message = AssistantMessage(content=text)
     choice = ChatChoice(message=message, finish_reason=generation.finish_reason)  # type: ignore[arg-type]
     model, usage = generation.engine.name, usage_of(generation)
     return ChatCompletion(id=ident, created=created, model=model, choices=[choice], usage=usage)
 
 
 _COMPLETIONS = _Endpoint[CompletionRequest, Completion](
+    body=CompletionRequest,
     ids=lambda engine, body: prompt_ids(engine, body.prompt),
     prefix="cmpl",
     chunks=completion_chunks,
     answer=_completion,
 )
 _CHAT = _Endpoint[ChatRequest, ChatCompletion](
+    body=ChatRequest,
     ids=lambda engine, body: chat_ids(engine, body.messages),
     prefix="chatcmpl",
     chunks=chat_chunks,
@@ -127,11 +132,13 @@ _CHAT = _Endpoint[ChatRequest, ChatCompletion](
 
 
 @router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingList:
+async def embeddings(request: Request) -> Response:
     arrived = time.monotonic()
     state = _state(request)
+    body = await parse(request, EmbeddingRequest, state.settings.limits)
     engine = state.embedder_for(body.model)
-    items = _embedding_items(engine, body.input)
+    engine.check_dimensions(body.dimensions)
+    items = await engine.items(body.input)
     timeout = deadline(request, body.timeout)
     reason: Reason = "failed"
     try:
@@ -151,37 +158,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingList:
         if reason != "refused":
             state.metrics.e2e.labels(engine.name).observe(time.monotonic() - arrived)
     tokens = sum(int(item["input_ids"].shape[0]) for item in items)
-    data = [
-        Embedding(index=i, embedding=_encoded(v, body.encoding_format))
-        for i, v in enumerate(vectors)
-    ]
-    return EmbeddingList(
-        data=data, model=engine.name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-    )
-
-
-def _embedding_items(engine: EmbeddingEngine, given: Any) -> list[Any]:
-    if isinstance(given, str):
-        return engine.items([given], None)
-    if not given:
-        raise APIError(400, "input: no input to embed", param="input")
-    if all(isinstance(x, str) for x in given):
-        return engine.items(given, None)
-    rows = [given] if all(isinstance(x, int) for x in given) else given
-    for row in rows:
-        if not row or not all(0 <= x < engine.vocab_size for x in row):
-            raise APIError(
-                400, "input: token ids must be non-empty and inside the vocabulary", param="input"
-            )
-    return engine.items(None, rows)
-
-
-def _encoded(vector: Any, encoding: str) -> list[float] | str:
-    array = np.asarray(vector, dtype=np.float32)
-    if encoding == "base64":
-        return base64.b64encode(array.tobytes()).decode()
-    values: list[float] = array.tolist()
-    return values
+    return await embedding_response(vectors, body, engine.name, tokens)
 
 
 @router.get("/health")

@@ -1,7 +1,16 @@
-"""`run`: serve an app with uvicorn, shutting down gracefully on SIGINT / SIGTERM."""
+"""`run`: serve an app with uvicorn, shutting down gracefully on SIGINT / SIGTERM.
+
+The server holds its connections to the app's `ConnectionLimits` (a deadline
+on each request head, a cap on open connections: see `_protocol`). Bound to a
+loopback address it answers only the loopback host names unless
+``allowed_hosts`` says otherwise; bound beyond loopback with no API key, it
+warns that anyone who reaches the port may use the models.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import math
 import signal
 from types import FrameType
@@ -10,7 +19,11 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from ._protocol import guarded_protocol
+from ._settings import LOOPBACK_HOSTS
 from ._state import ServerState
+
+logger = logging.getLogger("hibachi.serve")
 
 __all__ = ["GracefulServer", "run"]
 
@@ -35,17 +48,38 @@ class GracefulServer(uvicorn.Server):
 
 
 def server_for(app: FastAPI, *, host: str, port: int, **uvicorn_options: Any) -> GracefulServer:
-    """An unstarted `GracefulServer` for ``app`` (from `create_app`)."""
+    """An unstarted `GracefulServer` for ``app`` (from `create_app`), listening on
+    ``host:port``; ``uvicorn_options`` go to ``uvicorn.Config``."""
     state: ServerState = app.state.hibachi
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="on",
-        timeout_graceful_shutdown=math.ceil(state.settings.shutdown_grace) + 5,
+    settings = state.settings
+    if settings.access.allowed_hosts is None:
+        state.allowed_hosts[0] = LOOPBACK_HOSTS if is_loopback(host) else None
+    if not is_loopback(host) and not settings.access.api_keys:
+        logger.warning(
+            "hibachi serve listens on %s with no API key: anyone who can reach this port "
+            "can use its models (--api-key KEY, or HIBACHI_API_KEY)",
+            host,
+        )
+    limits = settings.connections
+    options: dict[str, Any] = {
+        "http": guarded_protocol(limits),
+        "timeout_keep_alive": limits.keep_alive_timeout,
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace) + 5,
+        "server_header": False,
         **uvicorn_options,
-    )
+    }
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", **options)
     return GracefulServer(config, state)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, **uvicorn_options: Any) -> None:

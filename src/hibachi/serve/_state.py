@@ -42,6 +42,9 @@ class ServerState:
         self.embedder: EmbeddingEngine | None = None
         self.live: set[Generation] = set()
         self.draining = False
+        # the Host names allowed (None: any), in a list `server_for` may narrow once it
+        # knows the address it binds (the front door reads it on every request)
+        self.allowed_hosts: list[tuple[str, ...] | None] = [settings.access.allowed_hosts]
         self._models = (language_model, embedding_model)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -116,7 +119,12 @@ def _check_name(model: str | None, served: str) -> None:
     if model is not None and model != served:
         raise APIError(
             404,
-            f"model {model!r} is not served here; this server serves {served!r}",
+            f"model {_shown(model)} is not served here; this server serves {served!r}",
             param="model",
             code="model_not_found",
         )
+
+
+def _shown(name: str) -> str:
+    """``name`` as an error message quotes it: at most 100 characters of it."""
+    return repr(name) if len(name) <= 100 else f"{name[:100]!r}..."

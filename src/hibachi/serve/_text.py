@@ -6,6 +6,10 @@ window of a few ids, never the whole sequence, and the window starts in the
 prompt's last tokens so the first piece gets its leading space right. Text is
 held back while it ends in an unfinished character (a byte-level tokenizer's
 partial UTF-8) or might still be the start of a stop string.
+
+Each token costs a bounded amount of work: two decodes of a few ids, and a
+stop search over the last ``longest stop + new text`` characters (the
+request limits bound the stop strings' count and length).
 """
 
 from __future__ import annotations
@@ -42,8 +46,13 @@ class TextAssembler:
         self._prefix = 0  # the window: ids[_prefix:_read] are decoded already
         self._read = len(self._ids)
         self._decoded = ""  # the text of every generated id decoded so far
-        self.text = ""  # what has been released
+        self._released = 0  # how much of it has been released
         self.stopped = False  # a stop string was found: the text ends before it
+
+    @property
+    def text(self) -> str:
+        """What has been released."""
+        return self._decoded[: self._released]
 
     def add(self, token_id: int) -> str:
         """Take one more token; return the text it releases ("" when nothing is certain yet)."""
@@ -75,21 +84,27 @@ class TextAssembler:
             end = cut
         else:
             end = len(decoded) if final else len(decoded) - self._held_back(decoded)
-        if end <= len(self.text):
+        if end <= self._released:
             return ""
-        piece = decoded[len(self.text) : end]
-        self.text = decoded[:end]
+        piece = decoded[self._released : end]
+        self._released = end
         return piece
 
     def _find_stop(self, decoded: str) -> int | None:
-        start = max(0, len(self.text) - self._longest_stop)
+        start = max(0, self._released - self._longest_stop)
         found = [i for i in (decoded.find(s, start) for s in self._stop) if i >= 0]
         return min(found) if found else None
 
     def _held_back(self, decoded: str) -> int:
-        """How many trailing characters might begin a stop string."""
-        for size in range(min(self._longest_stop - 1, len(decoded)), 0, -1):
-            tail = decoded[-size:]
-            if any(s.startswith(tail) for s in self._stop):
-                return size
-        return 0
+        """How many trailing characters might begin a stop string: the longest tail of
+        ``decoded`` that some stop string starts with."""
+        held = 0
+        for stop in self._stop:
+            tail = decoded[len(decoded) - min(len(stop) - 1, len(decoded)) :]
+            at = tail.find(stop[0])
+            while at >= 0 and len(tail) - at > held:
+                if stop.startswith(tail[at:]):
+                    held = len(tail) - at
+                    break
+                at = tail.find(stop[0], at + 1)
+        return held

@@ -286,11 +286,10 @@ def app_status(name: str) -> str | None:
 
 
 def build_small_app() -> Any:
-    from hibachi.serve import ServeSettings, create_app
-    from hibachi.serve._models import default_language_model
+    from hibachi.serve import ServeSettings, create_app, tiny_language_model
 
     settings = ServeSettings(max_batch_size=4, max_length=2048)
-    return create_app(default_language_model(), None, settings=settings)
+    return create_app(tiny_language_model(), None, settings=settings)
 
 
 def metric(port: int, name: str, **labels: str) -> float:

@@ -168,7 +168,16 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture(scope="module")
 def server(cluster: LocalCluster) -> Iterator[Server]:
     port = free_port()
-    args = [HIBACHI, "serve", "--replicas", "2", "--ray-address", cluster.address]
+    args = [
+        HIBACHI,
+        "serve",
+        "--model",
+        "tiny",
+        "--replicas",
+        "2",
+        "--ray-address",
+        cluster.address,
+    ]
     args += ["--port", str(port), "--max-batch-size", str(BATCH), "--max-length", "4096"]
     args += ["--shutdown-grace", str(GRACE)]
     with (cluster.temp / "serve.log").open("wb") as log:

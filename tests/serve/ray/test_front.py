@@ -18,7 +18,7 @@ pytest.importorskip("ray.serve")
 pytest.importorskip("fastapi")
 pytest.importorskip("torch")
 
-from hibachi.serve import ServeSettings, create_app, default_language_model  # noqa: E402
+from hibachi.serve import ServeSettings, create_app, tiny_language_model  # noqa: E402
 from hibachi.serve._ray._fleet import Fleet, ServeView  # noqa: E402
 from hibachi.serve._ray._front import Front  # noqa: E402
 from hibachi.serve._ray._relay import Relay  # noqa: E402
@@ -107,7 +107,7 @@ class StaticFleet(Fleet):
 
 @pytest.fixture(scope="module")
 def language_model() -> Any:
-    return default_language_model()
+    return tiny_language_model()
 
 
 @asynccontextmanager

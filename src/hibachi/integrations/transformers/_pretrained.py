@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -48,12 +49,14 @@ __all__ = [
     "converted_folder",
     "load_pretrained",
     "resolve_device",
+    "resolve_dtype",
     "smollm2_file",
     "transformers_folder",
 ]
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+logger = logging.getLogger("hibachi")
 _DONE = "hibachi-gguf.json"  # written last: a folder that has it is complete
 
 
@@ -103,6 +106,24 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_dtype(dtype: str, device: str, checkpoint: Any = None) -> Any:
+    """The torch dtype for ``dtype`` (one of `DTYPES`) on ``device``.
+
+    "auto": float32 on the CPU (half precision is slower there, and inexact);
+    elsewhere ``checkpoint``, the dtype the weights were saved in (a GGUF file
+    dequantises to float32), when known.
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise ConfigurationError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if not device.startswith("cpu") and isinstance(checkpoint, torch.dtype):
+        return checkpoint
+    return torch.float32
+
+
 def transformers_folder(source: str | Path, *, cache: Path | None = None) -> Path:
     """A transformers folder holding ``source``: a folder is itself; a GGUF file is its
     cached conversion under ``cache`` (default: `cache_root`), converted now if needed."""
@@ -124,8 +145,8 @@ def load_pretrained(
 ) -> Pretrained:
     """The causal LM and tokenizer in ``source`` (a transformers folder or a ``.gguf`` file).
 
-    ``dtype``: one of `DTYPES`; "auto" keeps the weights' own (float32 for a
-    GGUF file, which transformers dequantises). ``device``: "cpu", "cuda",
+    ``dtype``: one of `DTYPES` (`resolve_dtype`: "auto" is float32 on the CPU,
+    the weights' own elsewhere). ``device``: "cpu", "cuda",
     "cuda:1", ... or "auto" (`resolve_device`). ``cache``: for a GGUF file,
     True reads and writes the conversion under `cache_root`, a path under that
     root instead, False neither reads nor writes one.
@@ -143,8 +164,15 @@ def load_pretrained(
         )
     folder = converted_folder(path, None if cache is True else cache)
     if (folder / _DONE).is_file():
-        model, tokenizer = _load_folder(folder, dtype)
-        return _placed(Pretrained(model, tokenizer, f"{path} (cached in {folder})"), dtype, device)
+        try:
+            model, tokenizer = _load_folder(folder, dtype)
+        except Exception as exc:  # a damaged cache is converted again, not fatal
+            logger.warning(
+                "the cached conversion %s could not be read (%s): converting", folder, exc
+            )
+        else:
+            origin = f"{path} (cached in {folder})"
+            return _placed(Pretrained(model, tokenizer, origin), dtype, device)
     model, tokenizer = _convert(path)
     try:
         _store(model, tokenizer, path, folder)
@@ -189,12 +217,10 @@ def _convert(file: Path) -> tuple[Any, Any]:
 
 
 def _placed(loaded: Pretrained, dtype: str, device: str) -> Pretrained:
-    import torch
-
+    where = resolve_device(device)
     model = loaded.model
-    if dtype != "auto":
-        model = model.to(getattr(torch, dtype))
-    model = model.to(resolve_device(device)).eval()
+    checkpoint = getattr(model, "dtype", None)
+    model = model.to(where, resolve_dtype(dtype, where, checkpoint)).eval()
     return loaded._replace(model=model)
 
 
