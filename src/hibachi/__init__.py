@@ -12,6 +12,7 @@ from importlib import metadata as _metadata
 from ._autoregressive.batcher import AutoregressiveBatcher as AutoregressiveBatcher
 from ._autoregressive.incremental import IncrementalModel as IncrementalModel
 from ._autoregressive.stats import AutoregressiveStats as AutoregressiveStats
+from ._autoregressive.stats import MemoryStats as MemoryStats
 from ._autoregressive.stream import TokenStream as TokenStream
 from ._backends import Backend as Backend
 from ._backends import register_backend as register_backend
@@ -45,6 +46,7 @@ __all__ = [
     "HibachiError",
     "IncrementalModel",
     "InvalidRequest",
+    "MemoryStats",
     "ModelError",
     "Pipeline",
     "QueueFull",
