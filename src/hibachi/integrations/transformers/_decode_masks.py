@@ -5,7 +5,7 @@ further (the planner says so: `StepPlanner.followed`), needs the masks that
 step had with one more column open in each row (its new key) and, in a sliding
 layer, one more closed (the key that left its window). `DecodeMasks` keeps
 each kind of layer's additive mask for every row and every cache column,
-(rows, max_length + 1), and makes that change with one ``scatter_`` per kind
+(rows, columns), and makes that change with one ``scatter_`` per kind
 (two for a sliding kind): no mask is built per step.
 
 Whenever the step is anything else — other rows, another order, a step after
@@ -27,12 +27,12 @@ __all__ = ["DecodeMasks"]
 
 
 class DecodeMasks:
-    """The masks of decode steps of up to ``rows`` rows, in a cache of ``max_length`` columns."""
+    """The masks of decode steps of up to ``rows`` rows, in a cache of ``columns`` columns."""
 
-    def __init__(self, serving: ServingPlan, rows: int, max_length: int) -> None:
+    def __init__(self, serving: ServingPlan, rows: int, columns: int) -> None:
         self._serving = serving
         self._rows_kept = rows
-        self._columns = max_length + 1  # the last: scratch space, never read
+        self._columns = columns
         self._layout: object = None  # whose masks are kept
         self._kept: dict[str, torch.Tensor] = {}
         self._first: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -122,8 +122,9 @@ class Sampler:
         self._all_greedy = True  # every slot's last request: greedy rows need no lookup
         self._generators: list[torch.Generator | None] = [None] * slots
 
-    def start(self, slot: int, options: object) -> None:
-        """A new request begins in ``slot``."""
+    def start(self, slot: int, options: object, drawn: int = 0) -> None:
+        """A new request begins in ``slot``; ``drawn``: the tokens it had already drawn
+        (a preempted request, recomputed), whose draws its generator skips."""
         settings = Sampling.parse(options)
         self._settings[slot] = settings
         self._greedy[slot] = settings.greedy
@@ -136,6 +137,8 @@ class Sampler:
                 generator.seed()
             else:
                 generator.manual_seed(settings.seed)
+            for _ in range(drawn):
+                self._draw(slot)
 
     def pick(self, logits: torch.Tensor, slots: np.ndarray[Any, Any]) -> torch.Tensor:
         """The next token (B,) for logits (B, vocab) of the rows in ``slots``."""
