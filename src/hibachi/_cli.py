@@ -142,9 +142,18 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--max-length",
         type=_positive,
-        default=512,
+        default=None,
         metavar="N",
-        help="most tokens (prompt and completion) per sequence (512)",
+        help="most tokens (prompt and completion) per sequence (default: the model's context)",
+    )
+    serve.add_argument(
+        "--kv-cache-bytes",
+        type=_bytes,
+        default=None,
+        metavar="N[K|M|G]",
+        help="most memory for the keys and values of all sequences, e.g. 2G (K, M, G: "
+        "binary multiples; default: half the memory available); it, not --max-length, "
+        "decides how many sequences run at once",
     )
     serve.add_argument(
         "--shutdown-grace",
@@ -369,10 +378,30 @@ def _build_app(args: argparse.Namespace) -> Any:
         max_batch_size=args.max_batch_size,
         max_queue_size=args.max_queue_size,
         max_length=args.max_length,
+        kv_cache_bytes=args.kv_cache_bytes,
         shutdown_grace=args.shutdown_grace,
         stream_interval=args.stream_interval,
     )
     return create_app(language, embedder, settings=settings)
+
+
+_BINARY = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _bytes(text: str) -> int:
+    """A count of bytes: ``N``, or ``N`` followed by K, M, G or T (binary multiples)."""
+    number, unit = text.strip(), ""
+    if number and number[-1].upper() in "KMGT":
+        number, unit = number[:-1], number[-1].upper()
+    try:
+        value = float(number) * _BINARY[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected bytes such as 512M or 2G, got {text!r}"
+        ) from None
+    if not value >= 1 or value != value:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return int(value)
 
 
 def _bounds(text: str) -> tuple[int, int]:

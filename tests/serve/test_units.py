@@ -173,7 +173,30 @@ def test_each_serve_flag_is_the_server_setting_of_its_name_with_its_default() ->
         "max_batch_size",
         "max_queue_size",
         "max_length",
+        "kv_cache_bytes",
         "shutdown_grace",
         "stream_interval",
     }
     assert {name: flags[name] for name in shared} == {name: settings[name] for name in shared}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4096", 4096), ("512K", 512 << 10), ("1.5G", 3 << 29), ("2g", 2 << 30), ("64M", 64 << 20)],
+)
+def test_kv_cache_bytes_take_binary_suffixes(text: str, size: int) -> None:
+    from hibachi._cli import _parser
+
+    args = _parser().parse_args(["serve", "--kv-cache-bytes", text])
+    assert args.kv_cache_bytes == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "0", "2X", "nan"])
+def test_kv_cache_bytes_refuse_what_is_no_size(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hibachi._cli import _parser
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--kv-cache-bytes", text])
+    assert "kv-cache-bytes" in capsys.readouterr().err
