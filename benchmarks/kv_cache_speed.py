@@ -22,19 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import io
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from kv_cache_common import Results, median, smollm2, spread
+from kv_cache_common import Results, baseline_package, median, merge_base, smollm2, spread
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -54,24 +48,6 @@ QUESTIONS = [
     "What should I pack for a weekend hike?",
     "Describe the taste of coffee to someone who never had it.",
 ]
-
-
-def baseline_package(ref: str) -> Any:
-    """hibachi as it was at git ``ref``, imported as ``hibachi_baseline``."""
-    root = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(
-        ["git", "archive", ref, "src/hibachi"], cwd=root, capture_output=True, check=True
-    ).stdout
-    folder = Path(tempfile.mkdtemp(prefix="hibachi-baseline-"))
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(folder, filter="data")
-    package = folder / "src" / "hibachi"
-    attention = package / "integrations" / "transformers" / "_row_attention.py"
-    text = attention.read_text().replace('"hibachi_row_sdpa"', '"hibachi_row_sdpa_baseline"')
-    attention.write_text(text)
-    package.rename(folder / "src" / "hibachi_baseline")
-    sys.path.insert(0, str(folder / "src"))
-    return importlib.import_module("hibachi_baseline.integrations.transformers")
 
 
 def chat_prompts(tokenizer: Any, count: int) -> list[torch.Tensor]:
@@ -134,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    ref = args.baseline or _merge_base()
+    ref = args.baseline or merge_base()
     results = Results(
         "The paged KV cache against the slot cache (SmolLM2-135M-Instruct, tokens/s)",
         (__doc__ or "").split("Usage:")[0].split("\n", 2)[2].strip(),
@@ -194,14 +170,6 @@ def main() -> None:
 
 def _current() -> Any:
     return importlib.import_module("hibachi.integrations.transformers")
-
-
-def _merge_base() -> str:
-    root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        ["git", "merge-base", "HEAD", "main"], cwd=root, capture_output=True, text=True
-    )
-    return out.stdout.strip()[:12] or "HEAD~1"
 
 
 if __name__ == "__main__":
