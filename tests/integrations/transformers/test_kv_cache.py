@@ -209,3 +209,13 @@ def test_every_completed_request_equals_generate_whatever_the_budget(
     stats = batcher.stats()
     assert stats.requests_failed == 0
     assert stats.memory is not None and stats.memory.blocks_used == 0
+
+
+def test_the_kv_cache_docs_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[3] / "docs" / "kv-cache.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    exec(compile(example, "docs/kv-cache.md", "exec"), {})
+    assert capsys.readouterr().out.split("\n")[:2] == ["[8, 8, 8, 8]", "192 0"]
