@@ -171,12 +171,14 @@ class GroupMemory:
         if admission is None:
             return None
         lane = self._first + admission.lane
+        self.planner.rows.add(slot, lane)  # first: a copy that raises is undone by release
+        self.planner.lengths[slot] = 0
         if admission.source is not None:
             source = self._first + admission.source
             for cache in self._caches:
                 cache.copy_lane(source, lane, admission.held)
+            self.blocks.copied(admission, prompt)  # named once they are there
         self.blocks.settle()
-        self.planner.rows.add(slot, lane)
         self.planner.lengths[slot] = admission.held
         return admission.held
 

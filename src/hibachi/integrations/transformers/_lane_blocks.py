@@ -82,7 +82,7 @@ class LaneBlocks:
     def admit(self, prompt: np.ndarray[Any, Any]) -> Admission | None:
         """A lane for a row with ``prompt`` (int64 token ids), its prompt's blocks held;
         None if they are not free. Copy the held tokens from ``source`` if it is not
-        None, then call `settle`."""
+        None (then `copied`), then call `settle`."""
         length = int(prompt.size)
         need = int(self.blocks(length))
         if self.used + need > self.capacity:  # every cached block can be given back
@@ -95,13 +95,20 @@ class LaneBlocks:
         lane, source = self._choose(holders)
         self._take(lane, keep=depth if source is None else 0)
         self._hold(lane, need)
-        if source is not None:
-            self._name_copy(lane, prompt, depth)
         return Admission(lane, depth * self.block_size, source)
+
+    def copied(self, admission: Admission, prompt: np.ndarray[Any, Any]) -> None:
+        """The held tokens of ``admission`` were copied into its lane: name them there."""
+        assert self.index is not None and self.history is not None
+        lane, size = admission.lane, self.block_size
+        self.history[lane, : admission.held] = prompt[: admission.held]
+        for block in range(admission.held // size):
+            self.index.add(lane, prompt[block * size : (block + 1) * size])
+        self._named[lane] = admission.held // size
 
     def bare(self) -> int:
         """A lane for a row that was not admitted (a step fed it first): nothing held."""
-        lane = min(self._idle)
+        lane, _ = self._choose(set())
         self._take(lane, keep=0)
         return lane
 
@@ -162,12 +169,15 @@ class LaneBlocks:
     # -- internals ------------------------------------------------------------------
 
     def _choose(self, holders: set[int]) -> tuple[int, int | None]:
-        """The lane a new row takes: one that holds its prefix, if one is idle (lowest
-        first), else the lowest idle lane; and the lane to copy the prefix from."""
+        """The lane a new row takes, and the lane to copy its prefix from (None: none, or
+        in place): an idle lane that holds its prefix (the lowest), else the lowest idle
+        lane that caches nothing (lanes stay packed), else the least recently used."""
         in_place = [lane for lane in holders if lane in self._idle]
         if in_place:
             return min(in_place), None
-        return min(self._idle), (min(holders) if holders else None)
+        empty = [lane for lane in self._idle if not self._named[lane]]
+        lane = min(empty) if empty else next(iter(self._idle))
+        return lane, (min(holders) if holders else None)
 
     def _take(self, lane: int, keep: int) -> None:
         """``lane`` leaves the idle lanes, keeping its first ``keep`` named blocks."""
@@ -180,15 +190,6 @@ class LaneBlocks:
         self._touched[lane] = max(int(self._touched[lane]), blocks)
         self.used += blocks
         self.peak = max(self.peak, self.used + self.cached)
-
-    def _name_copy(self, lane: int, prompt: np.ndarray[Any, Any], depth: int) -> None:
-        """Name ``lane``'s first ``depth`` blocks: a copy of ``prompt``'s, from another lane."""
-        assert self.index is not None and self.history is not None
-        size = self.block_size
-        self.history[lane, : depth * size] = prompt[: depth * size]
-        for block in range(depth):
-            self.index.add(lane, prompt[block * size : (block + 1) * size])
-        self._named[lane] = depth
 
     def _unname(self, lane: int, depth: int, *, cached: bool = True) -> None:
         """``lane`` keeps its named blocks up to ``depth``; the memory after them goes back."""
