@@ -27,7 +27,7 @@ offered requests only while fewer than ``max_batch_tokens`` prompt tokens wait
 to be fed. Before each step it is asked for room for the step's new tokens;
 when it has none, the scheduler preempts the newest row (`newest`), whose
 request is queued again with its prompt and the tokens it produced
-(`recompute`, from a `TokenLog`).
+(`recompute`, from a `TokenLog`); see `hibachi._autoregressive.memory`.
 """
 
 from __future__ import annotations
@@ -40,18 +40,11 @@ import numpy as np
 
 from .._backends import Backend
 from .._backends._host import host_values, host_view
-from .._core.model import is_fatal, model_error
-from .._core.values import describe_value
+from .._core.model import is_fatal
 from .._exceptions import ModelError
 from .layout import Emitted, RowIndex, gather_rows
+from .memory import Admit, Reserve, TokenLog, admitted
 from .request import Request
-from .token_log import TokenLog
-
-Admit = Callable[[int, Any, Any, int], "int | None"]
-"""``admit(slot, prompt, options, generated)``: see `IncrementalModel.admit`."""
-
-Reserve = Callable[[np.ndarray[Any, np.dtype[np.int64]], np.ndarray[Any, Any]], bool]
-"""``reserve(slots, counts)``: see `IncrementalModel.reserve`."""
 
 __all__ = ["SlotLayout"]
 
@@ -149,28 +142,19 @@ class SlotLayout:
         return True
 
     def _admitted(self, slot: int, request: Request) -> int | None:
-        """The model's `admit` for ``request`` in ``slot``: the prompt tokens it holds, or
-        None (no memory). `ModelError` (the request fails) if it raised or said nonsense."""
+        """The model's `admit` for ``request`` in ``slot`` (see `memory.admitted`); when it
+        fails, ``slot`` is released (whatever the call left in it) and the request fails."""
         assert self._admit is not None
-        length = int(request.prompt.shape[0])
         prompt = self._backend.to_user(request.prompt)
+        length = int(request.prompt.shape[0])
         try:
-            held = self._admit(slot, prompt, request.options, request.sent)
-        except BaseException as exc:
-            if is_fatal(exc):
-                heapq.heappush(self.free, slot)
-                raise
-            self._free_slot(slot)  # whatever the call left in the slot
-            raise model_error(exc) from exc
-        if held is None:
-            return None
-        if isinstance(held, bool) or not isinstance(held, int) or not 0 <= held < length:
+            return admitted(self._admit, slot, prompt, length, request.options, request.sent)
+        except ModelError:
             self._free_slot(slot)
-            raise ModelError(
-                f"admit() returned {describe_value(held)} for a prompt of {length} tokens, "
-                f"expected None or an int in 0 … {length - 1}"
-            )
-        return held
+            raise
+        except BaseException:
+            heapq.heappush(self.free, slot)
+            raise
 
     def leave(self, row: int, n: int) -> None:
         self._free_slot(int(self.slots[row]))

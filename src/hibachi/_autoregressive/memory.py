@@ -1,23 +1,57 @@
-"""The tokens each row has produced, kept while it runs so that it can be recomputed.
+"""What a memory-bounded `IncrementalModel` adds to a `SlotLayout`.
 
-A model with bounded memory may have a row *preempted*: its memory goes to
-others and its request is queued again with the tokens it has produced
-appended to its prompt, to be fed afresh when memory allows (see
-`IncrementalModel.reserve`). `TokenLog` keeps those tokens, one storage row
-per active row, written once per step with the step's tokens (through NumPy
-views where the storage has them, as the layout's own writes).
+Such a model is asked whether a request's prompt fits before the request
+takes a slot (`admitted`: its ``admit``, checked) and for room before each
+step (its ``reserve``). A row it has no room for is *preempted*: its memory
+goes to others and its request is queued again with the tokens it has
+produced appended to its prompt, to be fed afresh when memory allows.
+`TokenLog` keeps those tokens, one storage row per active row, written once
+per step with the step's tokens (through NumPy views where the storage has
+them, as the layout's own writes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .._backends import Backend
+from .._core.model import is_fatal, model_error
+from .._core.values import describe_value
+from .._exceptions import ModelError
 from .layout import RowIndex
 
-__all__ = ["TokenLog"]
+__all__ = ["Admit", "Reserve", "TokenLog", "admitted"]
+
+Admit = Callable[[int, Any, Any, int], "int | None"]
+"""``admit(slot, prompt, options, generated)``: see `IncrementalModel.admit`."""
+
+Reserve = Callable[[np.ndarray[Any, np.dtype[np.int64]], np.ndarray[Any, Any]], bool]
+"""``reserve(slots, counts)``: see `IncrementalModel.reserve`."""
+
+
+def admitted(
+    admit: Admit, slot: int, prompt: Any, length: int, options: Any, generated: int
+) -> int | None:
+    """``admit``'s answer for a prompt of ``length`` tokens: how many the model holds, or
+    None (no memory). `ModelError` if it raised (chained) or said something else; a
+    fatal exception (`is_fatal`) propagates."""
+    try:
+        held = admit(slot, prompt, options, generated)
+    except BaseException as exc:
+        if is_fatal(exc):
+            raise
+        raise model_error(exc) from exc
+    if held is None:
+        return None
+    if isinstance(held, bool) or not isinstance(held, int) or not 0 <= held < length:
+        raise ModelError(
+            f"admit() returned {describe_value(held)} for a prompt of {length} tokens, "
+            f"expected None or an int in 0 … {length - 1}"
+        )
+    return held
 
 
 class TokenLog:
