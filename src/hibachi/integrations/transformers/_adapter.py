@@ -20,7 +20,7 @@ from ._alibi import decoder_layers, layer_arguments, scheme_arguments
 from ._architectures import ATTENTION, RECURRENT, serving_plan
 from ._decode_masks import DecodeMasks
 from ._kv_cache import LaneCache
-from ._kv_memory import GroupMemory, cache_sizes, memory_stats, model_context
+from ._kv_memory import cache_sizes, memory_stats, model_context
 from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
 from ._row_attention import Segmenter, Segments, selected
@@ -262,7 +262,7 @@ class CausalLMAdapter(IncrementalModel):
             for j in self._planner.missing(slots):  # rows fed without admission
                 group.place(int(slots[j]))
                 self._sampler.start(int(slots[j]), options[j])
-            _hold(group, slots, mask)
+            group.hold(slots, mask)
             lengths = self._lengths[slots]
             recurrent = self._serving.recurrent
             states = self._states.save(on_device(slots, self.device)) if recurrent else None
@@ -417,14 +417,6 @@ def _decoder_layers(model: Any) -> list[torch.nn.Module]:
         return decoder_layers(model)
     except LookupError as exc:
         raise ConfigurationError(f"cannot serve {type(model).__name__}: {exc}") from exc
-
-
-def _hold(group: GroupMemory, slots: np.ndarray[Any, Any], mask: Any) -> None:
-    """Hold the blocks of the step's new tokens (the batcher has asked already: this is
-    for a caller that steps the adapter itself); RuntimeError if they are not free."""
-    counts = 1 if mask.shape[1] == 1 else mask.sum(dim=1).numpy(force=True)
-    if not group.reserve(slots, counts):
-        raise RuntimeError("the KV cache has no memory for this step's tokens (reserve first)")
 
 
 def _optional_bytes(value: object) -> int | None:

@@ -155,6 +155,7 @@ class GroupMemory:
         self.planner = planner
         self._caches = caches
         self._first = lanes.start
+        self._reserved: bytes | None = None  # the rows `reserve` last held blocks for
         self.blocks = LaneBlocks(
             len(lanes),
             capacity=capacity,
@@ -190,8 +191,25 @@ class GroupMemory:
     def reserve(self, slots: np.ndarray[Any, Any], counts: Any) -> bool:
         """Hold the blocks of ``counts`` more tokens in each of ``slots``; False if not free."""
         planner = self.planner
-        lanes = planner.rows.lane[slots] - self._first
-        return self.blocks.reserve(lanes, planner.lengths[slots] + counts)
+        lanes = self._local(planner.rows.lane[slots])
+        held = self.blocks.reserve(lanes, planner.lengths[slots] + counts)
+        self._reserved = slots.tobytes() if held else None
+        return held
+
+    def hold(self, slots: np.ndarray[Any, Any], mask: Any) -> None:
+        """Hold the blocks of a step over ``slots`` whose new tokens are ``mask`` (B, W),
+        unless `reserve` was just asked for these rows (as the batcher does before each
+        step); RuntimeError if they are not free (a caller stepping the adapter itself)."""
+        reserved, self._reserved = self._reserved, None
+        if reserved == slots.tobytes():
+            return
+        counts = 1 if mask.shape[1] == 1 else mask.sum(dim=1).numpy(force=True)
+        if not self.reserve(slots, counts):
+            raise RuntimeError("the KV cache has no memory for this step's tokens")
+        self._reserved = None
+
+    def _local(self, lanes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return lanes if self._first == 0 else lanes - self._first
 
     def record(self, layout: Layout, counts: np.ndarray[Any, Any] | None, tokens: Any) -> None:
         """A committed step fed ``tokens`` (the layout's order; ``counts`` each, left-padded,
@@ -199,7 +217,7 @@ class GroupMemory:
         history = self.blocks.history
         if history is None:
             return
-        lanes = layout.lanes - self._first
+        lanes = self._local(layout.lanes)
         ends = self.planner.lengths[layout.slots]
         fed = np.asarray(tokens.numpy(force=True), dtype=np.int64)
         if counts is None:

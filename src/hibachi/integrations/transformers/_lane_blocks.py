@@ -143,6 +143,8 @@ class LaneBlocks:
         grow = need > held
         if not grow.any():
             return True
+        if int(lengths.max()) > self._columns:  # past its lane: never, through the batcher
+            return False
         extra = int((need - held)[grow].sum())
         if self.used + extra > self.capacity:
             return False

@@ -232,9 +232,7 @@ class StagedDecoder:
             for j in planner.missing(slots):  # rows fed without admission
                 memory.place(int(slots[j]))
                 self._sampler.start(int(slots[j]), options[j])
-            counts = 1 if mask.shape[1] == 1 else mask.sum(dim=1).numpy(force=True)
-            if not memory.reserve(slots, counts):
-                raise RuntimeError("the KV cache has no memory for this step's tokens")
+            memory.hold(slots, mask)
             layout, counts, positions, plan = planner.plan(slots, mask)
             masks = self._serving.masks(positions, plan.kv_length, None, self._dtype, self._keys)
             fed = in_order(tokens, layout.host_index)
