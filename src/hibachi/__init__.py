@@ -13,6 +13,7 @@ from ._autoregressive.batcher import AutoregressiveBatcher as AutoregressiveBatc
 from ._autoregressive.incremental import Accepted as Accepted
 from ._autoregressive.incremental import IncrementalModel as IncrementalModel
 from ._autoregressive.stats import AutoregressiveStats as AutoregressiveStats
+from ._autoregressive.stats import MemoryStats as MemoryStats
 from ._autoregressive.stream import TokenStream as TokenStream
 from ._backends import Backend as Backend
 from ._backends import register_backend as register_backend
@@ -47,6 +48,7 @@ __all__ = [
     "HibachiError",
     "IncrementalModel",
     "InvalidRequest",
+    "MemoryStats",
     "ModelError",
     "Pipeline",
     "QueueFull",

@@ -104,9 +104,18 @@ def _batching_arguments(group: Any) -> None:
     group.add_argument(
         "--max-length",
         type=_positive,
-        default=512,
+        default=None,
         metavar="N",
-        help="most tokens (prompt and completion) per sequence (512)",
+        help="most tokens (prompt and completion) per sequence (default: the model's context)",
+    )
+    group.add_argument(
+        "--kv-cache-bytes",
+        type=_bytes,
+        default=None,
+        metavar="N[K|M|G]",
+        help="most memory for the keys and values of all sequences, e.g. 2G (K, M, G: "
+        "binary multiples; default: half the memory available); it, not --max-length, "
+        "decides how many sequences run at once",
     )
     group.add_argument(
         "--shutdown-grace",
@@ -127,7 +136,7 @@ def _batching_arguments(group: Any) -> None:
 def _limit_arguments(group: Any) -> None:
     group.add_argument(
         "--max-request-bytes",
-        type=_positive,
+        type=_bytes,
         default=4 * 1024 * 1024,
         metavar="N",
         help="a request body's size (4 MiB); beyond, 413",
@@ -180,7 +189,7 @@ def _connection_arguments(group: Any) -> None:
     )
     group.add_argument(
         "--max-header-bytes",
-        type=_positive,
+        type=_bytes,
         default=64 * 1024,
         metavar="N",
         help="a request head's size (64 KiB); beyond, 431",
@@ -215,7 +224,7 @@ def _connection_arguments(group: Any) -> None:
     )
     group.add_argument(
         "--max-buffered-bytes",
-        type=_positive,
+        type=_bytes,
         default=256 * 1024 * 1024,
         metavar="N",
         help="request bodies held at once, all requests together (256 MiB); beyond, 503",
@@ -358,6 +367,25 @@ def _say(line: str) -> None:
 
 
 # -- argument types ---------------------------------------------------------------------
+
+
+_BINARY = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _bytes(text: str) -> int:
+    """A count of bytes: ``N``, or ``N`` followed by K, M, G or T (binary multiples)."""
+    number, unit = text.strip(), ""
+    if number and number[-1].upper() in "KMGT":
+        number, unit = number[:-1], number[-1].upper()
+    try:
+        value = float(number) * _BINARY[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected bytes such as 512M or 2G, got {text!r}"
+        ) from None
+    if not value >= 1 or value != value:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return int(value)
 
 
 def _seconds(text: str) -> float:

@@ -416,6 +416,7 @@ def test_stats_of_a_scripted_run(make_batcher: Make) -> None:
             queue_depth=0,
             requests_in_flight=0,
             requests_submitted=4,
+            peak_requests_in_flight=2,
         )
     )
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -211,7 +211,7 @@ def test_embeddings_equal_sentence_transformers(server: Running) -> None:
         ),
         pytest.param("/v1/completions", {"prompt": ["a", "b"]}, {}, "prompt", id="two-prompts"),
         pytest.param("/v1/completions", {"prompt": ""}, {}, "prompt", id="empty-prompt"),
-        pytest.param("/v1/completions", {"prompt": "a " * 600}, {}, "prompt", id="too-long"),
+        pytest.param("/v1/completions", {"prompt": "a " * 5000}, {}, "prompt", id="too-long"),
         pytest.param("/v1/completions", {"prompt": "a", "n": 2}, {}, "n", id="n"),
         pytest.param("/v1/completions", {"prompt": "a", "logprobs": 2}, {}, "logprobs", id="lp"),
         pytest.param("/v1/completions", {"prompt": "a", "best_of": 3}, {}, "best_of", id="best_of"),
@@ -340,8 +340,14 @@ def test_health_and_metrics(server: Running) -> None:
         "hibachi_batch_fill_ratio_count",
         "hibachi_generation_tokens_total",
         "hibachi_requests_ended_total",
+        "hibachi_kv_cache_usage_ratio",
+        "hibachi_prefix_cache_queries_total",
+        "hibachi_prefix_cache_hits_total",
+        "hibachi_requests_preempted_total",
     ):
         assert name in names, name
+    assert server.metric("hibachi_prefix_cache_queries_total", model=LLM) > 0
+    assert 0 <= server.metric("hibachi_kv_cache_usage_ratio", model=LLM) <= 1
     assert server.metric("hibachi_requests_ended_total", model=LLM, reason="budget") >= 1
 
 

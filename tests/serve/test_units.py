@@ -234,3 +234,25 @@ def test_a_tracked_adapter_keeps_its_ticket_and_steps_the_inner_model_with_its_o
     tracked.step(np.ones((1, 1)), np.ones((1, 1), dtype=bool), np.array([0]), [ticket])
     assert Inner.seen == [("parsed", {"temperature": 1.0})]
     assert ticket.started is not None and steps == [1]
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4096", 4096), ("512K", 512 << 10), ("1.5G", 3 << 29), ("2g", 2 << 30), ("64M", 64 << 20)],
+)
+def test_kv_cache_bytes_take_binary_suffixes(text: str, size: int) -> None:
+    from hibachi._cli import _parser
+
+    args = _parser().parse_args(["serve", "--kv-cache-bytes", text])
+    assert args.kv_cache_bytes == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "-1G", "0", "2X", "nan"])
+def test_kv_cache_bytes_refuse_what_is_no_size(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hibachi._cli import _parser
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--kv-cache-bytes", text])
+    assert "kv-cache-bytes" in capsys.readouterr().err

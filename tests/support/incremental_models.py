@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 import hibachi
+from hibachi._autoregressive.incremental import overrides
 from hibachi._autoregressive.pipelined import slot_ranges
 from hibachi._autoregressive.request import Request, check_prompt
 from hibachi._autoregressive.slots import SlotLayout
@@ -161,6 +162,8 @@ class SlotDriver(Driver):
                 max_batch_size,
                 max_batch_tokens=max_batch_tokens,
                 release=model.release,
+                admit=model.admit if overrides(model, "admit") else None,
+                reserve=model.reserve if overrides(model, "reserve") else None,
             )
 
         super().__init__(

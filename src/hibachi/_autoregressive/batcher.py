@@ -214,4 +214,7 @@ class AutoregressiveBatcher(Lifecycle):
             requests_in_flight=sum(len(g.rows) for g in groups),
             requests_submitted=c.submitted,
             stage_busy=() if self._stages is None else self._stages.busy(),
+            requests_preempted=c.preempted,
+            peak_requests_in_flight=c.peak_rows,
+            memory=None if self._incremental is None else self._incremental.memory_stats(),
         )

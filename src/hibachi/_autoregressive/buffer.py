@@ -112,8 +112,21 @@ class SequenceBuffer:
     def fault(self) -> BaseException | None:
         return None
 
-    def enter(self, row: int, request: Request, n: int) -> None:
+    def enter(self, row: int, request: Request, n: int) -> bool:
         self.admit(row, request.prompt, n)
+        return True
+
+    def reserve(self, n: int) -> bool:
+        return True  # a stateless model's memory is the step's own
+
+    def retract(self) -> None:
+        pass
+
+    def newest(self, n: int) -> int:
+        return n - 1
+
+    def recompute(self, row: int) -> Any:
+        raise NotImplementedError("a stateless model's rows are never preempted")
 
     def leave(self, row: int, n: int) -> None:
         if row != n - 1:

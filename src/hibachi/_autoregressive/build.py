@@ -32,7 +32,7 @@ from .._core.values import describe_value
 from .._exceptions import ConfigurationError
 from .courier import Courier
 from .engine import Engine
-from .incremental import IncrementalModel
+from .incremental import IncrementalModel, overrides
 from .layout import Layout
 from .pipelined import PipelinedEngine, group_sizes, slot_ranges
 from .request import Request, check_cast
@@ -181,7 +181,8 @@ def _pipelined(
 def _slots(
     settings: Settings, runner: ModelRunner, model: IncrementalModel, slots: range
 ) -> SlotLayout:
-    """The layout of a group that owns ``slots``; ``runner`` calls the model's release."""
+    """The layout of a group that owns ``slots``; ``runner`` calls the model's release.
+    The model's ``admit`` and ``reserve`` are asked only where it overrides them."""
     release = model.release
     return SlotLayout(
         settings.backend,
@@ -190,6 +191,8 @@ def _slots(
         max_batch_tokens=settings.max_batch_tokens,
         release=lambda slot: runner.call(release, slot),
         first_slot=slots.start,
+        admit=model.admit if overrides(model, "admit") else None,
+        reserve=model.reserve if overrides(model, "reserve") else None,
     )
 
 

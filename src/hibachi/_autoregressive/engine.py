@@ -79,6 +79,8 @@ def run_step(scheduler: Scheduler, call: Callable[..., Any]) -> None:
     `BaseException`, unless `is_fatal` (then it propagates and stops the engine).
     """
     inputs = scheduler.model_inputs()
+    if inputs is None:  # the model's memory ended every row
+        return
     size = scheduler.layout.step_size(len(scheduler.rows))
     column, failed = attempt(scheduler, call, inputs, size)
     if failed is None:

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from .._core.pipeline import Pipeline
+from .stats import MemoryStats
 
-__all__ = ["Accepted", "IncrementalModel"]
+__all__ = ["Accepted", "IncrementalModel", "overrides"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,19 @@ class IncrementalModel(abc.ABC):
     cancellation, deadline, model error, close), `release` is called before the
     slot is handed to another request.
 
-    Every method but `check_request` is called from the batcher's engine thread,
-    one call at a time; `step` and `release` may be ``async``.
+    Every method but `check_request` and `memory_stats` is called from the
+    batcher's engine thread, one call at a time; `step` and `release` may be
+    ``async``.
+
+    **Memory.** A model whose memory is bounded (a paged key/value cache)
+    overrides `admit` and `reserve`: the batcher then admits a request only
+    when the model has room for its prompt, and when a step's rows need
+    memory the model does not have, it *preempts* its newest row — releases
+    its slot and queues the request again, first, with the tokens it has
+    produced appended to its prompt, to be recomputed when memory allows
+    (the caller's stream pauses; it sees no token twice and none missing).
+    `admit` may also say that the model already holds the first tokens of a
+    prompt (a cached prefix): the batcher then feeds only the rest.
 
     **A step that raises changes nothing.** When `step` raises, the batcher
     retries it on parts of its rows (halves, then single rows) to find the
@@ -99,6 +111,51 @@ class IncrementalModel(abc.ABC):
         """
         return max_new_tokens
 
+    def admit(self, slot: int, prompt: Any, options: Any, generated: int) -> int | None:
+        """A request is about to take ``slot``: is there memory for its prompt?
+
+        Called before the slot's first step. ``prompt`` (S, *token_shape) is
+        the request's prompt; ``generated`` how many of its last tokens the
+        request produced itself before it was preempted (0 for a new
+        request: a model that samples continues such a row's draws where
+        they were).
+
+        Returns how many of the prompt's first tokens the model already
+        holds for ``slot`` (a cached prefix: the batcher feeds only the
+        rest), at most S - 1: the last token is always fed, for the next
+        token's sake. None: no memory for the prompt now; the request waits
+        at the front of the queue and is offered again at a later step
+        (None while no other row holds memory fails the request). The
+        default admits every request and holds nothing.
+
+        Once a request is admitted, ``release(slot)`` ends it as any other.
+        A model that overrides `admit` is offered requests one at a time,
+        while fewer than ``max_batch_tokens`` prompt tokens wait to be fed:
+        a prefix it has just computed is then found by the requests behind.
+        """
+        return 0
+
+    def reserve(self, slots: np.ndarray[Any, np.dtype[np.int64]], counts: Any) -> bool:
+        """Make room for ``counts[i]`` more tokens in ``slots[i]``, before a step feeds them.
+
+        ``counts`` is an int64 array of the step's new tokens per row (its
+        prompt chunk, or 1). True: there is room (a step never runs without
+        it). False: there is not, and nothing was reserved; the batcher then
+        preempts its newest row (see the class docstring) and asks again,
+        for the step over the rows that remain. The default has room for
+        everything. A model that overrides `reserve` may be preempted, so
+        the batcher keeps each row's tokens while it runs.
+
+        Room reserved for a step that then raises stays with its slots
+        (their retry needs it) until they are released.
+        """
+        return True
+
+    def memory_stats(self) -> MemoryStats | None:
+        """What the model's memory holds now, for the batcher's `stats()`; None (the
+        default): nothing to report. Called from any thread: read, don't lock."""
+        return None
+
     def pipeline(self) -> Pipeline | None:
         """The step split into stages that run at once on different rows, or None.
 
@@ -124,3 +181,8 @@ class IncrementalModel(abc.ABC):
         stage: lengths, sampler draws), when it returns.
         """
         return None
+
+
+def overrides(model: IncrementalModel, name: str) -> bool:
+    """Whether ``model``'s class defines its own ``name`` (not the contract's default)."""
+    return getattr(type(model), name, None) is not getattr(IncrementalModel, name)

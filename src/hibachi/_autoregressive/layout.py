@@ -52,8 +52,12 @@ class Layout(Protocol):
         """Why no request can ever be admitted again, if that is so."""
         ...
 
-    def enter(self, row: int, request: Request, n: int) -> None:
-        """Row ``row`` starts serving ``request``; rows < n are active (``row == n - 1``)."""
+    def enter(self, row: int, request: Request, n: int) -> bool:
+        """Row ``row`` starts serving ``request``; rows < n are active (``row == n - 1``).
+
+        False: the model has no memory for it now (nothing changed; it waits).
+        `ModelError`: the request fails (the model's admission raised).
+        """
         ...
 
     def leave(self, row: int, n: int) -> None:
@@ -62,6 +66,22 @@ class Layout(Protocol):
 
     def settle(self, n: int) -> None:
         """Rows have left; rows < n remain."""
+        ...
+
+    def reserve(self, n: int) -> bool:
+        """Whether the model has room for the step `inputs` fixed (else a row is preempted)."""
+        ...
+
+    def retract(self) -> None:
+        """The step `inputs` fixed will not run: the next `inputs` chooses afresh."""
+        ...
+
+    def newest(self, n: int) -> int:
+        """The row of rows < n to preempt first."""
+        ...
+
+    def recompute(self, row: int) -> Any:
+        """What row ``row``'s request is fed again once preempted: its prompt and tokens."""
         ...
 
     def inputs(self, n: int) -> tuple[Any, ...]:

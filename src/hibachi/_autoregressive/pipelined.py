@@ -178,6 +178,9 @@ class PipelinedEngine(EngineThread):
             if group.job is None and self._schedule(group.scheduler):
                 scheduler = group.scheduler
                 inputs = scheduler.model_inputs()  # fixes the step's rows (a SlotLayout's subset)
+                if inputs is None:  # the model's memory ended every row of the group
+                    started = True
+                    continue
                 group.size = scheduler.layout.step_size(len(scheduler.rows))
                 context = scheduler.backend.inference_context
                 group.job = self.stages.submit(inputs, context, self._wake)

@@ -47,6 +47,7 @@ class Request:
     active: bool = False
     ended: bool = False
     sent: int = 0  # tokens put in the sink (engine thread)
+    preempted: int = 0  # times its row was preempted and the request queued again
     taken: int = 0  # tokens the caller has read (caller's thread)
     id: int = field(default_factory=lambda: next(_ids))
 

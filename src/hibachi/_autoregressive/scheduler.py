@@ -8,6 +8,10 @@ step by step with a fake clock and list sinks.
 - ``schedule`` drops rows whose caller left or whose deadline passed, admits
   waiting requests into free rows in arrival order, and says whether a step
   should run.
+- ``model_inputs`` fixes the step's rows and asks the model for memory for
+  their new tokens; while it has none, the newest row is *preempted*: its
+  request goes back to the front of the queue with the tokens it produced
+  appended to its prompt, to be recomputed later (its stream only pauses).
 - ``complete`` writes each row's new token, streams it to its caller, ends the
   rows that produced the stop token or spent their budget, and trims padding.
 
@@ -31,6 +35,7 @@ import numpy as np
 
 from .._backends import Backend
 from .._backends._host import host_values
+from .._core.model import is_fatal, model_error
 from .._core.queue import WorkQueue
 from .._exceptions import ModelError, QueueFull, Timeout
 from .buffer import SequenceBuffer
@@ -59,6 +64,8 @@ class Counters:
     filled_rows: int = 0
     padding_cells: int = 0
     cells: int = 0
+    preempted: int = 0
+    peak_rows: int = 0
 
 
 class Scheduler:
@@ -127,9 +134,50 @@ class Scheduler:
             self._check_fault()
         return bool(self.rows)
 
-    def model_inputs(self) -> tuple[Any, ...]:
-        """The model's arguments for this step: (tokens, mask) for a stateless model."""
-        return self.layout.inputs(len(self.rows))
+    def model_inputs(self) -> tuple[Any, ...] | None:
+        """The model's arguments for this step: (tokens, mask) for a stateless model.
+
+        Fixes the step's rows and makes sure the model has memory for them
+        (`Layout.reserve`), preempting the newest row while it has not. None:
+        no row is left to step (the model's memory failed the last ones).
+        """
+        while self.rows:
+            n = len(self.rows)
+            inputs = self.layout.inputs(n)
+            try:
+                if self.layout.reserve(n):
+                    return inputs
+            except BaseException as exc:
+                if is_fatal(exc):
+                    raise
+                self._end_step_rows(model_error(exc))
+                continue
+            self.layout.retract()
+            if n == 1:
+                self._end_step_rows(_NO_MEMORY)
+            else:
+                self._preempt(self.layout.newest(n))
+        return None
+
+    def _end_step_rows(self, error: BaseException) -> None:
+        """End the rows of the step `model_inputs` fixed with ``error``."""
+        members = self.layout.step_rows(len(self.rows))
+        self.counters.failed += len(members)
+        self._remove(members, error)
+
+    def _preempt(self, row: int) -> None:
+        """Give row ``row``'s memory back and queue its request again, first, to be fed its
+        prompt and the tokens it produced so far (its stream sees only a pause)."""
+        request = self.rows[row]
+        prompt = self.layout.recompute(row)
+        budget = int(self.remaining[row])
+        self._remove_row(row)
+        self.layout.settle(len(self.rows))
+        request.prompt, request.max_new_tokens = prompt, budget
+        request.active = False
+        request.preempted += 1
+        self.counters.preempted += 1
+        self.queue.push_front(request)
 
     def complete(self, output: Any) -> None:
         """Apply the model's output for the rows of this step."""
@@ -285,29 +333,47 @@ class Scheduler:
             self.abort(error)
 
     def _admit(self, most: int | None) -> None:
-        free = self.layout.room(len(self.rows))
-        if most is not None:
-            free = min(free, most)
-        while free > 0:
-            taken = self.queue.take(free)
+        """Admit waiting requests in arrival order while the layout has room (at most ``most``)."""
+        while (most is None or most > 0) and self.layout.room(len(self.rows)) > 0:
+            taken = self.queue.take(1)
             if not taken:
                 return
-            for request in taken:
-                if request.departed:
-                    if not request.ended:
-                        self._end_departed(request)
-                    continue
-                self._admit_one(request)
-                free -= 1
+            request = taken[0]
+            if request.departed:
+                if not request.ended:
+                    self._end_departed(request)
+                continue
+            if not self._admit_one(request):
+                return
+            if most is not None:
+                most -= 1
 
-    def _admit_one(self, request: Request) -> None:
+    def _admit_one(self, request: Request) -> bool:
+        """Give ``request`` a row; False if the model has no memory for it yet (it waits,
+        first in the queue, and nothing after it is admitted before it)."""
         row = len(self.rows)
+        try:
+            entered = self.layout.enter(row, request, row + 1)
+        except ModelError as error:
+            self.counters.failed += 1
+            request.finish(error)
+            self.layout.settle(row)
+            return True
+        if not entered:
+            if self.rows:
+                self.queue.push_front(request)
+                return False
+            self.counters.failed += 1
+            request.finish(copy_error(_NO_MEMORY))
+            return True
         self.rows.append(request)
-        self.layout.enter(row, request, row + 1)
         self.remaining[row] = request.max_new_tokens
         request.active = True
         request.prompt = None  # the layout holds it now
-        self.counters.admitted += 1
+        if not request.preempted:
+            self.counters.admitted += 1
+        self.counters.peak_rows = max(self.counters.peak_rows, row + 1)
+        return True
 
     def _drop_departed(self) -> None:
         gone = [i for i, request in enumerate(self.rows) if request.departed]
@@ -421,6 +487,11 @@ def _put_tokens(backend: Backend, sinks: list[tuple[Any, int]], column: Any) -> 
     for sink, i in sinks:
         sink.put(tokens[i])
 
+
+_NO_MEMORY = ModelError(
+    "the model has no memory for this request even with no other request running "
+    "(its admit() or reserve() refused it alone)"
+)
 
 _OVERRUN = QueueFull(
     "the stream was not read: it held max_unread_tokens unread tokens, so it was ended"

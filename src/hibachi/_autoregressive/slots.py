@@ -19,6 +19,15 @@ prefill step (of at most ``max_batch_tokens`` cells) between two of its tokens.
 Slots come from a free list; a row keeps its slot for its life. When a row
 leaves, for whatever reason, the model's ``release(slot)`` is called before the
 slot can go to anyone else. A slot whose release raised is never reused.
+
+A model with bounded memory (`IncrementalModel.admit` and ``reserve``) is
+asked, before a request takes a slot, whether its prompt fits and how much of
+it the model already holds (a cached prefix, then not fed); such a model is
+offered requests only while fewer than ``max_batch_tokens`` prompt tokens wait
+to be fed. Before each step it is asked for room for the step's new tokens;
+when it has none, the scheduler preempts the newest row (`newest`), whose
+request is queued again with its prompt and the tokens it produced
+(`recompute`, from a `TokenLog`); see `hibachi._autoregressive.memory`.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from .._backends._host import host_values, host_view
 from .._core.model import is_fatal
 from .._exceptions import ModelError
 from .layout import Emitted, RowIndex, gather_rows
+from .memory import Admit, Reserve, TokenLog, admitted
 from .request import Request
 
 __all__ = ["SlotLayout"]
@@ -53,11 +63,16 @@ class SlotLayout:
         max_batch_tokens: int,
         release: Callable[[int], object],
         first_slot: int = 0,
+        admit: Admit | None = None,
+        reserve: Reserve | None = None,
     ) -> None:
-        """Slots ``first_slot`` … ``first_slot + rows - 1`` (a pipeline's groups own apart)."""
+        """Slots ``first_slot`` … ``first_slot + rows - 1`` (a pipeline's groups own apart);
+        ``admit`` and ``reserve``: the model's, where it bounds its memory (None: it does not)."""
         self._backend = backend
         self._padding = padding
         self._release = release
+        self._admit = admit
+        self._reserve = reserve
         self.max_batch_tokens = max_batch_tokens
         token_shape = tuple(padding.shape)
         self._writes = writes_for(backend, padding)
@@ -87,11 +102,17 @@ class SlotLayout:
         self._prefill_next = True
         self._step = _Step.decode_all()
         self._waiting = 0  # rows whose prompt is not all in
+        self._pending = 0  # prompt tokens not yet fed, over those rows
         self._decode_all: dict[int, tuple[Any, Any, Any]] = {}  # n: views of the first n rows
+        self._log = None if reserve is None else TokenLog(backend, padding, rows, self._writes)
+        self._counts = np.ones(rows, dtype=np.int64)  # a decode step's new tokens per row
+        self._prefill_before = True  # `_prefill_next` before the last `inputs`
 
     # -- rows coming and going ----------------------------------------------------
 
     def room(self, n: int) -> int:
+        if self._admit is not None and self._pending >= self.max_batch_tokens:
+            return 0  # offered one by one, while the next prefill step can start them
         return len(self.free)
 
     def fault(self) -> BaseException | None:
@@ -101,19 +122,45 @@ class SlotLayout:
         error.__cause__ = self.retired[-1][1]
         return error
 
-    def enter(self, row: int, request: Request, n: int) -> None:
-        self.slots[row] = heapq.heappop(self.free)
-        self.prompts[row] = self._writes.target(request.prompt)
+    def enter(self, row: int, request: Request, n: int) -> bool:
+        slot = heapq.heappop(self.free)
+        held = 0 if self._admit is None else self._admitted(slot, request)
+        if held is None:
+            heapq.heappush(self.free, slot)
+            return False
+        self.slots[row] = slot
+        prompt = self.prompts[row] = self._writes.target(request.prompt)
         self.options[row] = request.options
-        self.fed[row] = 0
+        self.fed[row] = held
         self.prefilling[row] = True
         self._waiting += 1
+        self._pending += int(prompt.shape[0]) - held
         self.admitted[row] = self._admissions
         self._admissions += 1
+        if self._log is not None:
+            self._log.start(row)
+        return True
+
+    def _admitted(self, slot: int, request: Request) -> int | None:
+        """The model's `admit` for ``request`` in ``slot`` (see `memory.admitted`); when it
+        fails, ``slot`` is released (whatever the call left in it) and the request fails."""
+        assert self._admit is not None
+        prompt = self._backend.to_user(request.prompt)
+        length = int(request.prompt.shape[0])
+        try:
+            return admitted(self._admit, slot, prompt, length, request.options, request.sent)
+        except ModelError:
+            self._free_slot(slot)
+            raise
+        except BaseException:
+            heapq.heappush(self.free, slot)
+            raise
 
     def leave(self, row: int, n: int) -> None:
         self._free_slot(int(self.slots[row]))
-        self._waiting -= bool(self.prefilling[row])
+        if self.prefilling[row]:
+            self._waiting -= 1
+            self._pending -= int(self.prompts[row].shape[0]) - int(self.fed[row])
         last = n - 1
         if row != last:
             self.slots[row] = self.slots[last]
@@ -123,8 +170,39 @@ class SlotLayout:
             self.prompts[row] = self.prompts[last]
             self.options[row] = self.options[last]
             self._last[row] = self._last[last]
+            if self._log is not None:
+                self._log.move(last, row)
         self.prefilling[last] = False
         self.prompts[last] = self.options[last] = None
+
+    # -- memory ---------------------------------------------------------------------
+
+    def reserve(self, n: int) -> bool:
+        """Ask the model for room for the step `inputs` fixed (True without ``reserve``)."""
+        if self._reserve is None:
+            return True
+        step = self._step
+        if step.rows is None:
+            slots, counts = self.slots[:n], self._counts[:n]
+        else:
+            slots = self.slots[step.rows]
+            counts = self._counts[: step.rows.size] if step.chunks is None else step.counts()
+        return bool(self._reserve(slots, counts))
+
+    def retract(self) -> None:
+        """The step `inputs` fixed will not run (a row is preempted first): the next
+        `inputs` chooses afresh, as if this one had not been asked for."""
+        self._prefill_next = self._prefill_before
+
+    def newest(self, n: int) -> int:
+        """The row admitted last, of rows < n: the one preempted first."""
+        return int(np.argmax(self.admitted[:n]))
+
+    def recompute(self, row: int) -> Any:
+        """Row ``row``'s prompt followed by the tokens it produced (storage): what its
+        request is fed again, after a preemption."""
+        assert self._log is not None
+        return self._log.sequence(row, self.prompts[row])
 
     def settle(self, n: int) -> None:
         # A fatal exception from release() (see `is_fatal`) stops the engine, but only
@@ -148,6 +226,7 @@ class SlotLayout:
 
     def inputs(self, n: int) -> tuple[Any, Any, Any, list[Any]]:
         """(tokens, mask, slots, options) of the step's rows; see `IncrementalModel.step`."""
+        self._prefill_before = self._prefill_next
         if self._waiting:
             return self._mixed_inputs(n)
         self._prefill_next = True
@@ -255,9 +334,13 @@ class SlotLayout:
         tokens = self._writes.values(column, host)
         if step.rows is None:
             self._last[:n, 0] = tokens
+            if self._log is not None:
+                self._log.add(None, n, tokens)
             return None, column
         if step.chunks is None:
             self.last[step.rows.tolist(), 0] = column
+            if self._log is not None:
+                self._log.add(step.rows, n, tokens)
             return step.rows, column
         return self._record_prefill(step.rows, step.chunks, column, tokens)
 
@@ -265,14 +348,21 @@ class SlotLayout:
         self, rows: RowIndex, chunks: list[int], column: Any, tokens: Any
     ) -> Emitted:
         done = []
+        keep = self._log is not None  # the prompts, to recompute a preempted row
         for j, (row, chunk) in enumerate(zip(rows.tolist(), chunks, strict=True)):
             self.fed[row] += chunk
+            self._pending -= chunk
             if self.fed[row] == self.prompts[row].shape[0]:
-                self.prompts[row] = None
+                if not keep:
+                    self.prompts[row] = None
                 self.prefilling[row] = False
                 self._waiting -= 1
                 self._last[row, 0] = tokens[j]
                 done.append(j)
+        if keep and done:
+            assert self._log is not None
+            firsts = [tokens[j] for j in done] if isinstance(tokens, list) else tokens[done]
+            self._log.add(rows[done], rows.size, firsts)
         return rows[done], column[done]
 
 
@@ -289,6 +379,11 @@ class _Step:
     @classmethod
     def decode_all(cls) -> _Step:
         return _DECODE_ALL
+
+    def counts(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Each row's new tokens in this prefill step."""
+        assert self.chunks is not None
+        return np.asarray(self.chunks, dtype=np.int64)
 
 
 _DECODE_ALL = _Step(None, width=1, chunks=None)

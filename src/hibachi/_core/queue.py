@@ -56,6 +56,15 @@ class WorkQueue(Generic[T]):
             if wake:
                 self._notify_sleeper()
 
+    def push_front(self, item: T) -> None:
+        """Put ``item``, taken from this queue earlier, back at the front (consumer thread).
+
+        It was counted when first put, so neither ``maxsize`` nor a close
+        refuses it: work already accepted is never lost.
+        """
+        with self._lock:
+            self._items.appendleft(item)
+
     def take(self, limit: int, keep: Callable[[T], bool] | None = None) -> list[T]:
         """Remove and return up to ``limit`` items from the front.
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._autoregressive.batcher import AutoregressiveBatcher
 from .._autoregressive.incremental import Accepted, IncrementalModel
+from .._autoregressive.stats import MemoryStats
 from .._autoregressive.stream import TokenStream
 from .._exceptions import InvalidRequest, QueueFull
 from .._feedforward.batcher import FeedforwardBatcher
@@ -66,6 +67,15 @@ class TrackedAdapter(IncrementalModel):
         options.sampling = granted.options  # the inner model's form of them, for its steps
         return Accepted(granted.max_new_tokens, options, granted.ends_at_stop_token)
 
+    def admit(self, slot: int, prompt: Any, options: Any, generated: int) -> int | None:
+        return self._inner.admit(slot, prompt, options.sampling, generated)
+
+    def reserve(self, slots: np.ndarray[Any, Any], counts: Any) -> bool:
+        return self._inner.reserve(slots, counts)
+
+    def memory_stats(self) -> MemoryStats | None:
+        return self._inner.memory_stats()
+
 
 class LanguageEngine:
     """A causal LM's batcher, its tokenizer, and its drain rate."""
@@ -79,7 +89,6 @@ class LanguageEngine:
         self.tokenizer = lm.tokenizer
         self.eos_token_id = lm.eos_token_id
         self.vocab_size = int(lm.model.get_input_embeddings().num_embeddings)
-        self.max_length = settings.max_length
         self.default_max_tokens = settings.default_max_tokens
         self.stream_interval = settings.stream_interval
         self.option_names = frozenset(f.name for f in dataclasses.fields(Sampling))
@@ -87,7 +96,13 @@ class LanguageEngine:
         self.drain = DrainRate(settings.drain_window)
         fill = metrics.batch_fill.labels(lm.name)
         size = settings.max_batch_size
-        adapter = CausalLMAdapter(lm.model, slots=size, max_length=settings.max_length)
+        adapter = CausalLMAdapter(
+            lm.model,
+            slots=size,
+            max_length=settings.max_length,
+            kv_cache_bytes=settings.kv_cache_bytes,
+        )
+        self.max_length = adapter.max_length  # the model's context, unless the settings say
         pad = lm.eos_token_id if lm.pad_token_id is None else lm.pad_token_id
         self.batcher = AutoregressiveBatcher(
             TrackedAdapter(adapter, lambda rows: fill.observe(rows / size)),
@@ -95,7 +110,7 @@ class LanguageEngine:
             pad_value=torch.tensor(pad),
             max_batch_size=size,
             max_queue_size=settings.max_queue_size,
-            max_new_tokens=settings.max_length,
+            max_new_tokens=self.max_length,
         )
         metrics.watch(lm.name, self.batcher)
 

@@ -1,9 +1,9 @@
 """`Metrics`: what ``GET /metrics`` shows, in Prometheus' text format.
 
 Each app has its own registry, so several apps (tests, a host service)
-never share counters. Requests running and waiting are read from the
-batchers' own ``stats()`` at scrape time; the rest is recorded as requests
-go by.
+never share counters. Requests running and waiting, the KV cache's usage,
+prefix-cache hits and preemptions are read from the batchers' own
+``stats()`` at scrape time; the rest is recorded as requests go by.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["REASONS", "Metrics", "Reason"]
@@ -117,9 +117,34 @@ class _BatcherCollector(Collector):
         waiting = GaugeMetricFamily(
             "hibachi_requests_waiting", "Requests queued for the model.", labels=["model"]
         )
+        usage = GaugeMetricFamily(
+            "hibachi_kv_cache_usage_ratio",
+            "The share of the KV cache budget's blocks held by running requests (0-1).",
+            labels=["model"],
+        )
+        queries = CounterMetricFamily(
+            "hibachi_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            labels=["model"],
+        )
+        hits = CounterMetricFamily(
+            "hibachi_prefix_cache_hits",
+            "Prompt tokens found in the prefix cache (not computed again).",
+            labels=["model"],
+        )
+        preempted = CounterMetricFamily(
+            "hibachi_requests_preempted",
+            "Times a request was preempted for memory (queued again, recomputed later).",
+            labels=["model"],
+        )
         for model, batcher in self._batchers.items():
             stats = batcher.stats()
             running.add_metric([model], stats.requests_in_flight)
             waiting.add_metric([model], stats.queue_depth)
-        yield running
-        yield waiting
+            memory = getattr(stats, "memory", None)
+            if memory is not None:
+                usage.add_metric([model], memory.usage)
+                queries.add_metric([model], memory.prefix_cache_queries)
+                hits.add_metric([model], memory.prefix_cache_hits)
+                preempted.add_metric([model], stats.requests_preempted)
+        yield from (running, waiting, usage, queries, hits, preempted)

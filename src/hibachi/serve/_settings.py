@@ -104,7 +104,10 @@ class ServeSettings:
         max_queue_size: requests that may wait per batcher; beyond, 429. An
             embedding request is admitted whole while fewer than this many
             inputs wait.
-        max_length: the most tokens (prompt and completion) one sequence holds.
+        max_length: the most tokens (prompt and completion) one sequence holds;
+            None: the model's context (its ``max_position_embeddings``).
+        kv_cache_bytes: the most memory the keys and values of all sequences may
+            take (``causal_lm_batcher``'s); None: half the memory available.
         default_max_tokens: the budget of a ``/v1/completions`` request that
             names none (OpenAI's default, 16). A chat completion that names
             none runs until it stops or fills ``max_length``, as OpenAI's does.
@@ -123,7 +126,8 @@ class ServeSettings:
 
     max_batch_size: int = 32
     max_queue_size: int = 1024
-    max_length: int = 512
+    max_length: int | None = None
+    kv_cache_bytes: int | None = None
     default_max_tokens: int = 16
     stuck_after: float = 30.0
     shutdown_grace: float = 10.0

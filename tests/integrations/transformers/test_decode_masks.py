@@ -107,3 +107,19 @@ def test_a_decode_step_whose_sampling_raised_is_retried_from_its_own_positions(
     decode(adapter, got, 6)
     for start, row in zip(starts, got, strict=True):
         assert row == reference(model, start, len(row), None)
+
+
+def test_decode_steps_past_the_columns_a_rebuild_built_get_generates_tokens(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild builds the masks' first columns only (here 16): rows that decode past
+    them must get the masks built further, not stale columns."""
+    from hibachi.integrations.transformers import _decode_masks
+
+    monkeypatch.setattr(_decode_masks, "FIRST_COLUMNS", 16)
+    adapter = CausalLMAdapter(model, slots=len(PROMPTS), max_length=64)
+    starts = prompts()
+    got = prefill(adapter, starts)
+    decode(adapter, got, 30)  # from 9 tokens past 16, then past 32
+    for prompt, row in zip(starts, got, strict=True):
+        assert row == reference(model, prompt, 31, None)

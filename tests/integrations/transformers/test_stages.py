@@ -111,6 +111,34 @@ def test_staged_tokens_equal_generate(model_type: str, stages: Any, settings: An
     assert all(busy > 0 for busy in stats.stage_busy)
 
 
+@pytest.mark.parametrize("stages", [2, 3])
+def test_staged_rows_in_a_tight_budget_are_preempted_and_still_equal_generate(
+    stages: int,
+) -> None:
+    """Each group of three rows has its share of a budget, 11 blocks of 4 tokens (a row
+    grows to 41 tokens): its requests wait for memory, its rows are preempted, within it."""
+    model = tiny_model("llama", **LAYERS)
+    work = jobs(5, 14)
+    per_token = CausalLMAdapter(model, slots=1, max_length=64).sizes.bytes_per_token
+    batcher = causal_lm_batcher(
+        model,
+        max_batch_size=3 * stages,
+        max_length=64,
+        eos_token_id=EOS,
+        max_batch_tokens=24,
+        stages=stages,
+        block_size=4,
+        kv_cache_bytes=stages * 11 * 4 * per_token,
+    )
+    results = serve(batcher, work)
+    for (prompt, budget, _, quit), got in zip(work, results, strict=True):
+        want = reference(model, prompt, budget, EOS)
+        assert got == (want[: len(got)] if quit else want)
+    stats = batcher.stats()
+    assert stats.requests_failed == 0 and stats.requests_preempted > 0
+    assert stats.memory is not None and stats.memory.blocks_used == 0
+
+
 def test_every_served_type_is_tested() -> None:
     assert {"llama", "qwen2", "qwen3", "mistral"} == STAGED
 

@@ -125,6 +125,45 @@ def test_served_architectures_give_generates_tokens(
     assert batcher.stats().requests_failed == 0
 
 
+@pytest.mark.parametrize(("model_type", "settings"), SERVED)
+def test_served_architectures_give_generates_tokens_in_a_tight_budget(
+    model_type: str, settings: dict[str, Any]
+) -> None:
+    """Eight blocks of 4 tokens for rows that grow to 23 tokens (6 blocks) each: requests
+    wait for memory, rows are preempted and recomputed, prompts share a prefix the cache
+    reuses, one request is cancelled."""
+    model = tiny_model(model_type, **settings)
+    eos = None if len(model_type) % 2 else EOS
+    rng = random.Random(len(model_type))
+    shared = [rng.randrange(6, VOCAB) for _ in range(8)]
+    jobs = [
+        {
+            "prompt": torch.tensor(shared[: 8 * (i % 2)] + [rng.randrange(6, VOCAB)] * 4),
+            "max_new_tokens": 12,
+            "arrival": 0.0,
+            "quit_after": 3 if i == 4 else None,
+        }
+        for i in range(6)
+    ]
+    per_token = CausalLMAdapter(model, slots=1, max_length=40).sizes.bytes_per_token
+    batcher = causal_lm_batcher(
+        model,
+        max_batch_size=3,
+        max_length=40,
+        eos_token_id=eos,
+        max_batch_tokens=12,
+        block_size=4,
+        kv_cache_bytes=max(1, 8 * 4 * per_token),
+    )
+    results = serve(batcher, jobs)
+    for job, got in zip(jobs, results, strict=True):
+        want = reference(model, job["prompt"], job["max_new_tokens"], eos)
+        assert got == (want[: len(got)] if job["quit_after"] else want), job["prompt"].shape
+    stats = batcher.stats()
+    assert stats.requests_failed == 0
+    assert per_token == 0 or stats.requests_preempted > 0
+
+
 @pytest.mark.parametrize(("model_type", "settings", "reason"), REFUSED)
 def test_refused_architectures_are_refused_when_built(
     model_type: str, settings: dict[str, Any], reason: str

@@ -11,14 +11,16 @@ import torch
 
 from ..._autoregressive.batcher import AutoregressiveBatcher
 from ..._autoregressive.incremental import Accepted, IncrementalModel
+from ..._autoregressive.stats import MemoryStats
 from ..._core.pipeline import Pipeline
-from ..._core.settings import UNSET, renamed
+from ..._core.settings import UNSET, check_count, check_flag, renamed
 from ..._core.values import describe_value
 from ..._exceptions import ConfigurationError, InvalidRequest
 from ._alibi import decoder_layers, layer_arguments, scheme_arguments
 from ._architectures import ATTENTION, RECURRENT, serving_plan
 from ._decode_masks import DecodeMasks
-from ._kv_cache import SlotCache
+from ._kv_cache import LaneCache
+from ._kv_memory import cache_sizes, memory_stats, model_context
 from ._prompt_checks import check_token_ids, vocabulary_size
 from ._recurrent import RecurrentSlots
 from ._row_attention import Segmenter, Segments, selected
@@ -34,7 +36,7 @@ def causal_lm_batcher(
     model: Any,
     *,
     max_batch_size: int = 16,
-    max_length: int = 1024,
+    max_length: int | None = None,
     eos_token_id: int | None,
     pad_token_id: int | None = None,
     max_batch_tokens: int = 512,
@@ -45,6 +47,9 @@ def causal_lm_batcher(
     max_prompt_length: int | None = None,
     max_unread_tokens: int | None = 65536,
     delivery_thread: bool = False,
+    kv_cache_bytes: int | None = None,
+    block_size: int = 16,
+    prefix_caching: bool = True,
     prefill_chunk: int = UNSET,
     overlap: bool = UNSET,
 ) -> AutoregressiveBatcher:
@@ -53,10 +58,13 @@ def causal_lm_batcher(
     Args:
         model: a ``transformers`` causal LM (``…ForCausalLM``) in eval mode,
             on any device.
-        max_batch_size: how many sequences run at once (the cache's slots).
+        max_batch_size: at most this many sequences run at once (the cache's
+            lanes; they cost memory only as they hold tokens).
         max_length: the most tokens (prompt and generated) one sequence
             holds. A longer prompt is refused with `InvalidRequest`; a sequence
-            that fills its slot ends there.
+            that fills its lane ends there. None (the default): the model's
+            context (``max_position_embeddings`` or its config's equivalent;
+            4,096 for a model that names none).
         eos_token_id: the token that ends a sequence (yielded last), or None:
             then a sequence ends by its budget (``max_new_tokens``) alone.
         pad_token_id: fills the left of shorter rows (never seen by the
@@ -80,6 +88,23 @@ def causal_lm_batcher(
             moves the whole model there). Untested on real GPUs.
         max_queue_size, max_new_tokens, max_prompt_length, max_unread_tokens,
             delivery_thread: as `AutoregressiveBatcher`'s.
+        kv_cache_bytes: the most memory the keys and values of every row
+            may take, in bytes (cached prefixes included): it, not
+            ``max_length``, decides how many rows run at once. A request
+            admitted waits until the blocks of its prompt are free; a row
+            that needs memory none has preempts the newest row (recomputed
+            later, its stream only paused). A prompt longer than the budget
+            holds is refused with `InvalidRequest`. None: half the memory
+            available when the batcher is made (the CPU's, or the GPU's the
+            model is on). See ``docs/kv-cache.md``.
+        block_size: the tokens in a block, the unit the budget is counted
+            and prefixes are cached in.
+        prefix_caching: keep every full block of keys and values computed,
+            named by its tokens and all before them, for later prompts that
+            begin with the same tokens (a chat template's system prompt): they
+            are not computed again. Cached blocks take memory until it is
+            needed. Off (whatever this says) for models with recurrent layers,
+            whose state at a block's end is not kept.
         prefill_chunk, overlap: the old names of ``max_batch_tokens`` and
             ``delivery_thread``; deprecated.
 
@@ -104,6 +129,9 @@ def causal_lm_batcher(
         max_length=max_length,
         stages=stages,
         eos_token_id=eos_token_id,
+        kv_cache_bytes=kv_cache_bytes,
+        block_size=block_size,
+        prefix_caching=prefix_caching,
     )
     return AutoregressiveBatcher(
         adapter,
@@ -121,21 +149,30 @@ def causal_lm_batcher(
 
 @final
 class CausalLMAdapter(IncrementalModel):
-    """A transformers causal LM as an `IncrementalModel`, over a per-slot KV cache."""
+    """A transformers causal LM as an `IncrementalModel`, over a paged KV cache.
+
+    ``max_length``, ``kv_cache_bytes``, ``block_size``, ``prefix_caching``:
+    as `causal_lm_batcher`'s (None: the model's context, and half the memory
+    available).
+    """
 
     def __init__(
         self,
         model: Any,
         *,
         slots: int,
-        max_length: int,
+        max_length: int | None = None,
         stages: int | Sequence[str | torch.device] = 1,
         eos_token_id: int | None = None,
+        kv_cache_bytes: int | None = None,
+        block_size: int = 16,
+        prefix_caching: bool = True,
     ) -> None:
         """``eos_token_id``: the batcher's stop token, which ``min_tokens`` keeps back
         (None: there is none)."""
         devices = stage_devices(stages)
         count = check_stages(stages) if devices is None else len(devices)
+        max_length = model_context(model) if max_length is None else max_length
         _check_model(model, max_length)
         self._serving = serving_plan(model, max_length)
         if devices is not None and count == 1:
@@ -144,36 +181,54 @@ class CausalLMAdapter(IncrementalModel):
         self.max_length = max_length
         self.device = next(model.parameters()).device
         self._dtype = model.dtype
+        self._call = _call_arguments(model)
         layers = self._serving.layers
-        self._cache = SlotCache(slots, max_length, [kind in ATTENTION for kind in layers])
+        attention = [kind in ATTENTION for kind in layers]
+        self.sizes = cache_sizes(
+            model,
+            self._call.cache,
+            attention,
+            max_length=max_length,
+            block_size=check_count(block_size, "block_size"),
+            kv_cache_bytes=_optional_bytes(kv_cache_bytes),
+            prefix_caching=check_flag(prefix_caching, "prefix_caching")
+            and not self._serving.recurrent,
+            groups=count,
+        )
+        columns = self.sizes.columns
+        self._cache = LaneCache(slots + 1, columns, attention)  # the last lane: scratch
         recurrent = [i for i, kind in enumerate(layers) if kind in RECURRENT]
         self._states = RecurrentSlots(slots, recurrent, self._serving.states_per_layer)
-        self._planner = StepPlanner(slots, max_length, self.device)
+        self._planner = StepPlanner(slots, max_length, self.device, scratch=slots)
         self._lengths = self._planner.lengths  # shorthands for the planner's own arrays,
         self._rows = self._planner.rows  # which step() and release() use (tests read the planner)
-        self._keys = torch.arange(max_length + 1, device=self.device)
+        self._keys = torch.arange(columns, device=self.device)
         self._sampler = Sampler(
             slots,
             max_length,
             self.device if devices is None else devices[-1],
             stop_token=eos_token_id,
         )
-        self._call = _call_arguments(model)
         self._layers = _decoder_layers(model) if self._serving.alibi else []
         self._segmenter = _segmenter(model, self._serving.alibi)
-        self._decode_masks = DecodeMasks(self._serving, slots, max_length)
+        self._decode_masks = DecodeMasks(self._serving, slots, columns)
         self.vocab_size = vocabulary_size(model)
         self._staged = None
+        self._groups = [self.sizes.group(self._planner, [self._cache], range(slots))]
+        self._group_of = np.zeros(slots, dtype=np.int64)
+        self._fed: tuple[Any, ...] | None = None  # the last forward's (layout, counts, tokens)
         if count > 1:
             self._staged = StagedDecoder(
                 model,
                 self._serving,
                 count if devices is None else devices,
                 slots=slots,
-                max_length=max_length,
+                sizes=self.sizes,
                 sampler=self._sampler,
                 cache_name=self._call.cache,
             )
+            self._groups = self._staged.memories
+            self._group_of = self._staged.group_of
 
     def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> Accepted:
         check_token_ids(prompt, self.vocab_size)
@@ -182,13 +237,36 @@ class CausalLMAdapter(IncrementalModel):
             raise InvalidRequest(
                 f"the prompt has {length} tokens, more than max_length={self.max_length}"
             )
+        room = self.sizes.row_tokens
+        if length > room:
+            raise InvalidRequest(
+                f"the prompt has {length} tokens, more than the {room} the KV cache's budget "
+                f"holds for a row (kv_cache_bytes={self.sizes.budget}: "
+                f"{self.sizes.bytes_per_token} bytes a token)"
+            )
         settings = Sampling.parse(options)
         _check_settings(settings, max_new_tokens, self.vocab_size)
         return Accepted(
-            min(max_new_tokens, self.max_length - length + 1),
+            min(max_new_tokens, min(self.max_length, room) - length + 1),
             RowOptions(settings, length),
             ends_at_stop_token=not settings.ignore_eos,
         )
+
+    def admit(self, slot: int, prompt: Any, options: Any, generated: int) -> int | None:
+        """Give ``slot`` a lane and the blocks of ``prompt`` (and its cached prefix)."""
+        with torch.inference_mode():
+            group = self._groups[int(self._group_of[slot])]
+            held = group.admit(slot, prompt.numpy(force=True))
+            if held is not None:
+                self._sampler.start(slot, options)  # draws are keyed by position
+            return held
+
+    def reserve(self, slots: np.ndarray[Any, Any], counts: Any) -> bool:
+        """Hold the blocks of ``counts`` more tokens in each of ``slots`` (one group's)."""
+        return self._groups[int(self._group_of[slots[0]])].reserve(slots, counts)
+
+    def memory_stats(self) -> MemoryStats:
+        return memory_stats(self._groups, self.sizes.bytes_per_block)
 
     def pipeline(self) -> Pipeline | None:
         """With ``stages`` > 1, the decoder's layers in stages (see `_staged`)."""
@@ -200,9 +278,11 @@ class CausalLMAdapter(IncrementalModel):
         if self._staged is not None:
             return self._staged.step(tokens, mask, slots, options)  # type: ignore[no-any-return]
         with torch.inference_mode():
-            # a row retried after a step that raised keeps the cache row it got then
-            for j in self._planner.readmit(slots):
+            group, self._fed = self._groups[0], None
+            for j in self._planner.missing(slots):  # rows fed without admission
+                group.place(int(slots[j]))
                 self._sampler.start(int(slots[j]), options[j])
+            group.hold(slots, mask)
             fed = self._sampler.fed(tokens, mask, slots)
             lengths = self._lengths[slots]
             recurrent = self._serving.recurrent
@@ -212,7 +292,7 @@ class CausalLMAdapter(IncrementalModel):
                     logits = self._recurrent_step(tokens, mask, slots)
                 else:
                     logits = self._forward(tokens, mask, slots)
-                return self._sampler.pick(logits, slots, fed)  # last: it commits or undoes
+                picked = self._sampler.pick(logits, slots, fed)  # last: it commits or undoes
             except BaseException:
                 # a step that raised changes nothing (see IncrementalModel: retries)
                 self._lengths[slots] = lengths
@@ -220,17 +300,13 @@ class CausalLMAdapter(IncrementalModel):
                 if states is not None:
                     self._states.restore(states)
                 raise
+            if self._fed is not None:
+                group.record(*self._fed)
+            return picked
 
     def release(self, slot: int) -> None:
-        if self._staged is not None:
-            self._staged.release(slot)
-            return
         with torch.inference_mode():
-            moved = self._rows.remove(slot)
-            if moved is not None:
-                src, dst, other = moved
-                self._cache.move_row(src, dst, int(self._lengths[other]))
-            self._lengths[slot] = 0
+            self._groups[int(self._group_of[slot])].release(slot)
             self._states.reset(slot)
 
     def _recurrent_step(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> torch.Tensor:
@@ -263,7 +339,8 @@ class CausalLMAdapter(IncrementalModel):
 
     def _forward(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> torch.Tensor:
         """One forward pass over rows ``slots``; each row's last logits, in the rows' order."""
-        layout, counts, positions, plan = self._planner.plan(slots, mask)
+        spans = self._segmenter is not None
+        layout, counts, positions, plan = self._planner.plan(slots, mask, spans)
         padding = None
         if counts is not None and self._serving.recurrent and not (counts == mask.shape[1]).all():
             padding = in_order(mask, layout.host_index).to(self.device)
@@ -288,11 +365,13 @@ class CausalLMAdapter(IncrementalModel):
         segments = None
         if counts is None and self._segmenter is not None:
             host = self._planner.positions(len(layout.slots))
-            segments = self._segmenter.segments(layout, host)
+            lanes = layout.lanes if layout.gaps else None
+            segments = self._segmenter.segments(layout, host, lanes)
         logits = self._call_model(inputs, masks, segments)[:, -1]
         if states:
             self._states.store(on_device(layout.slots, self.device), states)
         self._planner.advance(layout, counts)  # undone by step() if the step raises
+        self._fed = (layout, counts, tokens)
         if layout.index is None:
             return logits
         return torch.empty_like(logits).index_copy_(0, layout.index, logits)
@@ -359,6 +438,10 @@ def _decoder_layers(model: Any) -> list[torch.nn.Module]:
         return decoder_layers(model)
     except LookupError as exc:
         raise ConfigurationError(f"cannot serve {type(model).__name__}: {exc}") from exc
+
+
+def _optional_bytes(value: object) -> int | None:
+    return None if value is None else check_count(value, "kv_cache_bytes")
 
 
 def _check_model(model: Any, max_length: int) -> None:

@@ -5,8 +5,13 @@ further (the planner says so: `StepPlanner.followed`), needs the masks that
 step had with one more column open in each row (its new key) and, in a sliding
 layer, one more closed (the key that left its window). `DecodeMasks` keeps
 each kind of layer's additive mask for every row and every cache column,
-(rows, max_length + 1), and makes that change with one ``scatter_`` per kind
+(rows, columns), and makes that change with one ``scatter_`` per kind
 (two for a sliding kind): no mask is built per step.
+
+A rebuild builds the columns up to twice the step's key length (a power of two,
+at least `FIRST_COLUMNS`), not all of them: the steps that follow advance
+in place until their key length passes what was built, which a lane of the
+model's whole context (thousands of columns) then costs only as its rows grow.
 
 Whenever the step is anything else — other rows, another order, a step after
 a prefill or after one that raised — the masks are built afresh from the
@@ -23,16 +28,20 @@ import torch
 
 from ._architectures import ServingPlan
 
-__all__ = ["DecodeMasks"]
+__all__ = ["FIRST_COLUMNS", "DecodeMasks"]
+
+FIRST_COLUMNS = 256
+"""The fewest columns a rebuild builds."""
 
 
 class DecodeMasks:
-    """The masks of decode steps of up to ``rows`` rows, in a cache of ``max_length`` columns."""
+    """The masks of decode steps of up to ``rows`` rows, in a cache of ``columns`` columns."""
 
-    def __init__(self, serving: ServingPlan, rows: int, max_length: int) -> None:
+    def __init__(self, serving: ServingPlan, rows: int, columns: int) -> None:
         self._serving = serving
         self._rows_kept = rows
-        self._columns = max_length + 1  # the last: scratch space, never read
+        self._columns = columns
+        self._built = 0  # the columns the kept masks hold, from 0
         self._layout: object = None  # whose masks are kept
         self._kept: dict[str, torch.Tensor] = {}
         self._first: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -48,12 +57,12 @@ class DecodeMasks:
         """The ``attention_mask`` of a decode step over ``layout``'s rows at ``positions``
         (B, 1); ``followed``: the step before was over the same rows, each one position back."""
         count = len(positions)
-        follows = followed and layout is self._layout
+        follows = followed and layout is self._layout and kv_length <= self._built
         self._layout = None  # until the kept masks are this step's
         if follows:
             self._advance(positions)
         else:
-            self._rebuild(positions, count, dtype)
+            self._rebuild(positions, count, dtype, kv_length)
         self._layout = layout
         views = {kind: self._rows(kind, count)[1].narrow(3, 0, kv_length) for kind in self._kept}
         return self._serving.with_other_kinds(views, None)
@@ -67,15 +76,19 @@ class DecodeMasks:
             views = self._first[kind, count] = (rows, rows[:, None, None, :])
         return views
 
-    def _rebuild(self, positions: torch.Tensor, count: int, dtype: torch.dtype) -> None:
-        rows = self._serving.mask_rows(positions, self._columns, dtype)
+    def _rebuild(
+        self, positions: torch.Tensor, count: int, dtype: torch.dtype, kv_length: int
+    ) -> None:
+        wanted = max(FIRST_COLUMNS, 1 << (2 * kv_length - 1).bit_length())
+        self._built = min(self._columns, wanted)
+        rows = self._serving.mask_rows(positions, self._built, dtype)
         for kind, built in rows.items():
             kept = self._kept.get(kind)
             if kept is None or kept.dtype != dtype or kept.device != built.device:
                 shape = (self._rows_kept, self._columns)
                 self._kept[kind] = torch.empty(shape, dtype=dtype, device=built.device)
                 self._first.clear()
-            self._rows(kind, count)[0].copy_(built)
+            self._rows(kind, count)[0][:, : self._built].copy_(built)
 
     def _advance(self, positions: torch.Tensor) -> None:
         """Each row one position further: its new key opened, and what left a window closed."""

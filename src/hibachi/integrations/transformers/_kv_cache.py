@@ -1,20 +1,24 @@
-"""A key/value cache with one row per slot, allocated once, for transformers models.
+"""A key/value cache of lanes, one per row, whose memory follows the tokens, for transformers.
 
 Every attention layer gets a keys and a values tensor of shape
-(slots, heads, max_length + 1, head_dim), created at the first step and
-written in place ever after: memory does not grow with the requests served.
+(lanes, heads, columns, head_dim), created at the first step: a row keeps its
+tokens in a lane of its own, at the columns of their positions. On the CPU
+the tensors are committed page by page as they are written, and the pages of
+what a row no longer holds are given back (`_lane_memory`): memory follows the
+tokens, not lanes x columns. `_lane_blocks` counts it in blocks, within a
+budget, and names the blocks a prefix cache reuses (`copy_lane`).
 
-Slots are mapped to *physical rows* kept dense in 0 … m-1 (a released slot's
-row is filled with the last one, as hibachi's scheduler does with its rows).
-A step whose rows, sorted, are a contiguous run of physical rows — every decode
-step over all active rows — then reads the cache through a view, with no copy.
+A row keeps its lane for its life (`_step_plan.Lanes`). A step's rows sorted
+by lane read the cache through a view of the lanes they span, with no copy:
+as one run, or in runs split where lanes are missing (`_row_attention`); a
+step that cannot be read so (a prefill over scattered lanes) gathers them.
 
 Layers that keep no keys and values (recurrent layers, MoE-only layers) hold
 a placeholder that the adapter swaps per forward pass (see `_recurrent`).
 
 Before each forward pass the adapter sets the `Plan`: where each new key goes
-(the last column, ``max_length``, is scratch space for padding tokens, never
-read) and which rows to read back, up to ``kv_length``.
+(a prefill's padding tokens go to a scratch lane, never read) and which lanes
+to read back, up to ``kv_length``.
 """
 
 from __future__ import annotations
@@ -25,36 +29,42 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer
 
-__all__ = ["Plan", "SlotCache"]
+from ._lane_memory import LaneTensor, lane_tensor
+
+__all__ = ["LaneCache", "Plan"]
 
 
 @dataclass
 class Plan:
     """Where one forward pass writes and what it reads, in the batch's row order."""
 
-    write_rows: torch.Tensor  # (B, 1) physical rows
-    write_columns: torch.Tensor  # (B, W) cache positions; max_length for padding
-    read: slice | torch.Tensor  # the batch's physical rows: a run, or an index
+    write_rows: torch.Tensor  # (B, 1) lanes, or (B, W): the scratch lane for padding
+    write_columns: torch.Tensor  # (B, W) columns: positions (padding: anywhere in scratch)
+    read: slice | torch.Tensor  # the lanes read: a span of lanes, or an index (a gather)
     kv_length: int
 
 
-class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
-    """One layer's keys and values for every physical row."""
+class _LaneLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
+    """One layer's keys and values for every lane."""
 
     is_sliding = False
 
-    def __init__(self, cache: SlotCache) -> None:
+    def __init__(self, cache: LaneCache) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._cache = cache
+        self._memory: list[LaneTensor] = []
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        rows, columns = self._cache.rows, self._cache.max_length + 1
-        heads, device = key_states.shape[1], key_states.device
-        shape_k = (rows, heads, columns, key_states.shape[-1])
-        shape_v = (rows, value_states.shape[1], columns, value_states.shape[-1])
-        self.keys = torch.zeros(shape_k, dtype=key_states.dtype, device=device)
-        self.values = torch.zeros(shape_v, dtype=value_states.dtype, device=device)
-        # (rows, columns, heads, dim) views: a step's new keys go in with one index_put_
+        lanes, columns = self._cache.lanes, self._cache.columns
+        device = key_states.device
+        shape_k = (lanes, key_states.shape[1], columns, key_states.shape[-1])
+        shape_v = (lanes, value_states.shape[1], columns, value_states.shape[-1])
+        self._memory = [
+            lane_tensor(shape_k, key_states.dtype, device),
+            lane_tensor(shape_v, value_states.dtype, device),
+        ]
+        self.keys, self.values = (memory.tensor for memory in self._memory)
+        # (lanes, columns, heads, dim) views: a step's new keys go in with one index_put_
         self._keys_by_column = self.keys.transpose(1, 2)
         self._values_by_column = self.values.transpose(1, 2)
         self.is_initialized = True
@@ -73,10 +83,14 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
         columns = slice(0, plan.kv_length)
         return keys[plan.read, :, columns], values[plan.read, :, columns]
 
-    def move(self, src: int, dst: int, length: int) -> None:
+    def copy(self, source: int, lane: int, columns: int) -> None:
         if self.keys is not None and self.values is not None:
-            self.keys[dst, :, :length] = self.keys[src, :, :length]
-            self.values[dst, :, :length] = self.values[src, :, :length]
+            self.keys[lane, :, :columns] = self.keys[source, :, :columns]
+            self.values[lane, :, :columns] = self.values[source, :, :columns]
+
+    def forget(self, lane: int, start: int, stop: int) -> None:
+        for memory in self._memory:
+            memory.release(lane, start, stop)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self._cache.plan.kv_length, 0
@@ -87,22 +101,28 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
         return plan.kv_length - int(plan.write_columns.shape[1])
 
     def get_max_length(self) -> int:
-        return self._cache.max_length
+        return self._cache.columns
 
 
-class SlotCache(Cache):
-    """Per-slot keys and values for ``slots`` sequences of up to ``max_length`` tokens."""
+class LaneCache(Cache):
+    """Keys and values in ``lanes`` lanes of ``columns`` positions each."""
 
-    def __init__(self, slots: int, max_length: int, attention: list[bool]) -> None:
+    def __init__(self, lanes: int, columns: int, attention: list[bool]) -> None:
         """``attention``: for each layer, whether it keeps keys and values."""
-        self.rows = slots
-        self.max_length = max_length
-        layers: list[Any] = [_SlotLayer(self) if kv else DummyLayer() for kv in attention]  # type: ignore[no-untyped-call]
+        self.lanes = lanes
+        self.columns = columns
+        layers: list[Any] = [_LaneLayer(self) if kv else DummyLayer() for kv in attention]  # type: ignore[no-untyped-call]
         super().__init__(layers=layers)
         self.plan = Plan(torch.zeros(0, 1), torch.zeros(0, 1), slice(0, 0), 0)
 
-    def move_row(self, src: int, dst: int, length: int) -> None:
-        """Copy physical row ``src``'s first ``length`` positions into row ``dst``."""
+    def copy_lane(self, source: int, lane: int, columns: int) -> None:
+        """Copy lane ``source``'s first ``columns`` positions into lane ``lane``, every layer."""
         for layer in self.layers:
-            if isinstance(layer, _SlotLayer):
-                layer.move(src, dst, length)
+            if isinstance(layer, _LaneLayer):
+                layer.copy(source, lane, columns)
+
+    def forget(self, lane: int, start: int, stop: int) -> None:
+        """Give back the memory of ``lane``'s columns ``start`` … ``stop - 1``, every layer."""
+        for layer in self.layers:
+            if isinstance(layer, _LaneLayer):
+                layer.forget(lane, start, stop)

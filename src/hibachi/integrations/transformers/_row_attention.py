@@ -8,6 +8,11 @@ of consecutive rows, each reading keys, values and mask only up to its own
 longest row: views of what the cache returned, no copy. The outputs are
 concatenated back in the rows' order.
 
+A decode step whose rows' lanes have gaps between them reads the *span* of
+lanes from its first to its last (a view: the lanes in the gaps are not the
+step's): its rows then always run in segments, each over its own lanes
+(``key_starts``), never across a gap.
+
 It is registered with transformers' ``AttentionInterface`` under `NAME`; the
 adapter selects it (`selected`) only around a decode step's forward pass of a
 model loaded with ``attn_implementation="sdpa"`` and only when the step splits
@@ -42,12 +47,21 @@ NAME = "hibachi_row_sdpa"
 
 @dataclass(frozen=True)
 class Segments:
-    """A decode step's rows in runs: ``starts`` of each run, and each run's key length."""
+    """A decode step's rows in runs: ``starts`` of each run, and each run's key length.
+
+    ``key_starts``: where each run's rows begin in the keys the cache returned,
+    which hold ``key_rows`` rows (the span of the step's lanes; None: the
+    step's rows themselves, ``starts``); ``key_index`` picks the step's rows
+    out of them (for a call the runs do not fit).
+    """
 
     rows: int
     kv_length: int
     starts: tuple[int, ...]
     lengths: tuple[int, ...]
+    key_starts: tuple[int, ...] | None = None
+    key_rows: int | None = None
+    key_index: torch.Tensor | None = None
 
 
 _current: ContextVar[Segments | None] = ContextVar("hibachi_row_segments", default=None)
@@ -64,21 +78,38 @@ def row_attention(
     """``sdpa`` attention, one call per segment of the current step (see the module)."""
     segments = _current.get()
     if segments is None or not _fits(segments, query, key, attention_mask, kwargs):
+        if segments is not None and segments.key_index is not None:
+            key, value = _own_rows(segments, key, value)
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     assert attention_mask is not None
     parts = []
     ends = (*segments.starts[1:], segments.rows)
-    for start, end, length in zip(segments.starts, ends, segments.lengths, strict=True):
+    keys = segments.key_starts or segments.starts
+    for start, end, first, length in zip(
+        segments.starts, ends, keys, segments.lengths, strict=True
+    ):
+        rows = slice(first, first + end - start)
         part, _ = sdpa_attention_forward(
             module,
             query[start:end],
-            key[start:end, :, :length],
-            value[start:end, :, :length],
+            key[rows, :, :length],
+            value[rows, :, :length],
             attention_mask[start:end, :, :, :length],
             **kwargs,
         )
         parts.append(part)
     return torch.cat(parts), None
+
+
+def _own_rows(
+    segments: Segments, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's own rows of keys and values read over the span of its lanes (a copy)."""
+    if key.shape[0] != segments.key_rows:
+        return key, value
+    assert segments.key_index is not None
+    index = segments.key_index.to(key.device)
+    return key.index_select(0, index), value.index_select(0, index)
 
 
 def _fits(
@@ -93,7 +124,7 @@ def _fits(
     return (
         query.shape[2] == 1
         and query.shape[0] == rows
-        and key.shape[0] == rows
+        and key.shape[0] == (segments.key_rows or rows)
         and key.shape[2] == length
         and isinstance(mask, torch.Tensor)
         and mask.dim() == 4
@@ -133,13 +164,30 @@ class Segmenter:
         self.split_cost = split_cost
         self._layout: object = None
         self._starts: np.ndarray[Any, Any] = np.zeros(1, dtype=np.int64)
+        self._keys: dict[str, Any] = {}
 
-    def segments(self, layout: object, positions: np.ndarray[Any, Any]) -> Segments | None:
+    def segments(
+        self,
+        layout: object,
+        positions: np.ndarray[Any, Any],
+        lanes: np.ndarray[Any, Any] | None = None,
+    ) -> Segments | None:
         """The runs of a decode step at ``positions`` (the rows' in the layout's order), or
-        None where one run (the whole step) is best."""
+        None where one run (the whole step) is best. ``lanes``: the rows' lanes, read over
+        their span, where some are missing between them (runs then end at every gap)."""
         if layout is not self._layout:
             self._layout = layout
-            self._starts = np.asarray(_boundaries(positions, self.split_cost), dtype=np.int64)
+            starts = _boundaries(positions, self.split_cost)
+            self._keys = {}
+            if lanes is not None:
+                starts = sorted({*starts, *_gaps(lanes)})
+                first = int(lanes[0])
+                self._keys = {
+                    "key_starts": tuple((lanes[starts] - first).tolist()),
+                    "key_rows": int(lanes[-1]) - first + 1,
+                    "key_index": torch.from_numpy(lanes - first),
+                }
+            self._starts = np.asarray(starts, dtype=np.int64)
         if len(self._starts) == 1:
             return None
         lengths = np.maximum.reduceat(positions, self._starts) + 1
@@ -148,7 +196,13 @@ class Segmenter:
             kv_length=int(lengths.max()),
             starts=tuple(self._starts.tolist()),
             lengths=tuple(lengths.tolist()),
+            **self._keys,
         )
+
+
+def _gaps(lanes: np.ndarray[Any, Any]) -> list[int]:
+    """The rows whose lane does not follow the lane of the row before."""
+    return (np.flatnonzero(np.diff(lanes) != 1) + 1).tolist()
 
 
 def _boundaries(positions: np.ndarray[Any, Any], split_cost: int) -> list[int]:

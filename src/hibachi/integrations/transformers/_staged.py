@@ -6,8 +6,12 @@ its slice of ``layers`` (sharing every weight) and a slot cache of its own; the
 last stage commits the rows' lengths only when it returns, so a step that
 raises in any stage changes nothing. ``STAGED`` lists the model types checked
 against ``generate()`` (``tests/integrations/transformers/test_stages.py``).
-Groups of rows own disjoint slot ranges (`slot_ranges`) and physical rows of
-their own. Placement on one device per stage, and the host syncs that remain:
+Groups of rows own disjoint slot ranges (`slot_ranges`); each group has its
+own `StepPlanner` over lanes of its own (its slots' lanes and a scratch lane)
+and its own share of the KV budget (`GroupMemory`): a release or an admission
+in one group (on the batcher's engine thread) never touches a lane another
+group's step is reading inside a stage, and a group never waits for memory
+another group holds. Placement on one device per stage, and the host syncs that remain:
 docs/pipeline.md, "Transformers stages".
 """
 
@@ -26,7 +30,8 @@ from ..._core.pipeline import Pipeline
 from ..._core.values import as_int, describe_value
 from ..._exceptions import ConfigurationError
 from ._architectures import ATTENTION, ServingPlan
-from ._kv_cache import Plan, SlotCache
+from ._kv_cache import LaneCache, Plan
+from ._kv_memory import CacheSizes, GroupMemory
 from ._sampler import Fed, Sampler
 from ._step_plan import Layout, StepPlanner, in_order
 
@@ -132,6 +137,7 @@ class _Carry:
     counts: np.ndarray[Any, Any] | None
     placed: dict[torch.device, _Placed]  # made on the first stage's device, copied on demand
     hidden: torch.Tensor
+    ordered: Any  # the step's tokens in the layout's order, on the host
     fed: Fed | None = None  # what the sampler needs of the step's inputs
 
 
@@ -145,7 +151,7 @@ class StagedDecoder:
         stages: int | list[torch.device],
         *,
         slots: int,
-        max_length: int,
+        sizes: CacheSizes,
         sampler: Sampler,
         cache_name: str,
     ) -> None:
@@ -166,36 +172,46 @@ class StagedDecoder:
         self._cache_name = cache_name
         self._parts = _split(model, self.devices)
         attention = [kind in ATTENTION for kind in serving.layers]
-        self._caches = [SlotCache(slots, max_length, attention) for _ in range(count)]
+        lanes = slots + count  # a lane per slot, then each group's scratch lane
+        self._caches = [LaneCache(lanes, sizes.columns, attention) for _ in range(count)]
         self._ranges = slot_ranges(slots, count)
         self._planners = [
-            StepPlanner(slots, max_length, self.device, first_row=r.start) for r in self._ranges
+            StepPlanner(slots, sizes.max_length, self.device, scratch=slots + group)
+            for group in range(len(self._ranges))
         ]
-        self._group_of = np.zeros(slots, dtype=np.int64)
+        self.memories: list[GroupMemory] = [
+            sizes.group(planner, self._caches, slot_range)
+            for planner, slot_range in zip(self._planners, self._ranges, strict=True)
+        ]
+        self.group_of = np.zeros(slots, dtype=np.int64)
         for group, slot_range in enumerate(self._ranges):
-            self._group_of[slot_range.start : slot_range.stop] = group
-        self._keys = torch.arange(max_length + 1, device=self.device)
+            self.group_of[slot_range.start : slot_range.stop] = group
+        self._keys = torch.arange(sizes.columns, device=self.device)
 
     def pipeline(self) -> Pipeline:
         middle = [self._middle(i) for i in range(1, self.count - 1)]
         return Pipeline(self.first, *middle, self.last, groups=self.count)
 
     def planner(self, slot: int) -> StepPlanner:
-        return self._planners[int(self._group_of[slot])]
+        return self._planners[int(self.group_of[slot])]
 
     def first(
         self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any], options: list[Any]
     ) -> _Carry:
         """Stage 1: plan the step for its group, embed the tokens, run the first layers."""
         with torch.inference_mode():
-            planner = self.planner(int(slots[0]))
-            for j in planner.readmit(slots):
+            group = int(self.group_of[slots[0]])
+            planner, memory = self._planners[group], self.memories[group]
+            for j in planner.missing(slots):  # rows fed without admission
+                memory.place(int(slots[j]))
                 self._sampler.start(int(slots[j]), options[j])
+            memory.hold(slots, mask)
             layout, counts, positions, plan = planner.plan(slots, mask)
             masks = self._serving.masks(positions, plan.kv_length, None, self._dtype, self._keys)
-            ids = _to(in_order(tokens, layout.host_index), self.device)
+            ordered = in_order(tokens, layout.host_index)
+            ids = _to(ordered, self.device)
             placed = {self.device: _Placed(positions, plan, masks, layout.index)}
-            carry = _Carry(slots.copy(), planner, layout, counts, placed, ids)
+            carry = _Carry(slots.copy(), planner, layout, counts, placed, ids, ordered)
             carry.fed = self._sampler.fed(tokens, mask, slots)
             carry.hidden = self._run(0, carry, input_ids=ids)
             return carry
@@ -218,6 +234,8 @@ class StagedDecoder:
                 logits = torch.empty_like(logits).index_copy_(0, index, logits)
             tokens = self._sampler.pick(logits, carry.slots, carry.fed)
             carry.planner.advance(carry.layout, carry.counts)  # the commit: nothing raises after
+            memory = self.memories[int(self.group_of[carry.slots[0]])]
+            memory.record(carry.layout, carry.counts, carry.ordered)
             return tokens
 
     def step(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any], options: list[Any]) -> Any:
@@ -229,13 +247,7 @@ class StagedDecoder:
 
     def release(self, slot: int) -> None:
         with torch.inference_mode():
-            planner = self.planner(slot)
-            moved = planner.rows.remove(slot)
-            if moved is not None:
-                src, dst, other = moved
-                for cache in self._caches:
-                    cache.move_row(src, dst, int(planner.lengths[other]))
-            planner.lengths[slot] = 0
+            self.memories[int(self.group_of[slot])].release(slot)
 
     def _hidden(self, i: int, carry: _Carry) -> torch.Tensor:
         return _to(carry.hidden, self.devices[i])

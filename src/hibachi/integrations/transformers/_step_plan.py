@@ -1,11 +1,13 @@
 """Each forward pass's rows, positions and cache columns, kept from one step to the next.
 
 The adapter keeps each slot's length (tokens seen) on the host and maps slots
-to *physical* cache rows, dense in 0 … m-1 (`PhysicalRows`). A step's rows
-are passed to the model sorted by physical row, so that a run of rows reads
-the cache through a view.
+to *lanes* of the cache (`Lanes`), each row's for its life. A step's rows are
+passed to the model sorted by lane, so that a run of lanes is read through a
+view; a decode step over lanes with gaps between them reads the *span* of
+lanes from its first to its last, through a view too, where the attention is
+split into runs (`_row_attention`), else through an index (a gather).
 
-What depends only on which rows step (their order, physical rows and the index
+What depends only on which rows step (their order, lanes and the index
 tensors built from them: a `Layout`) is kept while the same rows keep stepping,
 as every decode step over all active rows does. A decode step then only writes
 its rows' positions into a preallocated buffer and hands it to the device in
@@ -23,54 +25,42 @@ import torch
 
 from ._kv_cache import Plan
 
-__all__ = ["Layout", "PhysicalRows", "StepPlanner", "in_order", "on_device"]
+__all__ = ["Lanes", "Layout", "StepPlanner", "in_order", "on_device"]
 
 
-class PhysicalRows:
-    """Slots mapped to physical cache rows, kept dense in first … first+count-1.
+class Lanes:
+    """Slots mapped to the cache's lanes; a row keeps its lane for its life."""
 
-    ``first``: where this set of rows begins (a staged model's groups each
-    keep theirs apart, so a release in one group never moves another's row).
-    """
-
-    def __init__(self, slots: int, first: int = 0) -> None:
-        self.phys = np.full(slots, -1, dtype=np.int64)
-        self.slot_at = np.full(slots, -1, dtype=np.int64)
-        self.first = first
+    def __init__(self, slots: int) -> None:
+        self.lane = np.full(slots, -1, dtype=np.int64)
         self.count = 0
-        self.version = 0  # changes whenever a slot's row does
+        self.version = 0  # changes whenever a slot's lane does
 
-    def add(self, slot: int) -> None:
-        row = self.first + self.count
-        self.phys[slot] = row
-        self.slot_at[row] = slot
+    def add(self, slot: int, lane: int) -> None:
+        self.lane[slot] = lane
         self.count += 1
         self.version += 1
 
-    def remove(self, slot: int) -> tuple[int, int, int] | None:
-        """Unmap ``slot``; if the last row moved into its place: (from, to, its slot)."""
-        row = int(self.phys[slot])
-        if row < 0:
+    def remove(self, slot: int) -> int | None:
+        """Unmap ``slot``; the lane it had, if any."""
+        lane = int(self.lane[slot])
+        if lane < 0:
             return None
-        self.version += 1
-        self.phys[slot] = -1
+        self.lane[slot] = -1
         self.count -= 1
-        last = self.first + self.count
-        other = int(self.slot_at[last])
-        self.slot_at[last] = -1
-        if row == last:
-            return None
-        self.slot_at[row] = other
-        self.phys[other] = row
-        return last, row, other
+        self.version += 1
+        return lane
 
 
 @dataclass(frozen=True)
 class Layout:
-    """A step's rows: ``slots`` sorted by physical row, and how to get there and back.
+    """A step's rows: ``slots`` sorted by lane, and how to get there and back.
 
     ``order``: the step's rows in that order (None: already in it), with
     ``index`` and ``host_index``, the same on the model's device and the CPU.
+    ``lanes``: each row's lane, in that order; ``read`` the lanes as a run (a
+    slice) or an index (a gather); ``span`` the lanes from the first to the
+    last, a slice (``read`` itself, for a run).
     """
 
     key: tuple[int, bytes]
@@ -78,19 +68,28 @@ class Layout:
     order: np.ndarray[Any, Any] | None
     index: torch.Tensor | None
     host_index: torch.Tensor | None
-    write_rows: torch.Tensor  # (B, 1) physical rows, on the device
-    read: slice | torch.Tensor  # the physical rows: a run, or an index
+    lanes: np.ndarray[Any, Any]
+    write_rows: torch.Tensor  # (B, 1) lanes, on the device
+    read: slice | torch.Tensor
+    span: slice
+
+    @property
+    def gaps(self) -> bool:
+        """Whether lanes are missing between the step's first and last."""
+        return not isinstance(self.read, slice)
 
 
 class StepPlanner:
-    """Lengths and physical rows of ``slots`` sequences of at most ``max_length`` tokens."""
+    """Lengths and lanes of ``slots`` sequences of at most ``max_length`` tokens.
 
-    def __init__(
-        self, slots: int, max_length: int, device: torch.device, first_row: int = 0
-    ) -> None:
+    ``scratch``: the lane a prefill's padding tokens are written to (never read).
+    """
+
+    def __init__(self, slots: int, max_length: int, device: torch.device, scratch: int) -> None:
         self.lengths = np.zeros(slots, dtype=np.int64)
-        self.rows = PhysicalRows(slots, first_row)
+        self.rows = Lanes(slots)
         self.max_length = max_length
+        self.scratch = scratch
         self._device = device
         self._layout: Layout | None = None
         self._pinned = device.type == "cuda"
@@ -112,17 +111,17 @@ class StepPlanner:
         return self._layout
 
     def _new_layout(self, key: tuple[int, bytes], slots: np.ndarray[Any, Any]) -> Layout:
-        order: np.ndarray[Any, Any] | None = np.argsort(self.rows.phys[slots], kind="stable")
+        order: np.ndarray[Any, Any] | None = np.argsort(self.rows.lane[slots], kind="stable")
         assert order is not None
         if (order == np.arange(len(slots))).all():
             order = None
             slots = slots.copy()  # kept: the caller's array may change after this step
         else:
             slots = slots[order]
-        rows = self.rows.phys[slots]
+        lanes = self.rows.lane[slots]
         device = self._device
-        first, last = int(rows[0]), int(rows[-1])
-        run = last - first == len(rows) - 1
+        first, last = int(lanes[0]), int(lanes[-1])
+        span = slice(first, last + 1)
         host_index = None if order is None else torch.from_numpy(order)
         return Layout(
             key=key,
@@ -130,35 +129,36 @@ class StepPlanner:
             order=order,
             index=None if host_index is None else host_index.to(device),
             host_index=host_index,
-            write_rows=on_device(rows[:, None], device),
-            read=slice(first, last + 1) if run else on_device(rows, device),
+            lanes=lanes,
+            write_rows=on_device(lanes[:, None], device),
+            read=span if last - first == len(lanes) - 1 else on_device(lanes, device),
+            span=span,
         )
 
-    def readmit(self, slots: np.ndarray[Any, Any]) -> list[int]:
-        """The positions in ``slots`` of slots with no row, each given one now: a row
-        that a step which raised had added, kept for the retry of that step."""
+    def missing(self, slots: np.ndarray[Any, Any]) -> list[int]:
+        """The positions in ``slots`` of slots with no lane (rows not admitted: a direct
+        caller's, or a step that raised had given one, kept for its retry)."""
         if self._layout is not None and self._layout.key == (self.rows.version, slots.tobytes()):
             return []  # the rows of the last step, every one mapped since
-        missing: list[int] = np.flatnonzero(self.rows.phys[slots] < 0).tolist()
-        for j in missing:
-            self.rows.add(int(slots[j]))
-        return missing
+        found: list[int] = np.flatnonzero(self.rows.lane[slots] < 0).tolist()
+        return found
 
     def plan(
-        self, slots: np.ndarray[Any, Any], mask: Any
+        self, slots: np.ndarray[Any, Any], mask: Any, spans: bool = False
     ) -> tuple[Layout, np.ndarray[Any, Any] | None, torch.Tensor, Plan]:
         """The step over ``slots`` whose real tokens are ``mask`` (B, W): its layout, each
         row's count of new tokens in the layout's order (None: one each, a decode step),
-        the positions and the cache's plan."""
+        the positions and the cache's plan. ``spans``: a decode step over lanes with gaps
+        may read their span (the attention splits it into runs)."""
         layout = self.layout(slots)
         width = int(mask.shape[1])
         if width == 1:
-            return layout, None, *self.decode(layout)
+            return layout, None, *self.decode(layout, spans)
         self._follows = None
         counts = in_order(mask.sum(dim=1).numpy(force=True), layout.order)
         return layout, counts, *self.prefill(layout, counts, width)
 
-    def decode(self, layout: Layout) -> tuple[torch.Tensor, Plan]:
+    def decode(self, layout: Layout, spans: bool = False) -> tuple[torch.Tensor, Plan]:
         """Positions (B, 1) and the cache's plan for one new token in each of ``layout``'s rows.
 
         A decode step that follows one over the same rows, committed (`advance`), adds one to
@@ -169,12 +169,13 @@ class StepPlanner:
         positions, on_host = self._first_rows(count)
         self.followed = self._follows is layout
         self._follows = None  # until this step is committed
+        read = layout.span if spans else layout.read
         if self.followed:
             positions.add_(1)
             if positions is not on_host:
                 on_host.add_(1)  # the host's copy, for what reads it there
             self._kv_length += 1
-            return positions, Plan(layout.write_rows, positions, layout.read, self._kv_length)
+            return positions, Plan(layout.write_rows, positions, read, self._kv_length)
         host = self._host_view[:count, 0]
         np.take(self.lengths, layout.slots, out=host)
         self._kv_length = int(host.max()) + 1
@@ -183,7 +184,7 @@ class StepPlanner:
             if self._pinned:
                 self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
                 self._copied.record()
-        return positions, Plan(layout.write_rows, positions, layout.read, self._kv_length)
+        return positions, Plan(layout.write_rows, positions, read, self._kv_length)
 
     def _first_rows(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode positions' first ``count`` rows, on the device and the host (views, kept)."""
@@ -201,15 +202,18 @@ class StepPlanner:
     def prefill(
         self, layout: Layout, counts: np.ndarray[Any, Any], width: int
     ) -> tuple[torch.Tensor, Plan]:
-        """Positions (B, W) and the plan for ``counts`` new tokens a row, left-padded."""
+        """Positions (B, W) and the plan for ``counts`` new tokens a row, left-padded (the
+        padding written to the scratch lane, each at its own column there)."""
         starts = self.lengths[layout.slots]
         padding = (width - counts)[:, None]
         columns = np.arange(width)[None, :]
         positions = starts[:, None] + columns - padding
-        write = np.where(columns >= padding, positions, self.max_length)
+        real = columns >= padding
+        lanes = np.where(real, layout.lanes[:, None], self.scratch)
+        write = np.where(real, positions, columns)
         device = self._device
         kv_length = int((starts + counts).max())
-        plan = Plan(layout.write_rows, on_device(write, device), layout.read, kv_length)
+        plan = Plan(on_device(lanes, device), on_device(write, device), layout.read, kv_length)
         return on_device(np.maximum(positions, 0), device), plan
 
     def advance(self, layout: Layout, counts: np.ndarray[Any, Any] | None) -> None:
