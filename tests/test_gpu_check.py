@@ -25,4 +25,4 @@ def test_the_cpu_fallback_says_so_and_passes() -> None:
     assert "no CUDA device here: the CPU fallback" in out
     for step in ("== the zoo on cpu", "== SmolLM2-135M-Instruct on cpu", "== hibachi bench on cpu"):
         assert step in out
-    assert "3 passed" in out and "gpu-check: passed on cpu" in out
+    assert "6 passed" in out and "gpu-check: passed on cpu" in out
