@@ -164,6 +164,30 @@ def test_a_preempted_seeded_request_draws_what_it_would_have_drawn(llama: Any) -
     check(llama, crowd, results[:-1])
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"temperature": 0.9, "top_k": 40, "seed": 7}, id="seeded"),
+        pytest.param({"repetition_penalty": 1.5, "presence_penalty": 0.5}, id="penalties"),
+    ],
+)
+def test_a_request_whose_prefix_is_cached_gets_what_it_gets_without(
+    llama: Any, options: dict[str, Any]
+) -> None:
+    """The cached prefix is never fed, yet it counts: draws keyed by position, penalties
+    over the prompt, and no token 0 for a row whose prompt seemed not all in."""
+    shared = torch.arange(40, 56)  # four whole blocks
+    job = {"prompt": torch.cat([shared, torch.tensor([9, 8])]), "max_new_tokens": 12}
+    job["options"] = options
+    [alone] = serve(paged(llama, blocks=64, prefix_caching=False), [job])
+    warm = {"prompt": torch.cat([shared, torch.tensor([7])]), "max_new_tokens": 2}
+    batcher = paged(llama, blocks=64, max_batch_size=1)
+    _, cached = serve(batcher, [warm, {**job, "arrival": 0.05}])
+    stats = batcher.stats().memory
+    assert stats is not None and stats.prefix_cache_hits >= 16
+    assert cached == alone
+
+
 def test_a_freed_lane_gives_its_memory_back(llama: Any) -> None:
     adapter = CausalLMAdapter(
         llama, slots=1, max_length=256, kv_cache_bytes=1 << 20, prefix_caching=False

@@ -257,8 +257,9 @@ class CausalLMAdapter(IncrementalModel):
         with torch.inference_mode():
             group = self._groups[int(self._group_of[slot])]
             held = group.admit(slot, prompt.numpy(force=True))
-            if held is not None:
-                self._sampler.start(slot, options)  # draws are keyed by position
+            if held is not None:  # draws are keyed by position: a recomputed row's repeat
+                self._sampler.start(slot, options)
+                self._sampler.hold(slot, prompt[:held])
             return held
 
     def reserve(self, slots: np.ndarray[Any, Any], counts: Any) -> bool:

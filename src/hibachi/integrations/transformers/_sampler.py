@@ -85,6 +85,15 @@ class Sampler:
         self._fed[slot] = 0
         self._adjustments.start(slot, settings)
 
+    def hold(self, slot: int, tokens: Any) -> None:
+        """``slot``'s row begins with ``tokens`` (1-D) it holds without being fed them
+        (a cached prefix): they count as fed, at their positions, as if they had been."""
+        count = len(tokens)
+        if count and self._adjustments.records[slot]:
+            slots = np.full(count, slot, dtype=np.int64)
+            self._adjustments.record(slots, np.arange(count), tokens)
+        self._fed[slot] = count
+
     def fed(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> Fed | None:
         """What `pick` needs of a step's inputs ``tokens`` and ``mask`` (B, W) for rows
         ``slots``; None if every row is plain greedy. Read at once: the arrays are reused."""
