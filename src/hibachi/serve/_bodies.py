@@ -52,11 +52,14 @@ def _limits(info: ValidationInfo) -> RequestLimits:
 
 
 def over_limit(what: str, count: int, limit: int, name: str) -> PydanticCustomError:
-    """A limit of `RequestLimits` exceeded: ``what`` has ``count``, at most ``limit``."""
+    """A limit of `RequestLimits` exceeded: ``what`` has ``count``, at most ``limit``.
+
+    The numbers go in as text: pydantic's message templates take no format specs.
+    """
     return PydanticCustomError(
         "limit_exceeded",
-        "{what} {count:,}; this server takes at most {limit:,} ({name})",
-        {"what": what, "count": count, "limit": limit, "name": name},
+        "{what} {count}; this server takes at most {limit} ({name})",
+        {"what": what, "count": f"{count:,}", "limit": f"{limit:,}", "name": name},
     )
 
 
