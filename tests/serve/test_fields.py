@@ -197,6 +197,9 @@ WRONG = [
     ("/v1/embeddings", {"input": [1, "a"]}, "input", "invalid_value"),
     ("/v1/embeddings", {"input": ["a"] * 2049}, "input", "limit_exceeded"),
     ("/v1/embeddings", {"input": [10**9]}, "input", None),
+    ("/v1/embeddings", {"input": [[1, 2], "a"]}, "input", "invalid_value"),
+    ("/v1/completions", completion(n=1.0), "n", "unsupported_parameter"),
+    ("/v1/completions", completion(echo=0.0), "echo", "unsupported_parameter"),
     (
         "/v1/embeddings",
         {"input": "a", "encoding_format": "int8"},
