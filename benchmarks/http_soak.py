@@ -358,6 +358,8 @@ async def soak(args: argparse.Namespace, port: int, rss: Any) -> tuple[Tally, di
         queue.put_nowait(job)
     await workers(queue, port, tally, args)
     figures["rss_after_warm_up_mib"] = rss() / 2**20
+    trace = figures["rss_trace_mib"] = []
+    sampler = asyncio.create_task(sample(rss, trace, every=args.rss_every))
     began = time.monotonic()
     half = (len(jobs) + warm) // 2
     for job in jobs[warm:half]:
@@ -373,7 +375,15 @@ async def soak(args: argparse.Namespace, port: int, rss: Any) -> tuple[Tally, di
     figures["seconds"] = time.monotonic() - began
     figures["settled"] = await settled(port, args.model)
     figures["rss_end_mib"] = rss() / 2**20
+    sampler.cancel()
     return tally, figures
+
+
+async def sample(rss: Any, trace: list[int], *, every: float) -> None:
+    """The server's RSS (MiB) every ``every`` seconds, into ``trace``: growth or a plateau."""
+    while True:
+        trace.append(round(rss() / 2**20))
+        await asyncio.sleep(every)
 
 
 async def workers(
@@ -471,7 +481,7 @@ def report(args: argparse.Namespace, tally: Tally, figures: dict[str, Any]) -> d
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "commit": _commit(),
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join([*_malloc_env(), "python", *sys.argv]),
         "load_average_at_start": figures.get("load"),
         "requests": args.requests + args.burst,
         "concurrency": args.concurrency,
@@ -486,6 +496,8 @@ def report(args: argparse.Namespace, tally: Tally, figures: dict[str, Any]) -> d
         "settled": figures["settled"],
         "rss_mib": [round(figures["rss_after_warm_up_mib"]), round(figures["rss_end_mib"])],
         "rss_growth": round(growth, 3),
+        "rss_trace_mib": figures["rss_trace_mib"],
+        "rss_every_s": args.rss_every,
         "latency_p50_p99_s": [
             round(latencies[len(latencies) // 2], 3),
             round(latencies[int(len(latencies) * 0.99)], 3),
@@ -528,6 +540,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"- statuses: {_counts(result['statuses'])}",
         f"- outcomes: {_counts(result['outcomes'])}",
+        f"- server RSS (MiB) every {result['rss_every_s']:g} s after the warm-up: "
+        + " ".join(str(mib) for mib in result["rss_trace_mib"]),
         f"- 429 in the burst: {result['burst_429']:,}",
         f"- latency per request, p50 / p99: {p50} s / {p99} s",
         f"- verdict: {'ok' if result['ok'] else 'FAILED'}",
@@ -553,6 +567,11 @@ def _gauges(settled: dict[str, float]) -> str:
 
 def _counts(counts: dict[Any, int]) -> str:
     return ", ".join(f"{key}: {value:,}" for key, value in counts.items())
+
+
+def _malloc_env() -> list[str]:
+    """The allocator's settings the server inherits (``MALLOC_ARENA_MAX=2`` ...)."""
+    return [f"{name}={value}" for name, value in os.environ.items() if name.startswith("MALLOC_")]
 
 
 def _commit() -> str:
@@ -582,6 +601,7 @@ def main() -> None:
         default=0.10,
         help="the RSS growth (after the warm-up) that fails",
     )
+    parser.add_argument("--rss-every", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/http_soak.json"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/http_soak.md"))
     args = parser.parse_args()
