@@ -446,6 +446,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
     ]
     if args.model:
         command += ["--model", args.model]
+    if args.kv_cache_bytes:
+        command += ["--kv-cache-bytes", args.kv_cache_bytes]
     # uvicorn's access log (stdout) is not kept; its stderr is read to the end, so a
     # server that logs much after its start never blocks on a full pipe
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -593,6 +595,9 @@ def main() -> None:
     parser.add_argument("--max-queue-size", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--model", help="the language model (default: hibachi serve's own)")
+    parser.add_argument(
+        "--kv-cache-bytes", help="the server's KV cache budget, e.g. 64M (default: its own)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hang-after", type=float, default=300.0)
     parser.add_argument(
