@@ -19,7 +19,9 @@ It checks what must hold, and exits 1 if anything does not:
   bounds its growth).
 
 Usage: python benchmarks/http_soak.py [--quick] [--requests 20000] [--model tiny]
-Writes its figures to ``--json`` (default benchmarks/results/http_soak.json).
+Writes its figures to ``--json`` (default benchmarks/results/http_soak.json) and a
+results document to ``--out`` (default benchmarks/results/http_soak.md): its date,
+machine, commit, command and load, then the figures.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -355,6 +358,8 @@ async def soak(args: argparse.Namespace, port: int, rss: Any) -> tuple[Tally, di
         queue.put_nowait(job)
     await workers(queue, port, tally, args)
     figures["rss_after_warm_up_mib"] = rss() / 2**20
+    trace = figures["rss_trace_mib"] = []
+    sampler = asyncio.create_task(sample(rss, trace, every=args.rss_every))
     began = time.monotonic()
     half = (len(jobs) + warm) // 2
     for job in jobs[warm:half]:
@@ -370,7 +375,15 @@ async def soak(args: argparse.Namespace, port: int, rss: Any) -> tuple[Tally, di
     figures["seconds"] = time.monotonic() - began
     figures["settled"] = await settled(port, args.model)
     figures["rss_end_mib"] = rss() / 2**20
+    sampler.cancel()
     return tally, figures
+
+
+async def sample(rss: Any, trace: list[int], *, every: float) -> None:
+    """The server's RSS (MiB) every ``every`` seconds, into ``trace``: growth or a plateau."""
+    while True:
+        trace.append(round(rss() / 2**20))
+        await asyncio.sleep(every)
 
 
 async def workers(
@@ -433,14 +446,24 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], int]:
     ]
     if args.model:
         command += ["--model", args.model]
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    if args.kv_cache_bytes:
+        command += ["--kv-cache-bytes", args.kv_cache_bytes]
+    # uvicorn's access log (stdout) is not kept; its stderr is read to the end, so a
+    # server that logs much after its start never blocks on a full pipe
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert server.stderr is not None
     for line in server.stderr:
         if line.startswith("hibachi serve:"):
             print(line.rstrip(), file=sys.stderr)
         if "Uvicorn running on" in line:
+            threading.Thread(target=_echo, args=(server.stderr,), daemon=True).start()
             return server, port
     raise SystemExit(f"hibachi serve exited with {server.wait()}")
+
+
+def _echo(lines: Any) -> None:
+    for line in lines:
+        print(f"server: {line.rstrip()}", file=sys.stderr, flush=True)
 
 
 def rss_of(pid: int) -> Any:
@@ -460,7 +483,7 @@ def report(args: argparse.Namespace, tally: Tally, figures: dict[str, Any]) -> d
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "commit": _commit(),
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join([*_malloc_env(), "python", *sys.argv]),
         "load_average_at_start": figures.get("load"),
         "requests": args.requests + args.burst,
         "concurrency": args.concurrency,
@@ -475,6 +498,8 @@ def report(args: argparse.Namespace, tally: Tally, figures: dict[str, Any]) -> d
         "settled": figures["settled"],
         "rss_mib": [round(figures["rss_after_warm_up_mib"]), round(figures["rss_end_mib"])],
         "rss_growth": round(growth, 3),
+        "rss_trace_mib": figures["rss_trace_mib"],
+        "rss_every_s": args.rss_every,
         "latency_p50_p99_s": [
             round(latencies[len(latencies) // 2], 3),
             round(latencies[int(len(latencies) * 0.99)], 3),
@@ -487,6 +512,68 @@ def report(args: argparse.Namespace, tally: Tally, figures: dict[str, Any]) -> d
         and growth <= args.rss_growth
     )
     return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results document: where and how it ran, then what must hold and what it measured."""
+    load = " ".join(result["load_average_at_start"] or ["unknown"])
+    rss_start, rss_end = result["rss_mib"]
+    p50, p99 = result["latency_p50_p99_s"]
+    lines = [
+        "# HTTP soak of hibachi serve",
+        "",
+        f"- date: {result['date']}",
+        f"- machine: {result['machine']}, load average {load} at start",
+        f"- commit: {result['commit']}",
+        f"- command: `{result['command']}`",
+        f"- load: {result['requests']:,} requests ({result['burst']:,} of them in one burst "
+        f"halfway), {result['concurrency']} clients on keep-alive connections, "
+        f"{result['seconds']:,} s",
+        "",
+        "| what must hold | figure |",
+        "|---|--:|",
+        f"| responses of 500 | {result['responses_500']} |",
+        f"| hangs | {result['hangs']} |",
+        f"| answers naming another model | {result['wrong_model']} |",
+        f"| other problems | {result['outcomes'].get('problems', 0)} |",
+        f"| `hibachi_requests_running` / `_waiting` at the end | {_gauges(result['settled'])} |",
+        f"| server RSS after the warm-up → end (MiB) | {rss_start:,} → {rss_end:,} "
+        f"({result['rss_growth']:+.1%}) |",
+        "",
+        f"- statuses: {_counts(result['statuses'])}",
+        f"- outcomes: {_counts(result['outcomes'])}",
+        f"- server RSS (MiB) every {result['rss_every_s']:g} s after the warm-up: "
+        + " ".join(str(mib) for mib in result["rss_trace_mib"]),
+        f"- 429 in the burst: {result['burst_429']:,}",
+        f"- latency per request, p50 / p99: {p50} s / {p99} s",
+        f"- verdict: {'ok' if result['ok'] else 'FAILED'}",
+        *(f"- problem: {problem}" for problem in result["problems"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _gauges(settled: dict[str, float]) -> str:
+    """``hibachi_requests_running{model="m"}: 0`` ... as ``m: 0 running, 0 waiting``."""
+    models: dict[str, dict[str, float]] = {}
+    for series, value in settled.items():
+        name, _, label = series.partition("{")
+        model = label.removeprefix('model="').removesuffix('"}')
+        models.setdefault(model, {})[name.removeprefix("hibachi_requests_")] = value
+    shown = [
+        f"{model}: {values.get('running', 0):g} running, {values.get('waiting', 0):g} waiting"
+        for model, values in models.items()
+    ]
+    return "; ".join(shown) or "none read"
+
+
+def _counts(counts: dict[Any, int]) -> str:
+    return ", ".join(f"{key}: {value:,}" for key, value in counts.items())
+
+
+def _malloc_env() -> list[str]:
+    """The allocator's settings the server inherits (``MALLOC_ARENA_MAX=2`` ...)."""
+    return [f"{name}={value}" for name, value in os.environ.items() if name.startswith("MALLOC_")]
 
 
 def _commit() -> str:
@@ -508,6 +595,9 @@ def main() -> None:
     parser.add_argument("--max-queue-size", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--model", help="the language model (default: hibachi serve's own)")
+    parser.add_argument(
+        "--kv-cache-bytes", help="the server's KV cache budget, e.g. 64M (default: its own)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hang-after", type=float, default=300.0)
     parser.add_argument(
@@ -516,7 +606,9 @@ def main() -> None:
         default=0.10,
         help="the RSS growth (after the warm-up) that fails",
     )
+    parser.add_argument("--rss-every", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/http_soak.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/http_soak.md"))
     args = parser.parse_args()
     if args.quick:
         args.requests, args.burst = 2_000, 150
@@ -533,6 +625,7 @@ def main() -> None:
     result = report(args, tally, figures)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "problems"}, indent=1))
     for problem in result["problems"]:
         print(f"problem: {problem}", file=sys.stderr)

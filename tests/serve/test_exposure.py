@@ -105,6 +105,23 @@ def test_a_key_comes_from_hibachi_api_key_too(monkeypatch: pytest.MonkeyPatch) -
 # -- host names, docs ----------------------------------------------------------------------
 
 
+def test_a_websocket_upgrade_is_an_http_request_that_passes_the_front_door(
+    keyed: Running,
+) -> None:
+    """The server serves no WebSocket: an upgrade is answered as HTTP, keys and hosts checked
+    (not a bare 403 from a WebSocket handshake no check saw)."""
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    for host, path, status in [("127.0.0.1", "/v1/models", 401), ("evil.example", "/health", 400)]:
+        with socket.create_connection((keyed.host, keyed.port), timeout=30) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{upgrade}\r\n".encode())
+            answer = _read_one(sock)
+        assert status_of(answer) == status, answer
+        error_of(body_of(answer))
+
+
 def test_bound_to_loopback_only_the_loopback_names_are_served(keyed: Running) -> None:
     for host in ("127.0.0.1", "localhost:8000", "[::1]:8000", "LOCALHOST"):
         assert keyed.request("GET", "/health", headers={"Host": host})[0] == 200, host
@@ -161,6 +178,21 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         answer += chunk
     return answer
+
+
+def _read_one(sock: socket.socket) -> bytes:
+    """One response with a ``Content-Length``, read whole (the connection left open)."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n")[1:]
+        if line.lower().startswith(b"content-length:")
+    )  # fmt: skip
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 def head(path: str, length: int, *extra: str, kind: str = "application/json") -> bytes:

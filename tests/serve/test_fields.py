@@ -197,6 +197,9 @@ WRONG = [
     ("/v1/embeddings", {"input": [1, "a"]}, "input", "invalid_value"),
     ("/v1/embeddings", {"input": ["a"] * 2049}, "input", "limit_exceeded"),
     ("/v1/embeddings", {"input": [10**9]}, "input", None),
+    ("/v1/embeddings", {"input": [[1, 2], "a"]}, "input", "invalid_value"),
+    ("/v1/completions", completion(n=1.0), "n", "unsupported_parameter"),
+    ("/v1/completions", completion(echo=0.0), "echo", "unsupported_parameter"),
     (
         "/v1/embeddings",
         {"input": "a", "encoding_format": "int8"},
@@ -415,3 +418,26 @@ def test_an_unknown_model_is_a_404_naming_it(server: Running) -> None:
         body.pop("input" if path == "/v1/completions" else "prompt")
         status, answer = send(server, path, json.dumps(body).encode())
         assert status == 404 and refused(answer)["param"] == "model"
+
+
+LIMITS = [
+    ({"prompt": "abc"}, "max_input_chars", "3"),
+    ({"prompt": "a", "stop": ["s"] * 3}, "max_stop_strings", "3"),
+    ({"prompt": "a", "stop": ["sss"]}, "max_stop_chars", "3"),
+    ({"prompt": "a", "logit_bias": {"1": 1, "2": 1, "3": 1}}, "max_logit_bias", "3"),
+]
+
+
+@pytest.mark.parametrize(("body", "limit", "count"), LIMITS, ids=[limit for _, limit, _ in LIMITS])
+def test_a_limit_exceeded_states_the_count_and_the_limit(
+    body: dict[str, Any], limit: str, count: str
+) -> None:
+    from hibachi.serve import RequestLimits
+    from hibachi.serve._bodies import CompletionRequest
+    from hibachi.serve._errors import from_validation
+
+    limits = dataclasses.replace(RequestLimits(), **{limit: 2})
+    with pytest.raises(ValueError) as caught:
+        CompletionRequest.model_validate_json(json.dumps(body), context={"limits": limits})
+    message = from_validation(caught.value).message  # type: ignore[arg-type]
+    assert f" {count};" in message and "at most 2 " in message and "{" not in message, message

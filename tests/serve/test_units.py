@@ -256,3 +256,55 @@ def test_kv_cache_bytes_refuse_what_is_no_size(
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", "--kv-cache-bytes", text])
     assert "kv-cache-bytes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "off"),
+    [
+        pytest.param([[7] * 500] * 2048, True, id="2,048 rows of token ids"),
+        pytest.param(["text"] * 2048, True, id="2,048 texts"),
+        pytest.param([[7, 8, 9]], False, id="one short row"),
+    ],
+)
+def test_a_large_embedding_request_is_prepared_off_the_event_loop(
+    given: list[Any], off: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from hibachi.serve import ServeSettings
+    from hibachi.serve import _engines as engines
+    from hibachi.serve._metrics import Metrics
+
+    threads: set[threading.Thread] = set()
+    item = engines._item
+
+    def noted(row: Any) -> Any:
+        threads.add(threading.current_thread())
+        return item(row)
+
+    monkeypatch.setattr(engines, "_item", noted)
+    model: Any = engines.EmbeddingModel("e", print, _VocabOf(30_000), max_length=512)
+    engine = engines.EmbeddingEngine(model, ServeSettings(), Metrics())
+
+    async def prepare() -> threading.Thread:
+        assert len(await engine.items(given)) == len(given)
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(prepare())
+    assert (loop_thread not in threads) is off, threads
+
+
+class _VocabOf:
+    """A tokenizer of ``size`` tokens whose every text is one token, 7."""
+
+    pad_token_id = 0
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __call__(self, texts: list[str], **_: Any) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[7] for _ in texts]}

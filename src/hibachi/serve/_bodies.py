@@ -52,11 +52,14 @@ def _limits(info: ValidationInfo) -> RequestLimits:
 
 
 def over_limit(what: str, count: int, limit: int, name: str) -> PydanticCustomError:
-    """A limit of `RequestLimits` exceeded: ``what`` has ``count``, at most ``limit``."""
+    """A limit of `RequestLimits` exceeded: ``what`` has ``count``, at most ``limit``.
+
+    The numbers go in as text: pydantic's message templates take no format specs.
+    """
     return PydanticCustomError(
         "limit_exceeded",
-        "{what} {count:,}; this server takes at most {limit:,} ({name})",
-        {"what": what, "count": count, "limit": limit, "name": name},
+        "{what} {count}; this server takes at most {limit} ({name})",
+        {"what": what, "count": f"{count:,}", "limit": f"{limit:,}", "name": name},
     )
 
 
@@ -83,8 +86,18 @@ def _never(value: Any) -> bool:
 
 
 Refused = Annotated[Any, _served_only_as(_never, "")]
-OnlyFalse = Annotated[Any, _served_only_as(lambda v: v is False or v == 0, "only false")]
-OnlyOne = Annotated[Any, _served_only_as(lambda v: v == 1 and v is not True, "only 1")]
+
+
+def _false(value: Any) -> bool:
+    return value is False or (type(value) is int and value == 0)  # not 0.0: types are strict
+
+
+def _one(value: Any) -> bool:
+    return type(value) is int and value == 1  # not 1.0, not true
+
+
+OnlyFalse = Annotated[Any, _served_only_as(_false, "only false")]
+OnlyOne = Annotated[Any, _served_only_as(_one, "only 1")]
 
 
 def _text_format(value: Any) -> bool:
@@ -112,7 +125,13 @@ def _empty_suffix(value: Any) -> bool:
 
 def _token_ids(value: Any, where: str) -> list[int]:
     """``value`` as token ids: a non-empty list of ints >= 0 (bools are no ints)."""
-    if not isinstance(value, list) or not value:
+    if not isinstance(value, list):
+        raise PydanticCustomError(
+            "invalid_prompt",
+            "{where} must be an array of token ids, got {got}",
+            {"where": where, "got": _describe(value)},
+        )
+    if not value:
         raise PydanticCustomError("invalid_prompt", "{where} must not be empty", {"where": where})
     for i, token in enumerate(value):
         if type(token) is not int or token < 0:

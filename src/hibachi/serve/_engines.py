@@ -190,11 +190,13 @@ class EmbeddingEngine:
 
     async def items(self, given: list[Any]) -> list[Any]:
         """Each input (texts, or rows of token ids) as 1-D ``input_ids`` and
-        ``attention_mask`` tensors; texts are tokenized off the loop when long."""
+        ``attention_mask`` tensors; made off the loop when there are many or long ones."""
+        big = sum(len(one) for one in given) > OFF_LOOP_CHARS or len(given) > 64
         if given and isinstance(given[0], str):
-            big = sum(len(text) for text in given) > OFF_LOOP_CHARS or len(given) > 64
             return await off_loop(big, self._text_items, given)
-        rows: list[list[int]] = given
+        return await off_loop(big, self._id_items, given)
+
+    def _id_items(self, rows: list[list[int]]) -> list[Any]:
         for i, row in enumerate(rows):
             bad = next((t for t in row if not 0 <= t < self.vocab_size), None)
             if bad is not None:

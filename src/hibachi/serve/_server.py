@@ -63,6 +63,7 @@ def server_for(app: FastAPI, *, host: str, port: int, **uvicorn_options: Any) ->
     limits = settings.connections
     options: dict[str, Any] = {
         "http": guarded_protocol(limits),
+        "ws": "none",  # no WebSocket is served: an upgrade is a plain request, checked as one
         "timeout_keep_alive": limits.keep_alive_timeout,
         "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace) + 5,
         "server_header": False,
