@@ -290,7 +290,11 @@ def _serve_over_ray(args: argparse.Namespace) -> int:
     if args.replicas and args.autoscale:
         raise SystemExit("hibachi serve: --replicas and --autoscale exclude each other")
     from .serve._ray import scaling_options, serve_over_ray
+    from .serve._server import allowed_hosts
 
+    settings = settings_of(args)
+    hosts = allowed_hosts(settings, args.host)  # the replicas' apps answer these names
+    args.allowed_hosts = None if hosts is None else list(hosts)
     serve_over_ray(
         functools.partial(build_app, args),
         max_batch_size=args.max_batch_size,
@@ -298,6 +302,7 @@ def _serve_over_ray(args: argparse.Namespace) -> int:
         port=args.port,
         address=args.ray_address,
         shutdown_grace=args.shutdown_grace,
+        settings=settings,
         **scaling_options(args.replicas, args.autoscale),
     )
     return 0

@@ -308,3 +308,28 @@ class _VocabOf:
 
     def __call__(self, texts: list[str], **_: Any) -> dict[str, list[list[int]]]:
         return {"input_ids": [[7] for _ in texts]}
+
+
+@pytest.mark.parametrize(
+    ("host", "hosts"),
+    [("127.0.0.1", ["127.0.0.1", "localhost", "::1", "[::1]"]), ("0.0.0.0", None)],
+)
+def test_over_ray_the_front_gets_the_connection_limits_and_the_replicas_the_host_names(
+    monkeypatch: pytest.MonkeyPatch, host: str, hosts: list[str] | None
+) -> None:
+    pytest.importorskip("ray.serve")
+    from hibachi import _serve_cli
+    from hibachi._cli import _parser
+    from hibachi.serve import _ray
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(_ray, "serve_over_ray", lambda build, **options: seen.update(options))
+    args = _parser().parse_args(
+        ["serve", "--replicas", "2", "--host", host, "--max-connections", "7"]
+    )
+    assert _serve_cli.serve(args) == 0
+    assert seen["settings"].connections.max_connections == 7
+    assert args.allowed_hosts == hosts
+    assert _serve_cli.settings_of(args).access.allowed_hosts == (
+        None if hosts is None else tuple(hosts)
+    )

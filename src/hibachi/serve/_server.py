@@ -20,12 +20,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from ._protocol import guarded_protocol
-from ._settings import LOOPBACK_HOSTS
+from ._settings import LOOPBACK_HOSTS, ServeSettings
 from ._state import ServerState
 
 logger = logging.getLogger("hibachi.serve")
 
-__all__ = ["GracefulServer", "run"]
+__all__ = ["GracefulServer", "allowed_hosts", "guarded_options", "run"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -52,25 +52,36 @@ def server_for(app: FastAPI, *, host: str, port: int, **uvicorn_options: Any) ->
     ``host:port``; ``uvicorn_options`` go to ``uvicorn.Config``."""
     state: ServerState = app.state.hibachi
     settings = state.settings
-    if settings.access.allowed_hosts is None:
-        state.allowed_hosts[0] = LOOPBACK_HOSTS if is_loopback(host) else None
+    state.allowed_hosts[0] = allowed_hosts(settings, host)
+    options = {**guarded_options(settings), **uvicorn_options}
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", **options)
+    return GracefulServer(config, state)
+
+
+def allowed_hosts(settings: ServeSettings, host: str) -> tuple[str, ...] | None:
+    """The host names a server listening on ``host`` answers (None: any); warns when it
+    listens beyond loopback with no API key."""
     if not is_loopback(host) and not settings.access.api_keys:
         logger.warning(
             "hibachi serve listens on %s with no API key: anyone who can reach this port "
             "can use its models (--api-key KEY, or HIBACHI_API_KEY)",
             host,
         )
+    if settings.access.allowed_hosts is not None:
+        return settings.access.allowed_hosts
+    return LOOPBACK_HOSTS if is_loopback(host) else None
+
+
+def guarded_options(settings: ServeSettings) -> dict[str, Any]:
+    """``uvicorn.Config``'s options for a server held to ``settings.connections``."""
     limits = settings.connections
-    options: dict[str, Any] = {
+    return {
         "http": guarded_protocol(limits),
         "ws": "none",  # no WebSocket is served: an upgrade is a plain request, checked as one
         "timeout_keep_alive": limits.keep_alive_timeout,
         "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace) + 5,
         "server_header": False,
-        **uvicorn_options,
     }
-    config = uvicorn.Config(app, host=host, port=port, lifespan="on", **options)
-    return GracefulServer(config, state)
 
 
 def is_loopback(host: str) -> bool:

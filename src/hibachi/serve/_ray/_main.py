@@ -19,6 +19,8 @@ import uvicorn
 from ray import serve
 
 from ...integrations.ray import connect
+from .._server import guarded_options
+from .._settings import ServeSettings
 from ._deployment import http_deployment
 from ._fleet import Fleet
 from ._front import BACKSTOP_S, Front
@@ -39,11 +41,14 @@ def serve_over_ray(
     port: int,
     address: str | None,
     shutdown_grace: float = 10.0,
+    settings: ServeSettings | None = None,
     **options: Any,
 ) -> None:
     """Serve ``build_app()``'s app from replicas on Ray until SIGINT or SIGTERM.
 
     ``address``: the cluster to join (`connect`), or None for a local one.
+    ``settings``: the server's, whose connection limits the front holds its
+    connections to (the replicas' apps check the rest: hosts, keys, bodies).
     ``options``: ``serve.deployment`` options (``num_replicas``, ...).
     Returns once drained and cleaned up.
     """
@@ -54,7 +59,7 @@ def serve_over_ray(
         app = http_deployment(build_app, max_batch_size=max_batch_size, name=APP, **options)
         handle = serve.run(app, name=APP, route_prefix=None)
         front = Front(handle, Fleet(handle, APP, APP), grace=shutdown_grace)
-        _run_front(front, host=host, port=port)
+        _run_front(front, host=host, port=port, settings=settings or ServeSettings())
     finally:
         _clean_up(owns_serve)
 
@@ -71,14 +76,10 @@ class FrontServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _run_front(front: Front, *, host: str, port: int) -> None:
-    config = uvicorn.Config(
-        front,
-        host=host,
-        port=port,
-        lifespan="on",
-        timeout_graceful_shutdown=math.ceil(front.grace + BACKSTOP_S) + 5,
-    )
+def _run_front(front: Front, *, host: str, port: int, settings: ServeSettings) -> None:
+    options = guarded_options(settings)  # the same connection limits as one process
+    options["timeout_graceful_shutdown"] = math.ceil(front.grace + BACKSTOP_S) + 5
+    config = uvicorn.Config(front, host=host, port=port, lifespan="on", **options)
     # uvicorn re-raises the signal it caught once it has shut down: let it land here.
     previous = {sig: signal.signal(sig, _ignore) for sig in _SIGNALS}
     try:
