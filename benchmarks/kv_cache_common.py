@@ -72,12 +72,19 @@ def baseline_package(ref: str) -> Any:
 
 
 def merge_base() -> str:
-    """The commit where this branch left ``main``."""
+    """The slot cache to compare with: the last commit of ``main`` before the paged cache
+    was merged (the first parent of that merge), or, on a branch that has not merged it,
+    the commit where the branch left ``main``."""
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        ["git", "merge-base", "HEAD", "main"], cwd=root, capture_output=True, text=True
-    )
-    return out.stdout.strip()[:12] or "HEAD~1"
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    merge = git("log", "--merges", "--first-parent", "--grep=^Merge paged", "--format=%H", "-1")
+    if merge:
+        return git("rev-parse", "--short=12", f"{merge}^1")
+    return git("merge-base", "HEAD", "main")[:12] or "HEAD~1"
 
 
 @dataclass(frozen=True)

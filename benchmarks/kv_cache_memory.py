@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--check", type=int, default=0, help="requests checked against generate()")
     parser.add_argument("--sections", default="1,2,3", help="which sections to run (1,2,3)")
-    parser.add_argument("--baseline", default=None, help="a git ref (default: merge-base main)")
+    parser.add_argument("--baseline", default=None, help="a git ref (default: the slot cache)")
     parser.add_argument("--results", action="store_true", help="write benchmarks/results/")
     args = parser.parse_args()
     model, _ = smollm2() if args.model == "smollm2" else tiny()
