@@ -153,5 +153,5 @@ def test_the_timed_adapter_pages_and_caches_prefixes_as_causal_lm_batcher_does(
     assert on.prefix_hit_rate is not None and on.prefix_hit_rate > 0.5
     assert off.prefix_hit_rate == 0.0
     assert on.peak_kv_bytes is not None and off.peak_kv_bytes is not None
-    assert 0 < on.peak_kv_bytes and off.peak_kv_bytes > 0
+    assert on.peak_kv_bytes > 0 and off.peak_kv_bytes > 0
     assert streams.hibachi_label(prefix_caching=False) == "hibachi (KV cache, no prefix caching)"
