@@ -280,26 +280,44 @@ def _commit() -> str:
 
 
 def committed(cache: Any) -> int:
-    """The bytes of ``cache``'s lane tensors (a `LaneCache`'s layers) resident in memory now,
-    page by page (``mincore``); the whole tensors where they are not lazily committed."""
+    """The bytes of ``cache``'s lane tensors (a `LaneCache`'s layers) resident in memory now:
+    the ``Rss`` that ``/proc/self/smaps`` gives their mappings (Linux); the whole tensors
+    where they are not lazily committed.
+
+    Not ``mincore``: a page that was read but never written maps the kernel's shared zero
+    page, which ``mincore`` reports as resident though it costs no memory (a decode step
+    reads every row of a run up to its longest row), and which ``smaps`` does not count.
+    """
     import ctypes
-    import mmap
 
-    import numpy as np
-
-    libc = ctypes.CDLL(None, use_errno=True)
     total = 0
+    ranges = []
     for layer in getattr(cache, "layers", []):
         for memory in getattr(layer, "_memory", []):
             mapping = getattr(memory, "_memory", None)
             if mapping is None:
                 total += memory.tensor.numel() * memory.tensor.element_size()
                 continue
-            size = len(mapping)
-            pages = -(-size // mmap.PAGESIZE)
-            vector = (ctypes.c_ubyte * pages)()
             address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
-            if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
-                raise OSError(ctypes.get_errno(), "mincore failed")
-            total += int((np.frombuffer(vector, dtype=np.uint8) & 1).sum()) * mmap.PAGESIZE
+            ranges.append((address, address + len(mapping)))
+    return total + _mapped_rss(ranges)
+
+
+def _mapped_rss(ranges: list[tuple[int, int]]) -> int:
+    """The resident bytes of the memory areas of ``/proc/self/smaps`` that lie within
+    ``ranges`` (adjacent mappings the kernel merged into one area included)."""
+    spans: list[list[int]] = []
+    for begin, end in sorted(ranges):
+        if spans and begin <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([begin, end])
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):
+            begin, end = (int(part, 16) for part in head.split("-"))
+            inside = any(b <= begin and end <= e for b, e in spans)
+        elif inside and head == "Rss:":
+            total += int(line.split()[1]) * 1024
     return total

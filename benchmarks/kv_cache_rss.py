@@ -16,7 +16,7 @@ The KV part is the process's resident anonymous memory (``RssAnon``) at its
 peak while serving, less what it was before the cache was made (the model
 loaded and run once on a batch of 32 chat prompts, without the cache, so that
 the activations' memory is counted before); sampled every 10 ms. Beside it,
-the bytes of the cache's own tensors resident at their peak (``mincore`` of
+the bytes of the cache's own tensors resident at their peak (the ``Rss`` of
 the paged cache's lanes; the slot cache's are all resident, reserved).
 
 Usage: python benchmarks/kv_cache_rss.py [--per-client 2] [--tokens 64] [--results]
