@@ -221,6 +221,7 @@ class Results:
         self.intro = intro
         self.sections: list[str] = []
         self.load = load()
+        self.commit = _commit()  # the code that runs: HEAD may move before the document is written
 
     def table(self, heading: str, header: list[str], rows: list[list[Any]], note: str = "") -> None:
         lines = [f"## {heading}", ""]
@@ -243,7 +244,7 @@ class Results:
             "",
             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
             f"- machine: {_machine()}",
-            f"- commit: {_commit()}",
+            f"- commit: {self.commit}",
             f"- command: `python {' '.join(sys.argv)}`",
             f"- load average at the start: {self.load}",
             "",
