@@ -16,7 +16,7 @@ arrived), time per output token after the first, and how many requests got
 the same greedy tokens as ``generate()``; hibachi's rows also the most
 requests it ran at once, the most memory its paged keys and values held, and
 the share of prompt tokens its prefix cache found. A second hibachi row runs
-with prefix caching off, for the difference it makes.
+with prefix caching off, for the difference it makes (not in the quick preset).
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ LIMIT = "generate(), one padded batch (the limit)"
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     size = settings.generation
-    progress.begin("generation", 1 + 6 * max(1, size.rounds))
+    methods_count = 6 if size.prefix_caching_row else 5
+    progress.begin("generation", 1 + methods_count * max(1, size.rounds))
     progress.doing("loading the model")
     served = generation_model(size, settings.device, settings.seed)
     model = served.model
@@ -79,7 +80,7 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
         GENERATE: lambda: one_at_a_time(model, requests, device),
         hibachi_label(): lambda: with_hibachi(model, requests, batch, device),
     }
-    if not uses_fallback():
+    if size.prefix_caching_row and not uses_fallback():
         methods[hibachi_label(prefix_caching=False)] = lambda: with_hibachi(
             model, requests, batch, device, prefix_caching=False
         )
