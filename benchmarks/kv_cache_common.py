@@ -305,8 +305,10 @@ def committed(cache: Any) -> int:
 
 
 def _mapped_rss(ranges: list[tuple[int, int]]) -> int:
-    """The resident bytes of the memory areas of ``/proc/self/smaps`` that lie within
-    ``ranges`` (adjacent mappings the kernel merged into one area included)."""
+    """The resident bytes of the memory areas of ``/proc/self/smaps`` that overlap
+    ``ranges``: an upper bound, since the kernel merges a mapping with a neighbour of the
+    same flags (another lane, or a malloc arena's heap) into one area, whose ``Rss`` then
+    counts the neighbour too."""
     spans: list[list[int]] = []
     for begin, end in sorted(ranges):
         if spans and begin <= spans[-1][1]:
@@ -318,7 +320,7 @@ def _mapped_rss(ranges: list[tuple[int, int]]) -> int:
         head = line.split(maxsplit=1)[0]
         if "-" in head and not head.endswith(":"):
             begin, end = (int(part, 16) for part in head.split("-"))
-            inside = any(b <= begin and end <= e for b, e in spans)
+            inside = any(b < end and begin < e for b, e in spans)
         elif inside and head == "Rss:":
             total += int(line.split()[1]) * 1024
     return total
