@@ -72,12 +72,19 @@ def baseline_package(ref: str) -> Any:
 
 
 def merge_base() -> str:
-    """The commit where this branch left ``main``."""
+    """The slot cache to compare with: the last commit of ``main`` before the paged cache
+    was merged (the first parent of that merge), or, on a branch that has not merged it,
+    the commit where the branch left ``main``."""
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        ["git", "merge-base", "HEAD", "main"], cwd=root, capture_output=True, text=True
-    )
-    return out.stdout.strip()[:12] or "HEAD~1"
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    merge = git("log", "--merges", "--first-parent", "--grep=^Merge paged", "--format=%H", "-1")
+    if merge:
+        return git("rev-parse", "--short=12", f"{merge}^1")
+    return git("merge-base", "HEAD", "main")[:12] or "HEAD~1"
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,7 @@ class Results:
         self.intro = intro
         self.sections: list[str] = []
         self.load = load()
+        self.commit = _commit()  # the code that runs: HEAD may move before the document is written
 
     def table(self, heading: str, header: list[str], rows: list[list[Any]], note: str = "") -> None:
         lines = [f"## {heading}", ""]
@@ -236,7 +244,7 @@ class Results:
             "",
             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
             f"- machine: {_machine()}",
-            f"- commit: {_commit()}",
+            f"- commit: {self.commit}",
             f"- command: `python {' '.join(sys.argv)}`",
             f"- load average at the start: {self.load}",
             "",
@@ -273,26 +281,46 @@ def _commit() -> str:
 
 
 def committed(cache: Any) -> int:
-    """The bytes of ``cache``'s lane tensors (a `LaneCache`'s layers) resident in memory now,
-    page by page (``mincore``); the whole tensors where they are not lazily committed."""
+    """The bytes of ``cache``'s lane tensors (a `LaneCache`'s layers) resident in memory now:
+    the ``Rss`` that ``/proc/self/smaps`` gives their mappings (Linux); the whole tensors
+    where they are not lazily committed.
+
+    Not ``mincore``: a page that was read but never written maps the kernel's shared zero
+    page, which ``mincore`` reports as resident though it costs no memory (a decode step
+    reads every row of a run up to its longest row), and which ``smaps`` does not count.
+    """
     import ctypes
-    import mmap
 
-    import numpy as np
-
-    libc = ctypes.CDLL(None, use_errno=True)
     total = 0
+    ranges = []
     for layer in getattr(cache, "layers", []):
         for memory in getattr(layer, "_memory", []):
             mapping = getattr(memory, "_memory", None)
             if mapping is None:
                 total += memory.tensor.numel() * memory.tensor.element_size()
                 continue
-            size = len(mapping)
-            pages = -(-size // mmap.PAGESIZE)
-            vector = (ctypes.c_ubyte * pages)()
             address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
-            if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
-                raise OSError(ctypes.get_errno(), "mincore failed")
-            total += int((np.frombuffer(vector, dtype=np.uint8) & 1).sum()) * mmap.PAGESIZE
+            ranges.append((address, address + len(mapping)))
+    return total + _mapped_rss(ranges)
+
+
+def _mapped_rss(ranges: list[tuple[int, int]]) -> int:
+    """The resident bytes of the memory areas of ``/proc/self/smaps`` that overlap
+    ``ranges``: an upper bound, since the kernel merges a mapping with a neighbour of the
+    same flags (another lane, or a malloc arena's heap) into one area, whose ``Rss`` then
+    counts the neighbour too."""
+    spans: list[list[int]] = []
+    for begin, end in sorted(ranges):
+        if spans and begin <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([begin, end])
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and not head.endswith(":"):
+            begin, end = (int(part, 16) for part in head.split("-"))
+            inside = any(b < end and begin < e for b, e in spans)
+        elif inside and head == "Rss:":
+            total += int(line.split()[1]) * 1024
     return total

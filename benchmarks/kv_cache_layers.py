@@ -1,7 +1,7 @@
 """Where a decode step's time goes, per layer of SmolLM2: the paged cache against the slot cache.
 
-``CausalLMAdapter`` of this tree and of ``--baseline`` (a git ref, the branch
-point with ``main`` by default, imported beside it), on the same loaded
+``CausalLMAdapter`` of this tree and of ``--baseline`` (a git ref, by default
+the last commit of ``main`` before the paged merge, imported beside it), on the same loaded
 SmolLM2-135M-Instruct (30 layers, 3 key/value heads of 64, float32, CPU):
 ``--rows`` rows are prefilled with ``--context`` tokens each, then decode
 steps over all of them are timed, ``--steps`` per round, the two versions
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--gaps", action="store_true")
-    parser.add_argument("--baseline", default=None, help="a git ref (default: merge-base main)")
+    parser.add_argument("--baseline", default=None, help="a git ref (default: the slot cache)")
     parser.add_argument("--results", action="store_true", help="write benchmarks/results/")
     args = parser.parse_args()
     if args.threads:

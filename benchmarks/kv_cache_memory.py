@@ -8,7 +8,7 @@ request runs its whole budget), greedy, float32 (SmolLM2) on the CPU.
 1. **Memory at peak.** The paged cache with room for every row at once
    (``max_batch_size`` = the requests, the default budget), prefix caching on
    and off: the KV memory allocated (blocks used and cached, and the lane
-   pages resident, counted with ``mincore``) at its peak, over what the tokens
+   pages resident, the ``Rss`` of their mappings) at its peak, over what the tokens
    rows hold at that moment need (their keys and values, unrounded). The slot
    cache reserves ``max_batch_size`` x ``max_length`` whatever the rows hold.
 2. **Same memory, more work.** A budget of 16 rows x 1,024 tokens: the slot
@@ -70,9 +70,15 @@ def probe(batcher: Any) -> Any:
     return read
 
 
-def run_paged(model: Any, requests: list[Request], **settings: Any) -> Any:
+def run_paged(model: Any, requests: list[Request], memory: bool = True, **settings: Any) -> Any:
+    """``requests`` through a paged batcher; ``memory``: watch its memory too (else only its
+    rows, as the slot cache's are, so that both pay the same for being watched)."""
     batcher = paged.causal_lm_batcher(model, eos_token_id=None, **settings)
-    watch = Watch(probe(batcher), "allocated", interval=0.02)
+    watch = (
+        Watch(probe(batcher), "allocated", interval=0.02)
+        if memory
+        else Watch(probe_rows(batcher), "rows", interval=0.02)
+    )
     served = serve(batcher, requests, watch)
     served.peak["preempted"] = batcher.stats().requests_preempted
     served.peak["bytes per token"] = batcher._incremental.sizes.bytes_per_token
@@ -135,7 +141,7 @@ def same_memory(model: Any, requests: list[Request], ref: str, results: Results)
         model, max_batch_size=16, max_length=length, eos_token_id=None
     )
     before = serve(slots, requests, Watch(probe_rows(slots), "rows", interval=0.02))
-    after = run_paged(model, requests, max_batch_size=64, kv_cache_bytes=budget)
+    after = run_paged(model, requests, memory=False, max_batch_size=64, kv_cache_bytes=budget)
     rows = [
         [
             f"slot cache ({ref}), 16 x {length:,}",
@@ -215,7 +221,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--check", type=int, default=0, help="requests checked against generate()")
     parser.add_argument("--sections", default="1,2,3", help="which sections to run (1,2,3)")
-    parser.add_argument("--baseline", default=None, help="a git ref (default: merge-base main)")
+    parser.add_argument("--baseline", default=None, help="a git ref (default: the slot cache)")
     parser.add_argument("--results", action="store_true", help="write benchmarks/results/")
     args = parser.parse_args()
     model, _ = smollm2() if args.model == "smollm2" else tiny()

@@ -6,8 +6,8 @@ clients, each sending ``--per-client`` chat requests one after another (the
 model's chat template around a short question), up to ``--tokens`` new tokens
 each, greedy, float32 on the CPU. Two caches, each in a process of its own:
 
-- the slot cache of ``--baseline`` (a git ref; the branch point with ``main``
-  by default) at ``max_length=1024``, the length ``hibachi serve`` used to
+- the slot cache of ``--baseline`` (a git ref; by default the last commit of
+  ``main`` before the paged merge) at ``max_length=1024``, the length ``hibachi serve`` used to
   default to for memory's sake;
 - the paged cache at the model's whole context (8,192 tokens) and the
   default budget (``kv_cache_bytes=None``).
@@ -16,7 +16,7 @@ The KV part is the process's resident anonymous memory (``RssAnon``) at its
 peak while serving, less what it was before the cache was made (the model
 loaded and run once on a batch of 32 chat prompts, without the cache, so that
 the activations' memory is counted before); sampled every 10 ms. Beside it,
-the bytes of the cache's own tensors resident at their peak (``mincore`` of
+the bytes of the cache's own tensors resident at their peak (the ``Rss`` of
 the paged cache's lanes; the slot cache's are all resident, reserved).
 
 Usage: python benchmarks/kv_cache_rss.py [--per-client 2] [--tokens 64] [--results]
@@ -117,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-client", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--baseline", default=None, help="a git ref (default: merge-base main)")
+    parser.add_argument("--baseline", default=None, help="a git ref (default: the slot cache)")
     parser.add_argument("--only", choices=("slots", "paged"), help=argparse.SUPPRESS)
     parser.add_argument("--results", action="store_true", help="write benchmarks/results/")
     args = parser.parse_args()

@@ -4,8 +4,8 @@ Chat prompts through the model's chat template (``--requests`` of them), ``--tok
 new tokens each, greedy, float32 on the CPU, served by ``causal_lm_batcher``
 with ``--clients`` clients at once: 1 (each request alone, one after another)
 and 16. Two versions of hibachi run side by side in one process, on the same
-loaded model: this tree's and a baseline's (``--baseline``, a git ref, the
-branch point with ``main`` by default), whose source is taken from git into a
+loaded model: this tree's and a baseline's (``--baseline``, a git ref, by
+default the last commit of ``main`` before the paged merge), whose source is taken from git into a
 temporary package ``hibachi_baseline``. Rounds alternate the two; each figure
 is the median tokens/s over ``--rounds`` rounds, with its spread (min-max over
 the median), and the ratio of the medians.
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--baseline", default=None, help="a git ref (default: merge-base main)")
+    parser.add_argument("--baseline", default=None, help="a git ref (default: the slot cache)")
     parser.add_argument("--results", action="store_true", help="write benchmarks/results/")
     args = parser.parse_args()
     if args.threads:

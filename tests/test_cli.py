@@ -238,6 +238,12 @@ def test_bench_json_schema(bench_run: dict[str, Any]) -> None:
     assert report["settings"]["preset"] == "tiny"
     assert report["settings"]["concurrency"] == [1, 3]
     assert list(report["sections"]) == WORKLOADS
+    rows = {r["method"]: r["values"] for r in report["sections"]["generation"]["rows"]}
+    mine = rows["hibachi (KV cache)"]
+    assert 1 <= mine["rows_at_once"] <= report["settings"]["generation"]["batch_size"]
+    assert mine["peak_kv_bytes"] > 0 and 0 <= mine["prefix_hit_rate"] <= 1
+    assert rows["hibachi (KV cache, no prefix caching)"]["prefix_hit_rate"] == 0
+    assert rows["generate(), one at a time"]["peak_kv_bytes"] is None
     for name, section in report["sections"].items():
         assert section["workload"] == name
         assert isinstance(section["title"], str)

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
+from hibachi import AutoregressiveStats, MemoryStats
 from hibachi._bench.methods import generate, streams
 from hibachi._bench.methods.embed import Unavailable, load_sentence_transformer
 from hibachi._bench.methods.outcome import Outcome, trim
 from hibachi._bench.models.chat import QUESTIONS, chat_requests, questions
 from hibachi._bench.models.language import generation_model
 from hibachi._bench.models.llama import build_llama
-from hibachi._bench.models.requests import make_requests
+from hibachi._bench.models.requests import LlmRequest, make_requests
 from hibachi._bench.settings import preset
 
 TINY = preset("tiny")
@@ -117,3 +118,40 @@ def test_the_real_model_streams_generates_tokens_through_every_method() -> None:
         outcome = method()
         assert outcome.tokens == alone.tokens
         assert outcome.last_token is not None and len(outcome.last_token) == 5
+
+
+def test_hibachis_outcome_carries_its_rows_at_once_peak_kv_bytes_and_prefix_hits() -> None:
+    memory = MemoryStats(
+        blocks_used=0,
+        blocks_cached=3,
+        blocks_free=5,
+        bytes_per_block=4096,
+        peak_blocks=6,
+        prefix_cache_queries=40,
+        prefix_cache_hits=10,
+    )
+    stats = AutoregressiveStats(*[0] * 7, 0.0, 0.0, 0, 0, peak_requests_in_flight=4)
+    outcome = streams.with_memory(Outcome([[1]], [0.1], 1.0), replace(stats, memory=memory))
+    assert (outcome.rows_at_once, outcome.peak_kv_bytes) == (4, 6 * 4096)
+    assert outcome.prefix_hit_rate == 0.25
+    plain = streams.with_memory(Outcome([[1]], [0.1], 1.0), stats)  # a model with no memory
+    assert (plain.rows_at_once, plain.peak_kv_bytes, plain.prefix_hit_rate) == (4, None, None)
+
+
+def test_the_timed_adapter_pages_and_caches_prefixes_as_causal_lm_batcher_does(
+    llama: object,
+) -> None:
+    """The bench's timing wrapper passes admission through: a prefix shared by every prompt
+    is found in the cache, and turning caching off changes no token."""
+    pytest.importorskip("hibachi.integrations.transformers")
+    shared = list(range(3, 35))  # two blocks of 16
+    requests = [LlmRequest([*shared, 40 + i], 4) for i in range(6)]
+    on = streams.with_hibachi(llama, requests, batch_size=2, device="cpu")
+    off = streams.with_hibachi(llama, requests, batch_size=2, device="cpu", prefix_caching=False)
+    assert on.tokens == off.tokens
+    assert on.rows_at_once == off.rows_at_once == 2
+    assert on.prefix_hit_rate is not None and on.prefix_hit_rate > 0.5
+    assert off.prefix_hit_rate == 0.0
+    assert on.peak_kv_bytes is not None and off.peak_kv_bytes is not None
+    assert on.peak_kv_bytes > 0 and off.peak_kv_bytes > 0
+    assert streams.hibachi_label(prefix_caching=False) == "hibachi (KV cache, no prefix caching)"

@@ -21,6 +21,13 @@ def test_the_full_preset_alternates_rounds_over_at_least_32_texts() -> None:
     assert preset("tiny").scaling.texts_at(4) == 4  # the workload's own size, unchanged
 
 
+def test_the_quick_preset_leaves_out_the_row_without_prefix_caching() -> None:
+    """It would be a whole hibachi run more; quick keeps the prefix hit rate column."""
+    assert preset("full").generation.prefix_caching_row
+    assert not preset("quick").generation.prefix_caching_row
+    assert preset("tiny").generation.prefix_caching_row  # the tests run every row
+
+
 def test_preset_overrides() -> None:
     settings = preset("quick", device="cuda", concurrency=(2, 8), workloads=("scaling",))
     assert (settings.preset, settings.device) == ("quick", "cuda")

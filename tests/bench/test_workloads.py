@@ -245,8 +245,8 @@ def test_generation_rounds_alternate_the_methods_and_note_hibachis_ratios(
     calls: list[str] = []
 
     def fake(name: str, seconds: float) -> object:
-        def run(*args: object) -> Outcome:
-            calls.append(name)
+        def run(*args: object, prefix_caching: bool = True) -> Outcome:
+            calls.append(name if prefix_caching else f"{name} off")
             return Outcome([[5, 6]] * 4, [0.1] * 4, seconds, last_token=[0.2] * 4)
 
         return run
@@ -262,12 +262,13 @@ def test_generation_rounds_alternate_the_methods_and_note_hibachis_ratios(
     monkeypatch.setattr(generation, "one_batch", fake("limit", 1.0))
     settings = preset("tiny", overrides=Overrides(rounds=3))
     section = generation.measure(settings, NullProgress())
-    assert calls[:5] == ["alone", "hibachi", "static", "generate_batch", "limit"]
-    assert calls[5:9] == ["hibachi", "static", "limit", "alone"]  # turned by one; no retry
-    assert calls.count("generate_batch") == 1 and len(calls) == 13
+    assert calls[:6] == ["alone", "hibachi", "hibachi off", "static", "generate_batch", "limit"]
+    assert calls[6:11] == ["hibachi", "hibachi off", "static", "limit", "alone"]  # turned by one
+    assert calls.count("generate_batch") == 1 and len(calls) == 16  # and not retried
     rows = {row.method: row for row in section.rows}
     assert rows[generation.CONTINUOUS].status == "skipped"
     assert rows[generation.STATIC].values["speedup"] == pytest.approx(4.0)
     (note,) = [n for n in section.notes if "rounds' ratios" in n]
     assert "generate(), static batches 2.00x [2.00-2.00]" in note
     assert "one padded batch (the limit) 1.00x" in note and "generate_batch" not in note
+    assert "hibachi (KV cache, no prefix caching) 1.00x" in note

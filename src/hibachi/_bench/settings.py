@@ -46,6 +46,7 @@ class GenerationSize:
     repeat: int
     model: str = "smollm2"
     rounds: int = 0  # with rounds, every method once a round, alternating; else best of repeat
+    prefix_caching_row: bool = True  # hibachi again with prefix caching off (not in quick: time)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ _QUICK = replace(
         hidden=128,
         layers=2,
         vocab=1024,
+        prefix_caching_row=False,
     ),
     embeddings=EmbeddingSize(texts=64, words=(4, 60), batch_sizes=(32,), repeat=2),
     overhead=OverheadSize(rows=64, steps=150, callers=2_000, batch_size=64, repeat=1),
@@ -246,6 +248,7 @@ _TINY = replace(
         vocab=128,
         repeat=1,
         model="tiny",
+        prefix_caching_row=True,
     ),
     embeddings=EmbeddingSize(texts=6, words=(2, 12), batch_sizes=(4,), repeat=1),
     overhead=OverheadSize(rows=4, steps=5, callers=32, batch_size=8, repeat=1),

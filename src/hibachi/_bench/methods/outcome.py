@@ -19,6 +19,11 @@ class Outcome:
     last_token: list[float] | None = None
     outside_model: float | None = None  # hibachi's share of its busy time outside model.forward
     outside_step: float | None = None  # hibachi's share of its busy time outside the adapter's step
+    rows_at_once: int | None = None  # hibachi: the most requests in flight at once
+    peak_kv_bytes: int | None = (
+        None  # hibachi's paged cache: its most blocks held at once, in bytes
+    )
+    prefix_hit_rate: float | None = None  # hibachi's paged cache: prompt tokens found cached
 
     @property
     def tokens_per_s(self) -> float:

@@ -15,7 +15,7 @@ import math
 import time
 from typing import Any
 
-from hibachi import AutoregressiveBatcher
+from hibachi import AutoregressiveBatcher, AutoregressiveStats
 
 from ..models.llama import PAD
 from ..models.requests import LlmRequest
@@ -31,21 +31,32 @@ __all__ = [
     "stateless_batcher",
     "uses_fallback",
     "with_hibachi",
+    "with_memory",
 ]
 
 
-def with_hibachi(model: Any, requests: list[LlmRequest], batch_size: int, device: str) -> Outcome:
+def with_hibachi(
+    model: Any,
+    requests: list[LlmRequest],
+    batch_size: int,
+    device: str,
+    *,
+    prefix_caching: bool = True,
+) -> Outcome:
     """Every request streamed at once through a new hibachi batcher over ``model``.
 
     With `hibachi.integrations.transformers` installed, this is the KV-cache
     adapter that ``causal_lm_batcher`` builds, timed step by step
-    (`kv_cache_run`); otherwise the stateless fallback.
+    (`kv_cache_run`), its prefix caching on or off; otherwise the stateless
+    fallback.
     """
     eos = model.generation_config.eos_token_id
     if uses_fallback():
         batcher = stateless_batcher(model, batch_size=batch_size, eos=eos, device=device)
         return run_async(serve_with_hibachi(batcher, requests, device))
-    outcome, share = kv_cache_run(model, requests, batch_size=batch_size, eos=eos)
+    outcome, share = kv_cache_run(
+        model, requests, batch_size=batch_size, eos=eos, prefix_caching=prefix_caching
+    )
     outcome.outside_model, outcome.outside_step = share.outside_forward, share.outside
     return outcome
 
@@ -57,6 +68,7 @@ def kv_cache_run(
     batch_size: int,
     eos: int,
     prefill_chunk: int = 512,
+    prefix_caching: bool = True,
 ) -> tuple[Outcome, StepShare]:
     """Every request streamed at once through the KV-cache adapter, timed step by step."""
     import torch
@@ -64,7 +76,10 @@ def kv_cache_run(
     from hibachi.integrations.transformers import CausalLMAdapter
 
     max_length = max(len(r.prompt) + r.budget for r in requests)
-    timed = TimedModel(CausalLMAdapter(model, slots=batch_size, max_length=max_length))
+    adapter = CausalLMAdapter(
+        model, slots=batch_size, max_length=max_length, prefix_caching=prefix_caching
+    )
+    timed = TimedModel(adapter)
     batcher = AutoregressiveBatcher(
         timed,
         stop_token=torch.tensor(eos),
@@ -85,7 +100,19 @@ async def serve_with_hibachi(batcher: Any, requests: list[LlmRequest], device: s
         results = await asyncio.gather(*(_client(batcher, r, start, device) for r in requests))
         seconds = time.perf_counter() - start
     tokens, first, last = (list(column) for column in zip(*results, strict=True))
-    return Outcome(tokens, first, seconds, last)
+    return with_memory(Outcome(tokens, first, seconds, last), batcher.stats())
+
+
+def with_memory(outcome: Outcome, stats: AutoregressiveStats) -> Outcome:
+    """``outcome`` with what the batcher's ``stats`` say of its rows and memory: the most
+    rows at once and, where its model pages its keys and values, the most bytes of blocks
+    held at once (rows' and cached prefixes') and the prefix cache's hit rate."""
+    outcome.rows_at_once = stats.peak_requests_in_flight
+    memory = stats.memory
+    if memory is not None:
+        outcome.peak_kv_bytes = memory.peak_blocks * memory.bytes_per_block
+        outcome.prefix_hit_rate = memory.prefix_cache_hit_rate
+    return outcome
 
 
 async def _client(
@@ -139,8 +166,10 @@ def stateless_batcher(model: Any, *, batch_size: int, eos: int, device: str) -> 
     )
 
 
-def hibachi_label() -> str:
-    return "hibachi (stateless)" if uses_fallback() else "hibachi (KV cache)"
+def hibachi_label(*, prefix_caching: bool = True) -> str:
+    if uses_fallback():
+        return "hibachi (stateless)"
+    return "hibachi (KV cache)" if prefix_caching else "hibachi (KV cache, no prefix caching)"
 
 
 def uses_fallback() -> bool:

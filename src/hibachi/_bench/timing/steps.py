@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from hibachi import Accepted, IncrementalModel
+import numpy as np
+
+from hibachi import Accepted, IncrementalModel, MemoryStats
 
 __all__ = ["StepShare", "TimedModel", "forward_timed"]
 
@@ -61,6 +63,17 @@ class TimedModel(IncrementalModel):
 
     def check_request(self, prompt: Any, max_new_tokens: int, options: Any) -> int | Accepted:
         return self.model.check_request(prompt, max_new_tokens, options)
+
+    # The paged cache's admission, room and figures pass through, so the bench serves as
+    # causal_lm_batcher does: prompts admitted with their cached prefix, rows preempted.
+    def admit(self, slot: int, prompt: Any, options: Any, generated: int) -> int | None:
+        return self.model.admit(slot, prompt, options, generated)
+
+    def reserve(self, slots: np.ndarray[Any, np.dtype[np.int64]], counts: Any) -> bool:
+        return self.model.reserve(slots, counts)
+
+    def memory_stats(self) -> MemoryStats | None:
+        return self.model.memory_stats()
 
     def share(self) -> StepShare:
         """The split over every step so far (from the first step's start to the last's end)."""

@@ -13,7 +13,10 @@ random-weight Llama with ``--model tiny`` (`models.language`).
 
 Each reports tokens/s, time to first token (from the moment every client has
 arrived), time per output token after the first, and how many requests got
-the same greedy tokens as ``generate()``.
+the same greedy tokens as ``generate()``; hibachi's rows also the most
+requests it ran at once, the most memory its paged keys and values held, and
+the share of prompt tokens its prefix cache found. A second hibachi row runs
+with prefix caching off, for the difference it makes (not in the quick preset).
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ COLUMNS = [
     Column("tpot_p95_ms", "TPOT p95", "{:,.0f} ms"),
     Column("same_as_generate", "= generate()", "{}"),
     Column("outside_model", "outside forward", "{:.0%}"),
+    Column("rows_at_once", "rows at once", "{:,}"),
+    Column("peak_kv_mib", "peak KV", "{:,.1f} MiB"),
+    Column("prefix_hit_rate", "prefix hits", "{:.0%}"),
 ]
 GENERATE = "generate(), one at a time"
 STATIC = "generate(), static batches"
@@ -60,7 +66,8 @@ LIMIT = "generate(), one padded batch (the limit)"
 
 def measure(settings: BenchSettings, progress: Progress) -> Section:
     size = settings.generation
-    progress.begin("generation", 1 + 5 * max(1, size.rounds))
+    methods_count = 6 if size.prefix_caching_row else 5
+    progress.begin("generation", 1 + methods_count * max(1, size.rounds))
     progress.doing("loading the model")
     served = generation_model(size, settings.device, settings.seed)
     model = served.model
@@ -72,6 +79,12 @@ def measure(settings: BenchSettings, progress: Progress) -> Section:
     methods: dict[str, Callable[[], Outcome]] = {
         GENERATE: lambda: one_at_a_time(model, requests, device),
         hibachi_label(): lambda: with_hibachi(model, requests, batch, device),
+    }
+    if size.prefix_caching_row and not uses_fallback():
+        methods[hibachi_label(prefix_caching=False)] = lambda: with_hibachi(
+            model, requests, batch, device, prefix_caching=False
+        )
+    methods |= {
         STATIC: lambda: static_batches(model, requests, batch, device),
         CONTINUOUS: lambda: continuous_batching(model, requests, batch),
         LIMIT: lambda: one_batch(model, requests, device),
@@ -172,6 +185,10 @@ def _record(section: Section, name: str, outcome: Outcome, reference: Outcome) -
         same_as_generate=f"{matched}/{len(reference.tokens)}",
         outside_model=outcome.outside_model,
         outside_step=outcome.outside_step,
+        rows_at_once=outcome.rows_at_once,
+        peak_kv_mib=None if outcome.peak_kv_bytes is None else outcome.peak_kv_bytes / 2**20,
+        peak_kv_bytes=outcome.peak_kv_bytes,
+        prefix_hit_rate=outcome.prefix_hit_rate,
         matched=matched == len(reference.tokens),
         tokens=sum(map(len, outcome.tokens)),
         seconds=outcome.seconds,
@@ -215,7 +232,11 @@ def _notes(section: Section, served: GenerationModel) -> None:
         "TPOT: each request's time per output token after its first (as a client streaming "
         "it saw them come). outside forward: the share of hibachi's busy time spent outside "
         "model.forward (the adapter's own work counts). the limit: one padded batch of "
-        "every request."
+        "every request. rows at once: the most requests hibachi ran at once. peak KV: the "
+        "most memory its paged keys and values held at once (blocks of rows and of cached "
+        "prefixes). prefix hits: the share of prompt tokens found in its prefix cache (the "
+        "chat template's system prompt is every prompt's prefix), not computed again; "
+        "'no prefix caching' is the same batcher with prefix_caching=False."
     )
     if served.note:
         section.notes.append(served.note)
