@@ -245,7 +245,8 @@ def watch(port: int, budgets: list[int]) -> tuple[list[Watched], list[threading.
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
                 s.sendall(
-                    b"POST /v1/completions HTTP/1.1\r\nHost: b\r\nContent-Type: application/json"
+                    b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    + b"Content-Type: application/json"
                     + f"\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
                     + data
                 )

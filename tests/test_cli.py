@@ -262,7 +262,8 @@ def test_generation_figures(bench_run: dict[str, Any]) -> None:
     rows = {row["method"]: row for row in section["rows"]}
     assert rows["generate(), one at a time"]["values"]["speedup"] == 1.0
     hibachi_rows = [row for method, row in rows.items() if method.startswith("hibachi")]
-    assert len(hibachi_rows) == 1
+    assert "hibachi (KV cache)" in rows  # and, in the full preset, the same without prefix caching
+    assert len(hibachi_rows) <= 2
     for row in rows.values():
         if row["status"] != "ok":
             continue
@@ -273,7 +274,7 @@ def test_generation_figures(bench_run: dict[str, Any]) -> None:
         assert total == 4
         assert values["matched"] is (matched == total)
     # hibachi's greedy tokens are exactly generate()'s, whichever hibachi path ran.
-    assert hibachi_rows[0]["values"]["matched"] is True
+    assert all(row["values"]["matched"] is True for row in hibachi_rows)
 
 
 @pytest.mark.slow

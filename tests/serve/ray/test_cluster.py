@@ -134,7 +134,7 @@ class Server:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=WAIT) as sock:
                 sock.sendall(
-                    f"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: "
+                    f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                     f"application/json\r\nContent-Length: {len(data)}\r\nConnection: close"
                     "\r\n\r\n".encode()
                     + data

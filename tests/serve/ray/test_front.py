@@ -111,8 +111,8 @@ def language_model() -> Any:
 
 
 @asynccontextmanager
-async def replica_of(language_model: Any) -> AsyncIterator[AppReplica]:
-    settings = ServeSettings(max_batch_size=4, max_length=4096)
+async def replica_of(language_model: Any, **options: Any) -> AsyncIterator[AppReplica]:
+    settings = ServeSettings(max_batch_size=4, max_length=4096, **options)
     replica = AppReplica(lambda: create_app(language_model, None, settings=settings))
     app = replica.__serve_build_asgi_app__()
     async with app.router.lifespan_context(app):
@@ -321,3 +321,25 @@ async def lifespan(front: Front) -> AsyncIterator[None]:
         await inbox.put({"type": "lifespan.shutdown"})
         assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
         await task
+
+
+@pytest.mark.parametrize("hosts", [("127.0.0.1", "localhost"), ("*.example.com",)])
+def test_the_replicas_health_passes_their_own_host_check(
+    language_model: Any, hosts: tuple[str, ...]
+) -> None:
+    """The front asks each replica's app for /health and /metrics itself: the app's
+    front door must let those asks through whatever host names it allows."""
+    from hibachi.serve import Access
+
+    async def main() -> Client:
+        async with replica_of(language_model, access=Access(allowed_hosts=hosts)) as replica:
+            handle = Handle(replica)
+            front = Front(handle, StaticFleet(handle, "a", "a"), grace=1.0)
+            async with lifespan(front):
+                health = Client()
+                await front(scope("GET", "/health"), health.receive, health.send)
+            return health
+
+    health = run(main)
+    assert health.status == 200, health.body
+    assert json.loads(health.body)["replicas"]["local"]["status"] == "ok"

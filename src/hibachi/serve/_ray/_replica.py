@@ -51,7 +51,8 @@ class AppReplica:
     async def get(self, path: str) -> Reply:
         """``GET path`` of the app, whole."""
         scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode()}
-        scope |= {"query_string": b"", "headers": [], "http_version": "1.1", "scheme": "http"}
+        headers = [(b"host", self._own_host())]  # the app's front door checks it
+        scope |= {"query_string": b"", "headers": headers, "http_version": "1.1", "scheme": "http"}
         status, parts = 500, []
         async for batch in exchange(self._app, scope, b""):
             for message in batch:
@@ -80,6 +81,13 @@ class AppReplica:
             health = engine.batcher.health()
             if not health.ok(stuck_after=state.settings.stuck_after):
                 raise ReplicaUnhealthy(f"{engine.name}: {health}")
+
+    def _own_host(self) -> bytes:
+        """A host name the app answers (its first allowed one; any when it allows any)."""
+        state = self._state()
+        hosts = None if state is None else state.allowed_hosts[0]
+        name = hosts[0] if hosts else "localhost"
+        return (name.replace("*", "replica", 1) if name.startswith("*.") else name).encode()
 
     def _state(self) -> ServerState | None:
         """The app's `ServerState`, if it is a hibachi app."""
