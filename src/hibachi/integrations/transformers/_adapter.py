@@ -258,8 +258,7 @@ class CausalLMAdapter(IncrementalModel):
             group = self._groups[int(self._group_of[slot])]
             held = group.admit(slot, prompt.numpy(force=True))
             if held is not None:  # draws are keyed by position: a recomputed row's repeat
-                self._sampler.start(slot, options)
-                self._sampler.hold(slot, prompt[:held])
+                self._sampler.start(slot, options, cached=prompt[:held])
             return held
 
     def reserve(self, slots: np.ndarray[Any, Any], counts: Any) -> bool:

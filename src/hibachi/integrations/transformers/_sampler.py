@@ -71,8 +71,10 @@ class Sampler:
         self._fed = np.zeros(slots, dtype=np.int64)  # tokens fed so far
         self._adjustments = Adjustments(slots, max_length, device, stop_token)
 
-    def start(self, slot: int, options: object) -> None:
-        """A new request begins in ``slot``."""
+    def start(self, slot: int, options: object, cached: Any = ()) -> None:
+        """A new request begins in ``slot``, its row holding ``cached`` (1-D: its first
+        tokens, a cached prefix) without being fed them: they count as fed, at their
+        positions, as if they had been."""
         settings, length = _settings(options)
         self._plain[slot] = settings.greedy and not settings.adjusts_logits
         self._sampled[slot] = not settings.greedy
@@ -82,16 +84,11 @@ class Sampler:
         self._top_p[slot] = settings.top_p
         self._keys[slot] = key_of(settings.seed)
         self._prompt[slot] = length
-        self._fed[slot] = 0
         self._adjustments.start(slot, settings)
-
-    def hold(self, slot: int, tokens: Any) -> None:
-        """``slot``'s row begins with ``tokens`` (1-D) it holds without being fed them
-        (a cached prefix): they count as fed, at their positions, as if they had been."""
-        count = len(tokens)
+        count = len(cached)
         if count and self._adjustments.records[slot]:
             slots = np.full(count, slot, dtype=np.int64)
-            self._adjustments.record(slots, np.arange(count), tokens)
+            self._adjustments.record(slots, np.arange(count), cached)
         self._fed[slot] = count
 
     def fed(self, tokens: Any, mask: Any, slots: np.ndarray[Any, Any]) -> Fed | None:
